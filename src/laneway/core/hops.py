@@ -1,0 +1,58 @@
+"""Hop records: one request passing one router.
+
+Routers create them on the hot path (so they are plain slotted objects) and hand them over in
+batches; the control plane keeps a bounded log of them and answers queries by sandbox and trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Hop", "trace_context"]
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    at: float  # wall-clock start, seconds since the epoch
+    trace_id: str
+    parent_id: str  # span id of the caller, from `traceparent`
+    service: str
+    routing_key: str
+    destination: str  # "baseline", or the sandbox (or route group) that served it
+    fork: str  # the unit that served it, empty for the baseline
+    status: int
+    duration_ms: float
+    method: str
+    path: str
+    error: str = ""  # why the router answered itself (503/502/504), empty otherwise
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "trace_id": self.trace_id,
+            "parent_id": self.parent_id,
+            "service": self.service,
+            "routing_key": self.routing_key,
+            "destination": self.destination,
+            "fork": self.fork,
+            "status": self.status,
+            "duration_ms": round(self.duration_ms, 3),
+            "method": self.method,
+            "path": self.path,
+            "error": self.error,
+        }
+
+
+def trace_context(traceparent: bytes) -> tuple[str, str]:
+    """(trace id, parent span id) from a W3C `traceparent` value, or empty strings."""
+    # version-traceid(32 hex)-parentid(16 hex)-flags: 00-4bf9...-00f0...-01
+    value = traceparent.strip()
+    if len(value) < 55 or value[2:3] != b"-" or value[35:36] != b"-":
+        return "", ""
+    try:
+        trace_id = value[3:35].decode("ascii")
+        parent_id = value[36:52].decode("ascii")
+    except UnicodeDecodeError:
+        return "", ""
+    return trace_id.lower(), parent_id.lower()

@@ -1,0 +1,28 @@
+"""Routing keys: generation and shape.
+
+A routing key selects a sandbox or route group. It is short enough to read in a log line, long
+enough not to be guessed, and drawn from a CSPRNG once per sandbox (kept across updates).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import NewType
+
+__all__ = ["KEY_ALPHABET", "KEY_LENGTH", "RoutingKey", "is_routing_key", "new_routing_key"]
+
+RoutingKey = NewType("RoutingKey", str)
+
+KEY_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+KEY_LENGTH = 12
+_KEY_RE = re.compile(r"[a-z0-9]{12}")
+
+
+def new_routing_key() -> RoutingKey:
+    """A fresh 12-character key from the operating system's CSPRNG."""
+    return RoutingKey("".join(secrets.choice(KEY_ALPHABET) for _ in range(KEY_LENGTH)))
+
+
+def is_routing_key(value: str) -> bool:
+    return _KEY_RE.fullmatch(value) is not None

@@ -1,0 +1,539 @@
+"""The user-facing specs: `laneway.yaml` (the baseline), sandboxes and route groups.
+
+Specs are pydantic models that forbid unknown fields, so a typo is an error with its field path,
+not a silently ignored setting. `SpecError` carries every problem found as (path, message) pairs;
+the CLI and the API print them as `file: services.pricing.port: …`.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from laneway.core.duration import parse_duration
+
+__all__ = [
+    "DNS_LABEL_RE",
+    "ForkSpec",
+    "ProjectSpec",
+    "RouteGroupSpec",
+    "RouterSettings",
+    "SandboxSpec",
+    "ServiceSpec",
+    "SpecError",
+    "check_sandbox_against_project",
+    "format_loc",
+    "interpolate",
+    "load_project",
+    "load_yaml_document",
+    "parse_route_group",
+    "parse_sandbox",
+    "service_url",
+    "spec_error_from_validation",
+]
+
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
+_REF_RE = re.compile(r"\$\{services\.([^.}]+)\.(url|port|host)\}")
+LOCAL_HOST = "127.0.0.1"
+
+
+class SpecError(Exception):
+    """One or more problems in a spec, each with the path of the field at fault."""
+
+    def __init__(self, issues: list[tuple[str, str]], source: str | None = None) -> None:
+        self.issues = issues
+        self.source = source
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        prefix = f"{self.source}: " if self.source else ""
+        lines = [f"{prefix}{path + ': ' if path else ''}{message}" for path, message in self.issues]
+        return "\n".join(lines)
+
+
+def format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def spec_error_from_validation(exc: ValidationError, source: str | None = None) -> SpecError:
+    issues = []
+    for err in exc.errors():
+        # pydantic prefixes messages of our own validators with "Value error, ".
+        message = str(err["msg"]).removeprefix("Value error, ")
+        loc = tuple(p for p in err["loc"] if p not in ("function-after[check_run(), str]",))
+        issues.append((format_loc(loc), message))
+    return SpecError(issues, source)
+
+
+def _duration(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError("must be longer than zero")
+        return float(value)
+    if isinstance(value, str):
+        return parse_duration(value)
+    raise ValueError("must be a duration such as 45s, 30m, 2h or 1d")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        if not _LABEL_KEY_RE.match(key):
+            raise ValueError(f"label key {key!r} must be 1-63 chars of letters, digits, . _ / -")
+        if len(value) > 63:
+            raise ValueError(f"label {key!r}: value must be at most 63 characters")
+    return labels
+
+
+def _check_env(env: dict[str, str]) -> dict[str, str]:
+    for key in env:
+        if not key or "=" in key or "\0" in key:
+            raise ValueError(f"env name {key!r} is not a valid variable name")
+    return env
+
+
+def _split_run(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split the command line: {exc}") from exc
+    return value
+
+
+class ServiceSpec(_Spec):
+    """One baseline service: how to run it and where it is reached."""
+
+    run: list[str]
+    port: int = Field(ge=1, le=65535)
+    shell: bool = False
+    env: dict[str, str] = Field(default_factory=dict)
+    health: str = "tcp"
+    depends_on: list[str] = Field(default_factory=list)
+    cwd: str | None = None
+    startup_timeout: float = 30.0
+    run_line: str = ""  # the command as written, for `shell: true` and for display
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_run_line(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "run" in data:
+            data = dict(data)
+            run = data["run"]
+            if isinstance(run, str):
+                data.setdefault("run_line", run)
+                data["run"] = _split_run(run)
+            elif isinstance(run, list):
+                data.setdefault("run_line", shlex.join(str(a) for a in run))
+        return data
+
+    @field_validator("run")
+    @classmethod
+    def _run_not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name a command to run (an argv list or a command line)")
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_strings(cls, value: Any) -> Any:
+        return _stringify_env(value)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_env(value)
+
+    @field_validator("health")
+    @classmethod
+    def _health(cls, value: str) -> str:
+        if value != "tcp" and not value.startswith("/"):
+            raise ValueError("must be an HTTP path starting with '/' (e.g. /healthz) or 'tcp'")
+        return value
+
+    @field_validator("startup_timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: object) -> float:
+        return _duration(value)
+
+    def argv(self) -> list[str]:
+        """The argv to exec: the list as given, or `sh -c LINE` when `shell: true`."""
+        if self.shell:
+            return ["/bin/sh", "-c", self.run_line or shlex.join(self.run)]
+        return list(self.run)
+
+
+def _stringify_env(value: Any) -> Any:
+    # YAML reads `PORT: 80` and `DEBUG: true` as int and bool; env values are strings.
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if isinstance(item, bool):
+                out[key] = "true" if item else "false"
+            elif isinstance(item, int | float):
+                out[key] = str(item)
+            else:
+                out[key] = item
+        return out
+    return value
+
+
+class RouterSettings(_Spec):
+    """How the router reads keys and waits for upstreams."""
+
+    extra_headers: list[str] = Field(default_factory=list)
+    connect_timeout: float = 3.0
+    upstream_timeout: float = 60.0
+    max_header_bytes: int = Field(default=65536, ge=1024, le=1048576)
+    hop_capacity: int = Field(default=100_000, ge=100, le=10_000_000)
+
+    @field_validator("connect_timeout", "upstream_timeout", mode="before")
+    @classmethod
+    def _timeouts(cls, value: object) -> float:
+        return _duration(value)
+
+    @field_validator("extra_headers")
+    @classmethod
+    def _headers(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+        return [name.lower() for name in value]
+
+
+class ProjectSpec(_Spec):
+    """`laneway.yaml`: the baseline's services."""
+
+    name: str
+    services: dict[str, ServiceSpec]
+    router: RouterSettings = Field(default_factory=RouterSettings)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not DNS_LABEL_RE.match(value) or len(value) > 63:
+            raise ValueError("must be a DNS label: lowercase letters, digits and '-'")
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _services(cls, value: dict[str, ServiceSpec]) -> dict[str, ServiceSpec]:
+        if not value:
+            raise ValueError("must name at least one service")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ProjectSpec:
+        issues: list[tuple[str, str]] = []
+        ports: dict[int, str] = {}
+        for name, svc in self.services.items():
+            if not DNS_LABEL_RE.match(name) or len(name) > 63:
+                issues.append(
+                    (f"services.{name}", "service names must be DNS labels (a-z, 0-9, '-')")
+                )
+            if svc.port in ports:
+                issues.append(
+                    (f"services.{name}.port", f"port {svc.port} is already used by service "
+                     f"{ports[svc.port]!r}; every service needs its own port")
+                )
+            ports[svc.port] = name
+            for i, dep in enumerate(svc.depends_on):
+                if dep not in self.services:
+                    issues.append(
+                        (f"services.{name}.depends_on[{i}]", f"unknown service {dep!r}")
+                    )
+                elif dep == name:
+                    issues.append((f"services.{name}.depends_on[{i}]", "a service cannot "
+                                   "depend on itself"))
+            for path, text in _strings_of(name, svc):
+                for ref in _REF_RE.finditer(text):
+                    if ref.group(1) not in self.services:
+                        issues.append((path, f"{ref.group(0)} names an unknown service"))
+        cycle = _find_cycle({n: s.depends_on for n, s in self.services.items()})
+        if cycle:
+            issues.append(("services", "depends_on has a cycle: " + " -> ".join(cycle)))
+        if issues:
+            raise SpecError(issues)
+        return self
+
+    def start_order(self) -> list[str]:
+        """Services in an order where every service comes after what it depends on."""
+        order: list[str] = []
+        seen: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in seen:
+                return
+            seen.add(name)
+            for dep in self.services[name].depends_on:
+                visit(dep)
+            order.append(name)
+
+        for name in self.services:
+            visit(name)
+        return order
+
+
+def _strings_of(name: str, svc: ServiceSpec) -> list[tuple[str, str]]:
+    out = [(f"services.{name}.run[{i}]", arg) for i, arg in enumerate(svc.run)]
+    out += [(f"services.{name}.env.{k}", v) for k, v in svc.env.items()]
+    if svc.cwd:
+        out.append((f"services.{name}.cwd", svc.cwd))
+    return out
+
+
+def _find_cycle(graph: Mapping[str, list[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in graph.get(node, []):
+            if dep not in graph:
+                continue
+            if state.get(dep) == 1:
+                return [*stack[stack.index(dep):], dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def service_url(port: int) -> str:
+    return f"http://{LOCAL_HOST}:{port}"
+
+
+def interpolate(text: str, project: ProjectSpec) -> str:
+    """Replace `${services.NAME.url|port|host}` with the service's public address."""
+
+    def sub(match: re.Match[str]) -> str:
+        svc = project.services[match.group(1)]
+        field = match.group(2)
+        if field == "url":
+            return service_url(svc.port)
+        if field == "port":
+            return str(svc.port)
+        return LOCAL_HOST
+
+    return _REF_RE.sub(sub, text)
+
+
+def _check_name(value: str, limit: int) -> str:
+    if len(value) > limit:
+        raise ValueError(f"must be at most {limit} characters (got {len(value)})")
+    if not DNS_LABEL_RE.match(value):
+        raise ValueError(
+            "must be a DNS label: lowercase letters, digits and '-', starting and ending "
+            "with a letter or digit"
+        )
+    return value
+
+
+class ForkSpec(_Spec):
+    """A sandbox's own version of one baseline service: the baseline definition, overridden."""
+
+    service: str
+    run: list[str] | None = None
+    shell: bool | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    run_line: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_run_line(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("run"), str):
+            data = dict(data)
+            data.setdefault("run_line", data["run"])
+            data["run"] = _split_run(data["run"])
+        return data
+
+    @field_validator("run")
+    @classmethod
+    def _run_not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("must name a command, or be left out to inherit the baseline's")
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_strings(cls, value: Any) -> Any:
+        return _stringify_env(value)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_env(value)
+
+    def resolve(self, base: ServiceSpec) -> ServiceSpec:
+        """The baseline service's definition with this fork's overrides; env merges over it."""
+        update: dict[str, Any] = {"env": {**base.env, **self.env}}
+        if self.run is not None:
+            update["run"] = list(self.run)
+            update["run_line"] = self.run_line or shlex.join(self.run)
+        if self.shell is not None:
+            update["shell"] = self.shell
+        return base.model_copy(update=update)
+
+
+class SandboxSpec(_Spec):
+    name: Annotated[str, Field(min_length=1)]
+    labels: dict[str, str] = Field(default_factory=dict)
+    ttl: float | None = None
+    forks: list[ForkSpec] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_name(value, 40)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_strings(cls, value: Any) -> Any:
+        return _stringify_env(value)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_labels(value)
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _ttl(cls, value: object) -> float | None:
+        return None if value is None else _duration(value)
+
+    @model_validator(mode="after")
+    def _unique_forks(self) -> SandboxSpec:
+        seen: dict[str, int] = {}
+        for i, fork in enumerate(self.forks):
+            if fork.service in seen:
+                raise SpecError(
+                    [(f"forks[{i}].service", f"service {fork.service!r} is already forked by "
+                      f"forks[{seen[fork.service]}]; a sandbox forks each service once")]
+                )
+            seen[fork.service] = i
+        return self
+
+
+class LabelMatch(_Spec):
+    labels: dict[str, str]
+
+    @field_validator("labels")
+    @classmethod
+    def _some(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("must name at least one label (KEY: GLOB) to select sandboxes")
+        return value
+
+
+class RouteGroupSpec(_Spec):
+    """A routing key spanning every sandbox whose labels match."""
+
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    match: LabelMatch
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_name(value, 40)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_labels(value)
+
+
+def check_sandbox_against_project(spec: SandboxSpec, project: ProjectSpec) -> None:
+    """Problems a sandbox has only in the light of the baseline (unknown services, refs)."""
+    issues: list[tuple[str, str]] = []
+    known = ", ".join(sorted(project.services))
+    for i, fork in enumerate(spec.forks):
+        if fork.service not in project.services:
+            issues.append(
+                (f"forks[{i}].service", f"unknown service {fork.service!r}; the baseline has: "
+                 f"{known}")
+            )
+        texts = [(f"forks[{i}].env.{k}", v) for k, v in fork.env.items()]
+        texts += [(f"forks[{i}].run[{j}]", a) for j, a in enumerate(fork.run or [])]
+        for path, text in texts:
+            for ref in _REF_RE.finditer(text):
+                if ref.group(1) not in project.services:
+                    issues.append((path, f"{ref.group(0)} names an unknown service"))
+    if issues:
+        raise SpecError(issues)
+
+
+def load_yaml_document(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([("", f"invalid YAML: {where}{problem}")], source) from exc
+    if not isinstance(data, dict):
+        raise SpecError([("", "must be a YAML mapping (key: value) at the top level")], source)
+    return data
+
+
+def _parse(model: type[_Spec], data: Mapping[str, Any], source: str | None) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise spec_error_from_validation(exc, source) from exc
+    except SpecError as exc:
+        exc.source = source
+        raise SpecError(exc.issues, source) from exc
+
+
+def load_project(path: Path) -> ProjectSpec:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError([("", f"cannot read the file: {exc.strerror}")], str(path)) from exc
+    result: ProjectSpec = _parse(ProjectSpec, load_yaml_document(text, str(path)), str(path))
+    return result
+
+
+def parse_sandbox(data: Mapping[str, Any], source: str | None = None) -> SandboxSpec:
+    result: SandboxSpec = _parse(SandboxSpec, data, source)
+    return result
+
+
+def parse_route_group(data: Mapping[str, Any], source: str | None = None) -> RouteGroupSpec:
+    result: RouteGroupSpec = _parse(RouteGroupSpec, data, source)
+    return result

@@ -1,0 +1,55 @@
+"""A bounded buffer of hop records, flushed to a sink in batches off the request path.
+
+Recording a hop is an append; a timer (not a task per request) hands the batch to the sink. When
+the sink falls behind, the oldest records are dropped: the hot path never waits for bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from laneway.core.hops import Hop
+
+__all__ = ["HopRecorder", "HopSink"]
+
+HopSink = Callable[[list[Hop]], None]
+log = logging.getLogger(__name__)
+
+
+class HopRecorder:
+    def __init__(self, sink: HopSink | None, capacity: int, interval: float = 0.05) -> None:
+        self._sink = sink
+        self._capacity = capacity
+        self._interval = interval
+        self._buffer: list[Hop] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self.dropped = 0
+
+    def record(self, hop: Hop) -> None:
+        if self._sink is None:
+            return
+        buffer = self._buffer
+        buffer.append(hop)
+        if len(buffer) > self._capacity:
+            excess = len(buffer) - self._capacity
+            del buffer[:excess]
+            self.dropped += excess
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self.flush)
+
+    def flush(self) -> None:
+        self._timer = None
+        if not self._buffer or self._sink is None:
+            return
+        batch, self._buffer = self._buffer, []
+        try:
+            self._sink(batch)
+        except Exception:  # a broken sink must not take the data plane down
+            log.exception("hop sink failed; %d hop records lost", len(batch))
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.flush()

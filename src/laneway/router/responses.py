@@ -1,0 +1,33 @@
+"""Responses the router writes itself: 400, 431, 502, 503, 504, each saying which service,
+sandbox or fork is at fault and why, as JSON so that test tooling can read it too."""
+
+from __future__ import annotations
+
+import json
+
+__all__ = ["error_response"]
+
+_REASONS = {
+    400: b"Bad Request",
+    431: b"Request Header Fields Too Large",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+def error_response(status: int, code: str, message: str, *, served_by: bytes = b"",
+                   close: bool = False, extra: dict[str, str] | None = None) -> bytes:
+    body = json.dumps({"error": code, "message": message, **(extra or {})}).encode() + b"\n"
+    lines = [
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
+        b"content-type: application/json\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"laneway-error: " + code.encode() + b"\r\n",
+    ]
+    if served_by:
+        lines.append(b"laneway-served-by: " + served_by + b"\r\n")
+    if close:
+        lines.append(b"connection: close\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines) + body

@@ -1,0 +1,152 @@
+"""The router: listeners per service, the routing table they share, and the feed that updates it.
+
+The daemon creates one `Router`, calls `listen(service, port)` for each service of the baseline and
+`follow(feed)` once. Everything a listener needs per request lives in its `ServiceContext`, whose
+`routes` dict is the table's own dict for that service, so an update is visible at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+from dataclasses import dataclass
+
+from laneway.core.feed import FeedUpdate, RoutesFeed
+from laneway.core.routes import RouteTable, apply_changes
+from laneway.router.hops import HopRecorder, HopSink
+from laneway.router.proxy import ClientConnection, ServiceContext
+from laneway.router.upstream import UpstreamPool
+
+__all__ = ["Router", "RouterError", "RouterSettings"]
+
+log = logging.getLogger(__name__)
+
+
+class RouterError(Exception):
+    """A router problem the user can fix (a port already taken)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    host: str = "127.0.0.1"
+    extra_headers: tuple[str, ...] = ()
+    connect_timeout: float = 3.0
+    upstream_timeout: float = 60.0
+    max_header_bytes: int = 65536
+    hop_capacity: int = 100_000
+
+
+class Router:
+    def __init__(self, settings: RouterSettings, hop_sink: HopSink | None = None) -> None:
+        self.settings = settings
+        self.table = RouteTable()
+        self.recorder = HopRecorder(hop_sink, settings.hop_capacity)
+        self.pool = UpstreamPool()
+        self.contexts: dict[str, ServiceContext] = {}
+        self.ports: dict[str, int] = {}
+        self._servers: list[asyncio.Server] = []
+        self._follow_task: asyncio.Task[None] | None = None
+        self.updated = asyncio.Event()  # set whenever a feed update is applied (tests wait on it)
+
+    def context(self, service: str) -> ServiceContext:
+        ctx = self.contexts.get(service)
+        if ctx is None:
+            ctx = ServiceContext(
+                service, self.recorder, self.pool,
+                extra_headers=frozenset(h.lower().encode() for h in self.settings.extra_headers),
+                connect_timeout=self.settings.connect_timeout,
+                upstream_timeout=self.settings.upstream_timeout,
+                max_header_bytes=self.settings.max_header_bytes,
+            )
+            self.contexts[service] = ctx
+            self._bind(ctx)
+        return ctx
+
+    async def listen(self, service: str, port: int) -> int:
+        """Serve `service` on `port` (0: any free port); returns the bound port."""
+        ctx = self.context(service)
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(
+                lambda: ClientConnection(ctx), self.settings.host, port, backlog=1024,
+                reuse_address=True,
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise RouterError(
+                    f"port {port} of service {service!r} is already in use on "
+                    f"{self.settings.host}; stop what holds it or change services.{service}.port"
+                ) from exc
+            raise RouterError(f"cannot listen on {self.settings.host}:{port} for service "
+                              f"{service!r}: {exc.strerror or exc}") from exc
+        self._servers.append(server)
+        bound = int(server.sockets[0].getsockname()[1])
+        self.ports[service] = bound
+        return bound
+
+    def apply(self, update: FeedUpdate) -> None:
+        if isinstance(update, RouteTable):
+            self.table = update
+        else:
+            for changes in update:
+                apply_changes(self.table, changes)
+        for ctx in self.contexts.values():
+            self._bind(ctx)
+        self.updated.set()
+        self.updated = asyncio.Event()
+
+    def _bind(self, ctx: ServiceContext) -> None:
+        ctx.routes = self.table.forks.setdefault(ctx.name, {})
+        ctx.baseline = self.table.baseline.get(ctx.name)
+
+    def follow(self, feed: RoutesFeed) -> None:
+        """Keep the table current from `feed` until `close()`."""
+        self._follow_task = asyncio.get_running_loop().create_task(
+            self._follow(feed), name="laneway-router-feed"
+        )
+
+    async def _follow(self, feed: RoutesFeed) -> None:
+        since: int | None = None
+        while True:
+            try:
+                update = await feed.next_update(since, timeout=30.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The control plane is away: keep serving the last table, try again shortly.
+                log.warning("routes feed failed; serving table v%d", self.table.version,
+                            exc_info=True)
+                await asyncio.sleep(1.0)
+                continue
+            if update is None:
+                continue
+            try:
+                self.apply(update)
+            except ValueError:
+                since = None  # out of step: ask for a snapshot
+                continue
+            since = self.table.version
+
+    async def close(self) -> None:
+        """Stop accepting, close connections, flush hop records."""
+        for server in self._servers:
+            server.close()
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow_task
+        for ctx in self.contexts.values():
+            for conn in list(ctx.connections):
+                conn.close()
+            for task in list(ctx.connect_tasks):
+                task.cancel()
+            if ctx.connect_tasks:
+                await asyncio.gather(*ctx.connect_tasks, return_exceptions=True)
+        self.pool.close_all()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+        self._servers.clear()
+        self.recorder.close()
