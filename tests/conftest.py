@@ -6,8 +6,14 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+import uvloop
 
 from tests.upstreams import TestUpstream
+
+
+def pytest_asyncio_loop_factories(config: object, item: object) -> dict[str, object]:
+    """Tests run on uvloop, the loop the daemon runs on."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ __all__ = [
     "check_sandbox_against_project",
     "format_loc",
     "interpolate",
+    "with_base_dir",
     "load_project",
     "load_yaml_document",
     "parse_route_group",
@@ -526,7 +527,17 @@ def load_project(path: Path) -> ProjectSpec:
     except OSError as exc:
         raise SpecError([("", f"cannot read the file: {exc.strerror}")], str(path)) from exc
     result: ProjectSpec = _parse(ProjectSpec, load_yaml_document(text, str(path)), str(path))
-    return result
+    return with_base_dir(result, path.resolve().parent)
+
+
+def with_base_dir(project: ProjectSpec, base: Path) -> ProjectSpec:
+    """Services run in the folder of `laneway.yaml` unless their `cwd` says otherwise
+    (a relative `cwd` is relative to that folder too)."""
+    services = {
+        name: svc.model_copy(update={"cwd": str(base / svc.cwd) if svc.cwd else str(base)})
+        for name, svc in project.services.items()
+    }
+    return project.model_copy(update={"services": services})
 
 
 def parse_sandbox(data: Mapping[str, Any], source: str | None = None) -> SandboxSpec:

@@ -1,0 +1,108 @@
+"""Finding an environment and talking to its control plane.
+
+An environment is found through `.laneway/` in the current directory or a parent (its `api.json`
+and `token`), or given with `--api URL` and `LANEWAY_TOKEN`. Every API failure becomes a
+`CliError` whose message is what the user reads after `Error:`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from laneway.core.layout import StateLayout, find_state_dir
+
+__all__ = ["ApiClient", "CliError", "connect"]
+
+
+class CliError(Exception):
+    """A failure to report as one `Error: …` line (plus optional detail lines), exit code 1."""
+
+    def __init__(self, message: str, details: list[str] | None = None, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+        self.code = code
+
+
+class ApiClient:
+    def __init__(self, url: str, token: str, layout: StateLayout | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.layout = layout
+        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(30.0, read=660.0),
+                                  headers={"authorization": f"Bearer {token}"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, *, source: str | None = None,
+                **kwargs: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise CliError(f"cannot reach the control plane at {self.url}: is laneway running? "
+                           "(`laneway up`)") from exc
+        except httpx.TimeoutException as exc:
+            raise CliError(f"the control plane at {self.url} did not answer in time") from exc
+        if resp.status_code >= 400:
+            raise _api_error(resp, source)
+        if resp.headers.get("content-type", "").startswith("application/json"):
+            return resp.json()
+        return resp.text
+
+    def stream(self, path: str, **params: Any) -> Iterator[str]:
+        try:
+            with self._http.stream("GET", path, params=params,
+                                   timeout=httpx.Timeout(30.0, read=None)) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _api_error(resp, None)
+                yield from resp.iter_text()
+        except httpx.ConnectError as exc:
+            raise CliError(f"cannot reach the control plane at {self.url}") from exc
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items()
+                                                 if v is not None})
+
+
+def _api_error(resp: httpx.Response, source: str | None) -> CliError:
+    try:
+        body = resp.json()
+    except ValueError:
+        return CliError(f"the control plane answered {resp.status_code}: {resp.text[:200]}")
+    message = str(body.get("message", f"HTTP {resp.status_code}"))
+    errors = body.get("errors") or []
+    prefix = f"{source}: " if source else ""
+    if len(errors) > 1:
+        return CliError(f"{prefix}{len(errors)} problems:",
+                        [f"{e['field']}: {e['message']}" if e.get("field") else e["message"]
+                         for e in errors])
+    return CliError(prefix + message)
+
+
+def connect(api: str | None = None, start: Path | None = None) -> ApiClient:
+    """A client for `--api URL` (+ LANEWAY_TOKEN) or for the `.laneway/` found from `start`."""
+    if api:
+        token = os.environ.get("LANEWAY_TOKEN")
+        if not token:
+            raise CliError("--api needs the API token in LANEWAY_TOKEN (it is in the "
+                           "environment's .laneway/token)")
+        return ApiClient(api, token)
+    layout = find_state_dir(start or Path.cwd())
+    if layout is None:
+        raise CliError("no laneway environment here: run `laneway up` in the folder of your "
+                       "laneway.yaml, or pass --api URL with LANEWAY_TOKEN")
+    try:
+        info = json.loads(layout.api.read_text())
+    except FileNotFoundError as exc:
+        raise CliError(f"laneway is not running for {layout.root.parent} (run `laneway up`)") \
+            from exc
+    except ValueError as exc:
+        raise CliError(f"{layout.api} is damaged; run `laneway down` and `laneway up`") from exc
+    return ApiClient(str(info["url"]), layout.token.read_text().strip(), layout)

@@ -1,0 +1,207 @@
+"""`laneway sandbox …` and `laneway routegroup …`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from laneway.cli.client import ApiClient, CliError, connect
+from laneway.cli.output import Output, console, phase_style, print_json, since, table
+from laneway.core.spec import SpecError, load_yaml_document
+
+__all__ = ["group_app", "sandbox_app"]
+
+sandbox_app = typer.Typer(help="Create, inspect and delete sandboxes.", no_args_is_help=True)
+group_app = typer.Typer(help="Route groups: one routing key across matching sandboxes.",
+                        no_args_is_help=True)
+
+ApiOption = Annotated[str | None, typer.Option("--api", help="Control plane URL (token from "
+                                               "LANEWAY_TOKEN); default: find .laneway/")]
+OutputOption = Annotated[Output, typer.Option("-o", "--output", help="table or json")]
+FileOption = Annotated[Path, typer.Option("-f", "--file", help="YAML file ('-' for stdin)")]
+
+
+def _read_spec(file: Path) -> tuple[dict[str, Any], str]:
+    source = "<stdin>" if str(file) == "-" else str(file)
+    try:
+        text = sys.stdin.read() if source == "<stdin>" else file.read_text()
+    except OSError as exc:
+        raise CliError(f"{source}: cannot read the file: {exc.strerror}") from exc
+    try:
+        data = load_yaml_document(text, source)
+    except SpecError as exc:
+        raise CliError(exc.render()) from exc
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise CliError(f"{source}: name: required (a DNS label, at most 40 characters)")
+    return data, source
+
+
+@sandbox_app.command("apply")
+def sandbox_apply(
+    file: FileOption,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until every fork is ready "
+                                       "(exit 1 if one fails)")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits")] = 120.0,
+    output: OutputOption = Output.table,
+    api: ApiOption = None,
+) -> None:
+    """Create or update a sandbox (idempotent by name)."""
+    data, source = _read_spec(file)
+    client = connect(api)
+    name = data["name"]
+    view = client.request("PUT", f"/v1/sandboxes/{name}", json=data, source=source,
+                          params={"wait": min(timeout, 30.0)} if wait else None)
+    if wait:
+        view = _wait_ready(client, name, time.monotonic() + timeout - 30.0, view)
+    if output is Output.json:
+        print_json(view)
+    else:
+        status = view["status"]
+        console.print(f"sandbox {name} applied  routing key [bold]{view['routingKey']}[/bold]  "
+                      f"{phase_style(status['phase'])}: {status['message']}")
+    if wait and view["status"]["phase"] != "ready":
+        raise CliError(f"sandbox {name} is not ready: {view['status']['message']}")
+
+
+def _wait_ready(client: ApiClient, name: str, deadline: float,
+                view: dict[str, Any]) -> dict[str, Any]:
+    while view["status"]["phase"] == "pending" and time.monotonic() < deadline:
+        left = max(0.1, min(30.0, deadline - time.monotonic()))
+        view = client.get(f"/v1/sandboxes/{name}", wait=left)
+    return view
+
+
+@sandbox_app.command("list")
+def sandbox_list(output: OutputOption = Output.table, api: ApiOption = None) -> None:
+    """List sandboxes with their routing keys and status."""
+    data = connect(api).get("/v1/sandboxes")
+    if output is Output.json:
+        print_json(data)
+        return
+    if not data:
+        console.print("no sandboxes")
+        return
+    rows = table("NAME", "ROUTING KEY", "PHASE", "FORKS", "LABELS", "EXPIRES", "MESSAGE")
+    for sb in data:
+        expires = "-" if not sb["expiresAt"] else \
+            since(2 * time.time() - sb["expiresAt"]).replace(" ago", "")
+        rows.add_row(sb["name"], sb["routingKey"], phase_style(sb["status"]["phase"]),
+                     ", ".join(f["service"] for f in sb["forks"]) or "-",
+                     ",".join(f"{k}={v}" for k, v in sb["labels"].items()) or "-",
+                     expires, sb["status"]["message"])
+    console.print(rows)
+
+
+@sandbox_app.command("get")
+def sandbox_get(name: str, output: OutputOption = Output.table, api: ApiOption = None) -> None:
+    """Show one sandbox: routing key, forks and their processes."""
+    sb = connect(api).get(f"/v1/sandboxes/{name}")
+    if output is Output.json:
+        print_json(sb)
+        return
+    status = sb["status"]
+    console.print(f"[bold]{sb['name']}[/bold]  routing key [bold]{sb['routingKey']}[/bold]  "
+                  f"{phase_style(status['phase'])}: {status['message']}")
+    console.print(f"baggage: laneway-key={sb['routingKey']}")
+    if sb["labels"]:
+        console.print("labels: " + ", ".join(f"{k}={v}" for k, v in sb["labels"].items()))
+    rows = table("FORK", "PHASE", "PID", "RESTARTS", "MESSAGE")
+    for fork in status["forks"]:
+        rows.add_row(f"{fork['service']}@{sb['name']}", phase_style(fork["phase"]),
+                     str(fork["pid"] or "-"), str(fork["restarts"]), fork["message"])
+    console.print(rows)
+
+
+@sandbox_app.command("delete")
+def sandbox_delete(name: str, api: ApiOption = None) -> None:
+    """Delete a sandbox: its forks stop and its key routes to the baseline."""
+    connect(api).request("DELETE", f"/v1/sandboxes/{name}")
+    console.print(f"sandbox {name} deleted")
+
+
+@sandbox_app.command("logs")
+def sandbox_logs(
+    name: str,
+    service: Annotated[str | None, typer.Option("--service", "-s", help="Which fork "
+                                                "(needed when there are several)")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep printing new lines")] =
+    False,
+    tail: Annotated[int, typer.Option(help="Lines from the end")] = 200,
+    api: ApiOption = None,
+) -> None:
+    """Print a fork's log (its stdout and stderr, across restarts)."""
+    client = connect(api)
+    path = f"/v1/sandboxes/{name}/logs"
+    params: dict[str, Any] = {"tail": tail}
+    if service:
+        params["service"] = service
+    if not follow:
+        sys.stdout.write(str(client.get(path, **params)))
+        return
+    try:
+        for text in client.stream(path, follow="true", **params):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+
+
+@group_app.command("apply")
+def group_apply(file: FileOption, output: OutputOption = Output.table,
+                api: ApiOption = None) -> None:
+    """Create or update a route group (idempotent by name)."""
+    data, source = _read_spec(file)
+    view = connect(api).request("PUT", f"/v1/routegroups/{data['name']}", json=data,
+                                source=source)
+    if output is Output.json:
+        print_json(view)
+        return
+    console.print(f"route group {view['name']} applied  routing key "
+                  f"[bold]{view['routingKey']}[/bold]  {view['status']['message']}")
+
+
+@group_app.command("list")
+def group_list(output: OutputOption = Output.table, api: ApiOption = None) -> None:
+    """List route groups."""
+    data = connect(api).get("/v1/routegroups")
+    if output is Output.json:
+        print_json(data)
+        return
+    if not data:
+        console.print("no route groups")
+        return
+    rows = table("NAME", "ROUTING KEY", "MATCH", "SANDBOXES", "MESSAGE")
+    for group in data:
+        rows.add_row(group["name"], group["routingKey"],
+                     ",".join(f"{k}={v}" for k, v in group["match"]["labels"].items()),
+                     ", ".join(group["status"]["sandboxes"]) or "-",
+                     group["status"]["message"])
+    console.print(rows)
+
+
+@group_app.command("get")
+def group_get(name: str, output: OutputOption = Output.table, api: ApiOption = None) -> None:
+    """Show one route group: its key, the sandboxes it spans, conflicts."""
+    group = connect(api).get(f"/v1/routegroups/{name}")
+    if output is Output.json:
+        print_json(group)
+        return
+    status = group["status"]
+    console.print(f"[bold]{group['name']}[/bold]  routing key [bold]{group['routingKey']}"
+                  f"[/bold]  {status['message']}")
+    console.print("sandboxes: " + (", ".join(status["sandboxes"]) or "none"))
+    for conflict in status["conflicts"]:
+        console.print(f"[red]conflict[/red]: {conflict['service']} is forked by "
+                      f"{', '.join(conflict['sandboxes'])}")
+
+
+@group_app.command("delete")
+def group_delete(name: str, api: ApiOption = None) -> None:
+    """Delete a route group; its key then routes to the baseline."""
+    connect(api).request("DELETE", f"/v1/routegroups/{name}")
+    console.print(f"route group {name} deleted")

@@ -1,0 +1,155 @@
+"""`laneway up` and `laneway down`: starting and stopping the daemon process.
+
+The daemon is its own process (`python -m laneway.daemon`); in the foreground `up` becomes it
+(exec), so Ctrl-C reaches it directly; with `--detach` it runs in its own session, logging to
+`.laneway/daemon.log`, and `up` waits for the baseline through the API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from laneway.cli.client import ApiClient, CliError, connect
+from laneway.core.layout import STATE_DIR_NAME, StateLayout
+from laneway.core.spec import SpecError, load_project
+
+__all__ = ["down_environment", "start_daemon"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _running_pid(layout: StateLayout) -> int | None:
+    try:
+        pid = int(layout.lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if not _alive(pid):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid
+    return pid if b"laneway.daemon" in cmdline else None
+
+
+def start_daemon(file: Path, *, detach: bool, timeout: float) -> None:
+    config = file.resolve()
+    try:
+        project = load_project(config)
+    except SpecError as exc:
+        raise CliError(exc.render(), code=2) from exc
+    layout = StateLayout(config.parent / STATE_DIR_NAME)
+    pid = _running_pid(layout)
+    if pid is not None:
+        raise CliError(f"laneway is already running for {config} (pid {pid}); "
+                       "`laneway status` shows it, `laneway down` stops it")
+    argv = [sys.executable, "-m", "laneway.daemon", "-f", str(config)]
+    if not detach:
+        sys.stdout.flush()
+        os.execv(sys.executable, argv)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        layout.api.unlink()
+    with layout.daemon_log.open("ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    log_start = layout.daemon_log.stat().st_size
+    deadline = time.monotonic() + timeout
+    while not layout.api.exists():
+        if proc.poll() is not None:
+            raise CliError("the daemon exited: " + _log_since(layout, log_start).strip())
+        if time.monotonic() > deadline:
+            proc.terminate()
+            raise CliError(f"the daemon did not start within {timeout:g}s; see "
+                           f"{layout.daemon_log}")
+        time.sleep(0.05)
+    client = connect(start=config.parent)
+    try:
+        _wait_for_baseline(client, project.name, deadline)
+    except CliError:
+        _shutdown(client, layout)
+        raise
+    url = client.url
+    print(f"laneway: {project.name} is up (control plane {url}, daemon pid {proc.pid})")
+    for name, svc in project.services.items():
+        print(f"  {name:<16} http://127.0.0.1:{svc.port}")
+
+
+def _log_since(layout: StateLayout, offset: int) -> str:
+    with layout.daemon_log.open("rb") as fh:
+        fh.seek(offset)
+        return fh.read().decode("utf-8", "replace")
+
+
+def _wait_for_baseline(client: ApiClient, name: str, deadline: float) -> None:
+    while True:
+        services = client.get("/v1/services")
+        failed = [s for s in services if s["phase"] in ("crashed", "unhealthy")]
+        if failed:
+            svc = failed[0]
+            logs = client.request("GET", f"/v1/services/{svc['name']}/logs",
+                                  params={"tail": 15})
+            raise CliError(
+                f"baseline service {svc['name']} {svc['phase']}: {svc['message']}; "
+                "laneway stopped. Its last log lines:",
+                [line for line in str(logs).splitlines() if not line.startswith("--- laneway")],
+            )
+        if all(s["ready"] for s in services):
+            return
+        if time.monotonic() > deadline:
+            waiting = ", ".join(f"{s['name']} ({s['phase']})" for s in services
+                                if not s["ready"])
+            raise CliError(f"{name}: not every baseline service is healthy in time: {waiting}")
+        time.sleep(0.1)
+
+
+def _shutdown(client: ApiClient, layout: StateLayout | None, wait: float = 30.0) -> None:
+    pid = _running_pid(layout) if layout else None
+    try:
+        client.request("POST", "/v1/shutdown")
+    except CliError:
+        if pid is None:
+            raise
+        os.kill(pid, signal.SIGTERM)
+    if pid is None:
+        return
+    deadline = time.monotonic() + wait
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        raise CliError(f"the daemon (pid {pid}) did not stop within {wait:g}s; "
+                       f"`kill {pid}` stops it")
+
+
+def down_environment(api: str | None) -> None:
+    try:
+        client = connect(api)
+    except CliError:
+        # No API to ask: stop a daemon whose API is gone but whose process is not.
+        from laneway.core.layout import find_state_dir
+
+        layout = find_state_dir(Path.cwd())
+        pid = _running_pid(layout) if layout else None
+        if pid is None:
+            raise
+        os.kill(pid, signal.SIGTERM)
+        print(f"laneway: sent SIGTERM to the daemon (pid {pid})")
+        return
+    _shutdown(client, client.layout)
+    print("laneway: stopped")
+
+

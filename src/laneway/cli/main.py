@@ -1,0 +1,144 @@
+"""`laneway`: the command line. Every command except `up` is a client of the control plane API.
+
+Errors are one `Error: …` line (with detail lines where there are several problems) and exit
+code 1; a user's mistake never prints a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from laneway.cli import commands_sandbox
+from laneway.cli.client import CliError, connect
+from laneway.cli.daemon_control import down_environment, start_daemon
+from laneway.cli.output import Output, console, phase_style, print_json, since, table
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="laneway",
+    help="Request-level sandboxes on a shared, running baseline of microservices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(commands_sandbox.sandbox_app, name="sandbox")
+app.add_typer(commands_sandbox.group_app, name="routegroup")
+
+ApiOption = Annotated[str | None, typer.Option("--api", help="Control plane URL (token from "
+                                               "LANEWAY_TOKEN); default: find .laneway/")]
+OutputOption = Annotated[Output, typer.Option("-o", "--output", help="table or json")]
+
+
+@app.command()
+def up(
+    file: Annotated[Path, typer.Option("-f", "--file", help="The baseline definition")] =
+    Path("laneway.yaml"),
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once the baseline is "
+                                         "healthy; the daemon keeps running")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --detach waits for the baseline")] =
+    120.0,
+) -> None:
+    """Start the control plane, the router and the baseline of laneway.yaml."""
+    start_daemon(file, detach=detach, timeout=timeout)
+
+
+@app.command()
+def down(api: ApiOption = None) -> None:
+    """Stop everything `laneway up` started here, forks included."""
+    down_environment(api)
+
+
+@app.command()
+def status(output: OutputOption = Output.table, api: ApiOption = None) -> None:
+    """Show the baseline's services, the sandboxes and the route groups, with health."""
+    client = connect(api)
+    data = client.get("/v1/status")
+    if output is Output.json:
+        print_json(data)
+        return
+    console.print(f"[bold]{data['name']}[/bold]  control plane {client.url}  "
+                  f"up {since(data['startedAt']).removesuffix(' ago')}")
+    services = table("SERVICE", "URL", "PHASE", "PID", "RESTARTS", "MESSAGE")
+    for svc in data["services"]:
+        services.add_row(svc["name"], svc["url"], phase_style(svc["phase"]),
+                         str(svc["pid"] or "-"), str(svc["restarts"]),
+                         "" if svc["ready"] else svc["message"])
+    console.print(services)
+    if data["sandboxes"]:
+        console.print()
+        sandboxes = table("SANDBOX", "ROUTING KEY", "PHASE", "FORKS", "MESSAGE")
+        for sb in data["sandboxes"]:
+            sandboxes.add_row(sb["name"], sb["routingKey"], phase_style(sb["phase"]),
+                              ", ".join(sb["forks"]) or "-", sb["message"])
+        console.print(sandboxes)
+    if data["routeGroups"]:
+        console.print()
+        groups = table("ROUTE GROUP", "ROUTING KEY", "READY", "MESSAGE")
+        for group in data["routeGroups"]:
+            groups.add_row(group["name"], group["routingKey"], str(group["ready"]).lower(),
+                           group["message"])
+        console.print(groups)
+
+
+@app.command()
+def hops(
+    sandbox: Annotated[str | None, typer.Option(help="Hops made with this sandbox's key")] =
+    None,
+    trace: Annotated[str | None, typer.Option(help="Hops of one trace (its path)")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (newest)")] = 50,
+    output: OutputOption = Output.table,
+    api: ApiOption = None,
+) -> None:
+    """List recorded hops: which service, which version (baseline or fork), status, time."""
+    data: list[dict[str, Any]] = connect(api).get("/v1/hops", sandbox=sandbox, trace=trace,
+                                                  limit=limit)
+    if output is Output.json:
+        print_json(data)
+        return
+    if not data:
+        console.print("no hops recorded" + (" for that filter" if sandbox or trace else ""))
+        return
+    rows = table("TIME", "TRACE", "SERVICE", "SERVED BY", "STATUS", "MS", "REQUEST")
+    for hop in data:
+        served = hop["service"] if hop["destination"] == "baseline" else \
+            f"{hop['service']}@{hop['destination']}"
+        rows.add_row(time.strftime("%H:%M:%S", time.localtime(hop["at"])),
+                     hop["trace_id"][:12] or "-", hop["service"], served, str(hop["status"]),
+                     f"{hop['duration_ms']:.1f}", f"{hop['method']} {hop['path']}")
+    console.print(rows)
+    if trace:
+        console.print("path: " + path_of(data))
+
+
+def path_of(hops: list[dict[str, Any]]) -> str:
+    """`web → pricing@sb-a → currency`, in the order the hops started."""
+    ordered = sorted(hops, key=lambda h: h["at"])
+    return " → ".join(h["service"] if h["destination"] == "baseline"
+                      else f"{h['service']}@{h['destination']}" for h in ordered)
+
+
+def main() -> None:
+    import click
+
+    try:
+        code = app(standalone_mode=False)
+    except CliError as exc:
+        print(f"Error: {exc.message}", file=sys.stderr)
+        for line in exc.details:
+            print(f"  {line}", file=sys.stderr)
+        sys.exit(exc.code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("Aborted.", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

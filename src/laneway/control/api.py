@@ -1,0 +1,257 @@
+"""The control plane's HTTP API (JSON, OpenAPI at /openapi.json, bearer-token auth).
+
+Every client (CLI, MCP, UI) goes through this; it maps the control plane's exceptions to status
+codes in one place: 422 with field paths for invalid specs, 404 for unknown names, 401 for a
+missing or wrong token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic.json_schema import models_json_schema
+
+from laneway import __version__
+from laneway.control.errors import ControlError, Invalid, NotFound
+from laneway.control.plane import ControlPlane
+from laneway.core.hops import Hop
+from laneway.core.routes import RouteTable
+from laneway.core.spec import RouteGroupSpec, SandboxSpec
+
+__all__ = ["create_app"]
+
+_PUBLIC = frozenset({"/healthz", "/openapi.json", "/docs"})
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message, **extra}, status_code=status)
+
+
+def _spec_body(schema: str) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{schema}"}}}}}
+
+
+def create_app(control: ControlPlane, token: str,
+               shutdown: Callable[[], None] | None = None) -> FastAPI:
+    app = FastAPI(title="laneway control plane", version=__version__,
+                  description="Sandboxes, route groups, services and hops of one environment.")
+
+    @app.middleware("http")
+    async def authenticate(request: Request,
+                           call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path not in _PUBLIC:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return _error(401, "unauthorized", "missing or wrong API token: send "
+                              "'authorization: Bearer <token>' (the CLI reads .laneway/token or "
+                              "LANEWAY_TOKEN)")
+        return await call_next(request)
+
+    @app.exception_handler(ControlError)
+    async def control_error(request: Request, exc: ControlError) -> JSONResponse:
+        extra: dict[str, Any] = {}
+        if exc.field or exc.errors:
+            extra["field"] = exc.field
+            extra["errors"] = [{"field": f, "message": m} for f, m in exc.errors]
+        return _error(exc.status, exc.code, exc.message, **extra)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.get("/v1/status")
+    async def status() -> dict[str, Any]:
+        return control.status()
+
+    @app.get("/v1/services")
+    async def services() -> list[dict[str, Any]]:
+        return control.services()
+
+    @app.get("/v1/services/{name}/logs")
+    async def service_logs(name: str, tail: int = Query(200, ge=1, le=100_000),
+                           follow: bool = False) -> Response:
+        if name not in control.project.services:
+            raise NotFound(f"service {name!r} not found; services: "
+                           f"{', '.join(control.project.services)}")
+        return _logs_response(control, name, tail, follow)
+
+    async def _wait(name: str, wait: float) -> dict[str, Any]:
+        deadline = time.monotonic() + wait
+        view = control.get_sandbox(name)
+        while view["status"]["phase"] == "pending" and time.monotonic() < deadline:
+            await control.next_pass(min(0.5, max(0.0, deadline - time.monotonic())))
+            view = control.get_sandbox(name)
+        return view
+
+    @app.get("/v1/sandboxes")
+    async def list_sandboxes() -> list[dict[str, Any]]:
+        return control.list_sandboxes()
+
+    @app.put("/v1/sandboxes/{name}", openapi_extra=_spec_body("SandboxSpec"))
+    async def apply_sandbox(name: str, request: Request,
+                            wait: float = Query(0, ge=0, le=600)) -> JSONResponse:
+        view, created = control.apply_sandbox(await _json_object(request), name=name)
+        if wait:
+            await control.next_pass(1.0)
+            view = await _wait(name, wait)
+        return JSONResponse(view, status_code=201 if created else 200)
+
+    @app.get("/v1/sandboxes/{name}")
+    async def get_sandbox(name: str, wait: float = Query(0, ge=0, le=600)) -> dict[str, Any]:
+        return await _wait(name, wait) if wait else control.get_sandbox(name)
+
+    @app.delete("/v1/sandboxes/{name}")
+    async def delete_sandbox(name: str) -> dict[str, Any]:
+        control.delete_sandbox(name)
+        await control.next_pass(1.0)
+        return {"deleted": name}
+
+    @app.get("/v1/sandboxes/{name}/logs")
+    async def sandbox_logs(name: str, service: str | None = None,
+                           tail: int = Query(200, ge=1, le=100_000),
+                           follow: bool = False) -> Response:
+        view = control.get_sandbox(name)
+        forks = [f["service"] for f in view["forks"]]
+        if not forks:
+            raise NotFound(f"sandbox {name!r} has no forks, so no logs")
+        if service is None:
+            if len(forks) > 1:
+                raise Invalid(f"sandbox {name!r} forks {', '.join(forks)}: choose one with "
+                              "--service", field="service",
+                              errors=[("service", "required when a sandbox has several forks")])
+            service = forks[0]
+        if service not in forks:
+            raise NotFound(f"sandbox {name!r} does not fork {service!r}; it forks "
+                           f"{', '.join(forks)}")
+        unit = control.unit_of_fork(name, service)
+        if unit is None:
+            raise NotFound(f"fork {service}@{name} has not started yet")
+        return _logs_response(control, unit, tail, follow)
+
+    @app.get("/v1/routegroups")
+    async def list_groups() -> list[dict[str, Any]]:
+        return control.list_route_groups()
+
+    @app.put("/v1/routegroups/{name}", openapi_extra=_spec_body("RouteGroupSpec"))
+    async def apply_group(name: str, request: Request) -> JSONResponse:
+        view, created = control.apply_route_group(await _json_object(request), name=name)
+        await control.next_pass(1.0)
+        return JSONResponse(control.get_route_group(view["name"]),
+                            status_code=201 if created else 200)
+
+    @app.get("/v1/routegroups/{name}")
+    async def get_group(name: str) -> dict[str, Any]:
+        return control.get_route_group(name)
+
+    @app.delete("/v1/routegroups/{name}")
+    async def delete_group(name: str) -> dict[str, Any]:
+        control.delete_route_group(name)
+        await control.next_pass(1.0)
+        return {"deleted": name}
+
+    @app.get("/v1/hops")
+    async def hops(sandbox: str | None = None, trace: str | None = None,
+                   key: str | None = None, since: float | None = None,
+                   limit: int = Query(200, ge=1, le=100_000)) -> list[dict[str, Any]]:
+        keys: set[str] | None = None
+        if sandbox is not None:
+            keys = control.keys_of_sandbox(sandbox)
+        if key is not None:
+            keys = (keys or set()) | {key}
+        found: list[Hop] = control.hops.query(routing_keys=keys, destination=sandbox,
+                                              trace_id=trace.lower() if trace else None,
+                                              since=since, limit=limit)
+        return [h.to_json() for h in found]
+
+    @app.get("/v1/routes")
+    async def routes(since: int | None = None,
+                     wait: float = Query(0, ge=0, le=60)) -> dict[str, Any]:
+        """The routes feed for remote routers: a snapshot, or the changes after `since`."""
+        update = await control.feed.next_update(since, wait) if wait else \
+            control.feed.changes_since(since)
+        if update is None:
+            return {"version": control.feed.version, "changes": []}
+        if isinstance(update, RouteTable):
+            return {"version": update.version, "snapshot": update.to_json()}
+        return {"version": update[-1].version, "changes": [c.to_json() for c in update]}
+
+    @app.get("/v1/audit")
+    async def audit(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
+        return [{"at": e.at, "principal": e.principal, "action": e.action, "kind": e.kind,
+                 "name": e.name, "detail": e.detail} for e in control.store.audit_log(limit)]
+
+    @app.post("/v1/shutdown")
+    async def shutdown_daemon() -> dict[str, Any]:
+        if shutdown is not None:
+            asyncio.get_running_loop().call_soon(shutdown)
+        return {"stopping": True}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            _, defs = models_json_schema(
+                [(SandboxSpec, "validation"), (RouteGroupSpec, "validation")],
+                ref_template="#/components/schemas/{model}",
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                defs.get("$defs", {})
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except ValueError as exc:
+        raise Invalid(f"the request body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise Invalid("the request body must be a JSON object")
+    return data
+
+
+def _logs_response(control: ControlPlane, unit: str, tail: int, follow: bool) -> Response:
+    path = control.runtime.log_path(unit)
+    if path is None or not path.exists():
+        return Response("", media_type="text/plain")
+    text = _tail(path, tail)
+    if not follow:
+        return Response(text, media_type="text/plain")
+    return StreamingResponse(_follow(path, text), media_type="text/plain")
+
+
+def _tail(path: Path, count: int) -> str:
+    with path.open("rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        chunk = min(size, max(65536, count * 200))
+        fh.seek(size - chunk)
+        lines = fh.read().decode("utf-8", "replace").splitlines(keepends=True)
+    if chunk < size and lines:
+        lines = lines[1:]  # the first line is probably cut
+    return "".join(lines[-count:])
+
+
+async def _follow(path: Path, first: str) -> AsyncIterator[str]:
+    yield first
+    with path.open("rb") as fh:
+        fh.seek(0, 2)
+        while True:
+            data = fh.read()
+            if data:
+                yield data.decode("utf-8", "replace")
+            else:
+                await asyncio.sleep(0.2)

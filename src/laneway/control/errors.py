@@ -1,0 +1,29 @@
+"""The control plane's exception tree; the API maps each to one status code and JSON shape."""
+
+from __future__ import annotations
+
+__all__ = ["ControlError", "Invalid", "NotFound"]
+
+
+class ControlError(Exception):
+    status = 400
+    code = "error"
+
+    def __init__(self, message: str, *, field: str = "",
+                 errors: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.errors = errors or []
+
+
+class Invalid(ControlError):
+    """A spec or parameter is wrong; `errors` holds (field path, message) pairs."""
+
+    status = 422
+    code = "invalid"
+
+
+class NotFound(ControlError):
+    status = 404
+    code = "not_found"

@@ -1,0 +1,325 @@
+"""The control plane's operations: apply, get, list and delete sandboxes and route groups.
+
+The API calls these; they validate (every problem with its field path), write the store and the
+audit log, and wake the reconciler. They never touch processes: the reconciler converges the
+runtime to what the store says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from laneway.control.errors import Invalid, NotFound
+from laneway.control.hoplog import HopLog
+from laneway.control.store import AuditEntry, Kind, Record, Store
+from laneway.core.feed import RoutesBroadcaster
+from laneway.core.keys import new_routing_key
+from laneway.core.plan import (
+    DesiredSandbox,
+    RouteGroupEntry,
+    RouteGroupStatus,
+    SandboxStatus,
+)
+from laneway.core.runtime import Runtime
+from laneway.core.spec import (
+    ProjectSpec,
+    RouteGroupSpec,
+    SandboxSpec,
+    SpecError,
+    check_sandbox_against_project,
+    parse_route_group,
+    parse_sandbox,
+    service_url,
+)
+
+__all__ = ["ControlPlane"]
+
+
+def _invalid(exc: SpecError) -> Invalid:
+    first = exc.issues[0] if exc.issues else ("", "invalid")
+    return Invalid(exc.render(), field=first[0], errors=exc.issues)
+
+
+class ControlPlane:
+    def __init__(self, project: ProjectSpec, store: Store, runtime: Runtime,
+                 feed: RoutesBroadcaster, hops: HopLog) -> None:
+        self.project = project
+        self.store = store
+        self.runtime = runtime
+        self.feed = feed
+        self.hops = hops
+        self.started_at = time.time()
+        self.sandbox_status: dict[str, SandboxStatus] = {}
+        self.group_status: dict[str, RouteGroupStatus] = {}
+        self.passes = 0
+        self._wake = asyncio.Event()
+        self._settled = asyncio.Event()  # set after every reconcile pass
+        self._parsed: dict[tuple[str, str, int], Any] = {}
+
+    # the reconciler's side
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def wait_for_wake(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    def pass_done(self) -> None:
+        self.passes += 1
+        self._settled.set()
+        self._settled = asyncio.Event()
+
+    async def next_pass(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), timeout)
+
+    def desired_sandboxes(self) -> list[DesiredSandbox]:
+        out = []
+        for rec in self.store.records("sandbox"):
+            spec = self._parsed_spec(rec)
+            assert isinstance(spec, SandboxSpec)
+            out.append(DesiredSandbox(spec, rec.routing_key, rec.created_at))
+        return out
+
+    def desired_groups(self) -> list[RouteGroupEntry]:
+        out = []
+        for rec in self.store.records("routegroup"):
+            spec = self._parsed_spec(rec)
+            assert isinstance(spec, RouteGroupSpec)
+            out.append(RouteGroupEntry(spec, rec.routing_key))
+        return out
+
+    def _parsed_spec(self, rec: Record) -> Any:
+        key = (rec.kind, rec.name, rec.generation)
+        spec = self._parsed.get(key)
+        if spec is None:
+            spec = (parse_sandbox(rec.spec) if rec.kind == "sandbox"
+                    else parse_route_group(rec.spec))
+            self._parsed = {k: v for k, v in self._parsed.items() if k[:2] != key[:2]}
+            self._parsed[key] = spec
+        return spec
+
+    # operations
+
+    def _audit(self, principal: str, action: str, kind: Kind, name: str,
+               detail: Mapping[str, Any] | None = None) -> None:
+        self.store.audit(AuditEntry(time.time(), principal, action, kind, name,
+                                    dict(detail or {})))
+
+    def _new_key(self) -> str:
+        while True:
+            key = new_routing_key()
+            if not self.store.key_in_use(key):
+                return key
+
+    def apply_sandbox(self, data: Mapping[str, Any], *, name: str | None = None,
+                      principal: str = "local") -> tuple[dict[str, Any], bool]:
+        """Create or update a sandbox by name; returns (view, created)."""
+        data = dict(data)
+        if name is not None:
+            if data.get("name", name) != name:
+                raise Invalid(f"name: the body names {data.get('name')!r} but the URL names "
+                              f"{name!r}", field="name",
+                              errors=[("name", "must match the name in the URL")])
+            data["name"] = name
+        try:
+            spec = parse_sandbox(data)
+            check_sandbox_against_project(spec, self.project)
+        except SpecError as exc:
+            raise _invalid(exc) from exc
+        now = time.time()
+        stored = spec.model_dump(mode="json", exclude_defaults=True)
+        existing = self.store.get("sandbox", spec.name)
+        expires = now + spec.ttl if spec.ttl else None
+        if existing is None:
+            record = Record("sandbox", spec.name, stored, self._new_key(), now, now, 1, expires)
+            created = True
+        else:
+            changed = existing.spec != stored
+            record = Record("sandbox", spec.name, stored, existing.routing_key,
+                            existing.created_at, now,
+                            existing.generation + (1 if changed else 0), expires)
+            created = False
+        self.store.put(record)
+        self._audit(principal, "create" if created else "update", "sandbox", spec.name,
+                    {"generation": record.generation})
+        self.wake()
+        return self.sandbox_view(record), created
+
+    def sandbox_view(self, rec: Record) -> dict[str, Any]:
+        spec = self._parsed_spec(rec)
+        assert isinstance(spec, SandboxSpec)
+        status = self.sandbox_status.get(rec.name)
+        status_json: dict[str, Any]
+        if status is None:
+            status_json = {"ready": False, "phase": "pending",
+                           "message": "waiting for the reconciler", "forks": []}
+        else:
+            failed = any(f["phase"] in ("crashed", "unhealthy") for f in status.forks)
+            status_json = {**status.to_json(),
+                           "phase": "ready" if status.ready else
+                           ("failed" if failed else "pending")}
+        return {
+            "name": rec.name,
+            "routingKey": rec.routing_key,
+            "labels": spec.labels,
+            "ttl": spec.ttl,
+            "expiresAt": rec.expires_at,
+            "createdAt": rec.created_at,
+            "updatedAt": rec.updated_at,
+            "generation": rec.generation,
+            "forks": [
+                {"service": f.service, **({"run": f.run_line or list(f.run)} if f.run else {}),
+                 **({"env": f.env} if f.env else {})}
+                for f in spec.forks
+            ],
+            "status": status_json,
+        }
+
+    def get_sandbox(self, name: str) -> dict[str, Any]:
+        rec = self.store.get("sandbox", name)
+        if rec is None:
+            raise NotFound(f"sandbox {name!r} not found; `laneway sandbox list` shows the "
+                           "sandboxes there are")
+        return self.sandbox_view(rec)
+
+    def list_sandboxes(self) -> list[dict[str, Any]]:
+        return [self.sandbox_view(r) for r in self.store.records("sandbox")]
+
+    def delete_sandbox(self, name: str, *, principal: str = "local",
+                       reason: str = "delete") -> None:
+        if not self.store.delete("sandbox", name):
+            raise NotFound(f"sandbox {name!r} not found")
+        self.sandbox_status.pop(name, None)
+        self._audit(principal, reason, "sandbox", name)
+        self.wake()
+
+    def apply_route_group(self, data: Mapping[str, Any], *, name: str | None = None,
+                          principal: str = "local") -> tuple[dict[str, Any], bool]:
+        data = dict(data)
+        if name is not None:
+            if data.get("name", name) != name:
+                raise Invalid("name: must match the name in the URL", field="name",
+                              errors=[("name", "must match the name in the URL")])
+            data["name"] = name
+        try:
+            spec = parse_route_group(data)
+        except SpecError as exc:
+            raise _invalid(exc) from exc
+        now = time.time()
+        stored = spec.model_dump(mode="json", exclude_defaults=True)
+        existing = self.store.get("routegroup", spec.name)
+        if existing is None:
+            record = Record("routegroup", spec.name, stored, self._new_key(), now, now)
+            created = True
+        else:
+            record = Record("routegroup", spec.name, stored, existing.routing_key,
+                            existing.created_at, now,
+                            existing.generation + (existing.spec != stored))
+            created = False
+        self.store.put(record)
+        self._audit(principal, "create" if created else "update", "routegroup", spec.name)
+        self.wake()
+        return self.route_group_view(record), created
+
+    def route_group_view(self, rec: Record) -> dict[str, Any]:
+        spec = self._parsed_spec(rec)
+        assert isinstance(spec, RouteGroupSpec)
+        status = self.group_status.get(rec.name)
+        return {
+            "name": rec.name,
+            "routingKey": rec.routing_key,
+            "labels": spec.labels,
+            "match": {"labels": spec.match.labels},
+            "createdAt": rec.created_at,
+            "updatedAt": rec.updated_at,
+            "status": status.to_json() if status else {
+                "ready": False, "message": "waiting for the reconciler", "sandboxes": [],
+                "conflicts": []},
+        }
+
+    def get_route_group(self, name: str) -> dict[str, Any]:
+        rec = self.store.get("routegroup", name)
+        if rec is None:
+            raise NotFound(f"route group {name!r} not found; `laneway routegroup list` shows "
+                           "the route groups there are")
+        return self.route_group_view(rec)
+
+    def list_route_groups(self) -> list[dict[str, Any]]:
+        return [self.route_group_view(r) for r in self.store.records("routegroup")]
+
+    def delete_route_group(self, name: str, *, principal: str = "local") -> None:
+        if not self.store.delete("routegroup", name):
+            raise NotFound(f"route group {name!r} not found")
+        self.group_status.pop(name, None)
+        self._audit(principal, "delete", "routegroup", name)
+        self.wake()
+
+    # reading
+
+    def services(self) -> list[dict[str, Any]]:
+        states = self.runtime.states()
+        out = []
+        for name, svc in self.project.services.items():
+            state = states.get(name)
+            out.append({
+                "name": name,
+                "url": service_url(svc.port),
+                "port": svc.port,
+                "phase": state.phase if state else "pending",
+                "ready": bool(state and state.phase == "ready"),
+                "message": state.message if state else "waiting for its dependencies",
+                "pid": state.pid if state else None,
+                "internalPort": state.port if state else None,
+                "restarts": state.restarts if state else 0,
+                "dependsOn": list(svc.depends_on),
+            })
+        return out
+
+    def status(self) -> dict[str, Any]:
+        services = self.services()
+        sandboxes = self.list_sandboxes()
+        return {
+            "name": self.project.name,
+            "startedAt": self.started_at,
+            "ready": all(s["ready"] for s in services),
+            "services": services,
+            "sandboxes": [{"name": s["name"], "routingKey": s["routingKey"],
+                           "ready": s["status"]["ready"], "phase": s["status"]["phase"],
+                           "message": s["status"]["message"],
+                           "forks": [f["service"] for f in s["forks"]]} for s in sandboxes],
+            "routeGroups": [{"name": g["name"], "routingKey": g["routingKey"],
+                             "ready": g["status"]["ready"], "message": g["status"]["message"]}
+                            for g in self.list_route_groups()],
+            "routes": {"version": self.feed.version},
+            "hops": {"stored": len(self.hops), "received": self.hops.received},
+        }
+
+    def keys_of_sandbox(self, name: str) -> set[str]:
+        """The sandbox's key and the keys of route groups that include it."""
+        rec = self.store.get("sandbox", name)
+        if rec is None:
+            raise NotFound(f"sandbox {name!r} not found")
+        keys = {rec.routing_key}
+        for group in self.store.records("routegroup"):
+            status = self.group_status.get(group.name)
+            if status and name in status.sandboxes:
+                keys.add(group.routing_key)
+        return keys
+
+    def unit_of_fork(self, sandbox: str, service: str) -> str | None:
+        states = self.runtime.states()
+        status = self.sandbox_status.get(sandbox)
+        if status:
+            for fork in status.forks:
+                if fork["service"] == service:
+                    unit = str(fork["unit"])
+                    if unit in states or self.runtime.log_path(unit) is not None:
+                        return unit
+        return None

@@ -1,0 +1,227 @@
+"""Composition root: builds the store, runtime, control plane, router and API, runs them, and
+shuts them down as a runbook (stop accepting, stop the API, stop routers, stop every process).
+
+Signals: the first SIGINT/SIGTERM starts a graceful shutdown; a second one forces it (process
+groups are killed and the daemon exits at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import IO
+
+import uvicorn
+import uvloop
+
+from laneway.control.api import create_app
+from laneway.control.hoplog import HopLog
+from laneway.control.plane import ControlPlane
+from laneway.control.reconciler import Reconciler
+from laneway.control.store import SqliteStore
+from laneway.core.feed import RoutesBroadcaster
+from laneway.core.layout import STATE_DIR_NAME, StateLayout
+from laneway.core.spec import ProjectSpec, SpecError, load_project
+from laneway.router import Router, RouterSettings
+from laneway.router.server import RouterError
+from laneway.runtime.local import LocalRuntime
+
+__all__ = ["Daemon", "main", "run"]
+
+log = logging.getLogger("laneway.daemon")
+
+
+class DaemonError(Exception):
+    """A reason the daemon cannot start that the user can fix."""
+
+
+class _ApiServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # the daemon owns signal handling
+
+
+class Daemon:
+    def __init__(self, config: Path, project: ProjectSpec, out: IO[str]) -> None:
+        self.config = config
+        self.project = project
+        self.out = out
+        self.layout = StateLayout(config.parent / STATE_DIR_NAME)
+        self.stop_requested = asyncio.Event()
+        self._signals = 0
+        self._lock_fd: int | None = None
+
+    def say(self, message: str) -> None:
+        print(message, file=self.out, flush=True)
+
+    def _lock(self) -> None:
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            pid = self.layout.lock.read_text().strip() or "?"
+            raise DaemonError(
+                f"laneway is already running for {self.config} (pid {pid}); run `laneway down` "
+                "first, or `laneway status` to see it"
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _write_token(self) -> str:
+        token = secrets.token_urlsafe(32)
+        path = self.layout.token
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token)
+        os.chmod(path, 0o600)
+        return token
+
+    def _on_signal(self) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self.say("laneway: stopping (Ctrl-C again to force)")
+            self.stop_requested.set()
+        else:
+            self.say("laneway: forced stop")
+            self._force()
+
+    def _force(self) -> None:
+        for path in (self.layout.root / "run").glob("*.json"):
+            with contextlib.suppress(Exception):
+                os.killpg(int(json.loads(path.read_text())["pid"]), signal.SIGKILL)
+                path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.layout.api.unlink()
+        os._exit(130)
+
+    async def run(self) -> int:
+        self._lock()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal)
+        token = self._write_token()
+        store = SqliteStore(self.layout.database)
+        runtime = LocalRuntime(self.layout.root)
+        if runtime.reaped:
+            self.say(f"laneway: stopped {len(runtime.reaped)} processes left by a previous run: "
+                     f"{', '.join(runtime.reaped)}")
+        feed = RoutesBroadcaster()
+        hops = HopLog(self.project.router.hop_capacity)
+        control = ControlPlane(self.project, store, runtime, feed, hops)
+        settings = self.project.router
+        router = Router(RouterSettings(
+            extra_headers=tuple(settings.extra_headers),
+            connect_timeout=settings.connect_timeout,
+            upstream_timeout=settings.upstream_timeout,
+            max_header_bytes=settings.max_header_bytes,
+        ), hop_sink=hops.add)
+        reconciler = Reconciler(control)
+        server: _ApiServer | None = None
+        api_task: asyncio.Task[None] | None = None
+        try:
+            for name, svc in self.project.services.items():
+                await router.listen(name, svc.port)
+            router.follow(feed)
+            reconciler.start()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            app = create_app(control, token, shutdown=self.stop_requested.set)
+            server = _ApiServer(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                               access_log=False))
+            api_task = loop.create_task(server.serve(sockets=[sock]), name="laneway-api")
+            while not server.started:
+                if api_task.done():
+                    raise DaemonError("the API server failed to start")
+                await asyncio.sleep(0.01)
+            url = f"http://127.0.0.1:{port}"
+            self.layout.api.write_text(json.dumps({
+                "url": url, "pid": os.getpid(), "config": str(self.config),
+                "project": self.project.name, "startedAt": time.time(),
+            }))
+            self.say(f"laneway: {self.project.name} control plane at {url}")
+            await self._report_baseline(control)
+            await self.stop_requested.wait()
+        except RouterError as exc:
+            raise DaemonError(str(exc)) from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.layout.api.unlink()
+            if server is not None and api_task is not None:
+                server.should_exit = True
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(api_task, 5)
+            await reconciler.close()
+            await router.close()
+            await runtime.close()
+            store.close()
+            self.say("laneway: stopped")
+        return 0
+
+    async def _report_baseline(self, control: ControlPlane) -> None:
+        """Print each baseline service as it becomes ready (or fails) in the foreground log."""
+        reported: dict[str, str] = {}
+        deadline = time.monotonic() + max(
+            (s.startup_timeout for s in self.project.services.values()), default=30
+        ) * len(self.project.services) + 5
+        while not self.stop_requested.is_set() and time.monotonic() < deadline:
+            for svc in control.services():
+                phase = svc["phase"]
+                if reported.get(svc["name"]) != phase and phase in ("ready", "crashed",
+                                                                     "unhealthy"):
+                    reported[svc["name"]] = phase
+                    note = "" if phase == "ready" else f": {svc['message']}"
+                    self.say(f"laneway: {svc['name']} {phase} at {svc['url']}{note}")
+            if all(reported.get(s) == "ready" for s in self.project.services):
+                self.say("laneway: baseline ready")
+                return
+            await control.next_pass(0.5)
+
+
+async def run(config: Path, out: IO[str]) -> int:
+    try:
+        project = load_project(config)
+    except SpecError as exc:
+        print(f"Error: {exc.render()}", file=sys.stderr)
+        return 2
+    daemon = Daemon(config, project, out)
+    try:
+        return await daemon.run()
+    except DaemonError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="laneway-daemon")
+    parser.add_argument("-f", "--file", default="laneway.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="laneway: %(levelname)s %(message)s")
+    _use_our_python()
+    return uvloop.run(run(Path(args.file).resolve(), sys.stdout))
+
+
+def _use_our_python() -> None:
+    """Put this interpreter's bin/ first on PATH for the processes we start, as activating the
+    virtual environment would: `run: python app.py` then means the Python laneway runs in."""
+    if sys.prefix != sys.base_prefix:
+        bin_dir = str(Path(sys.executable).parent)
+        path = os.environ.get("PATH", "")
+        if not path.startswith(bin_dir + os.pathsep):
+            os.environ["PATH"] = bin_dir + os.pathsep + path

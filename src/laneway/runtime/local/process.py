@@ -1,0 +1,213 @@
+"""One supervised unit: start, health-check, watch, restart with backoff, stop gracefully.
+
+Each unit is owned by one named task that the `LocalRuntime` keeps and cancels on stop. Children
+run in their own process group (so `sh -c` pipelines stop as a whole), get SIGTERM when the daemon
+dies (PR_SET_PDEATHSIG on Linux), and are recorded in a pid file so that a restarted daemon can
+find and stop what a crashed one left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from laneway.core.runtime import ProcessSpec, UnitState
+from laneway.runtime.local.health import check_health
+
+__all__ = ["SupervisedProcess", "free_port", "tail_lines"]
+
+BACKOFF_START = 0.5
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 10.0  # a process ready this long has its backoff reset
+STOP_GRACE = 5.0
+
+
+def free_port() -> int:
+    """A port the kernel just handed out on loopback; the process binds it right after."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tail_lines(path: Path, count: int = 10, max_bytes: int = 8192) -> list[str]:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    lines = [ln for ln in lines if not ln.startswith("--- laneway:")]
+    return lines[-count:]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if sys.platform == "linux":
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class SupervisedProcess:
+    def __init__(self, spec: ProcessSpec, log_path: Path, pid_dir: Path,
+                 on_change: Callable[[], None]) -> None:
+        self.spec = spec
+        self.log_path = log_path
+        self._pid_path = pid_dir / (spec.unit.replace("/", "_").replace("@", "_") + ".json")
+        self._on_change = on_change
+        self.state = UnitState(spec.unit, spec.service, spec.sandbox, "starting")
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stopping = False
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(
+            self._supervise(), name=f"laneway-unit-{self.spec.unit}"
+        )
+
+    def _set(self, **changes: object) -> None:
+        for name, value in changes.items():
+            setattr(self.state, name, value)
+        self._on_change()
+
+    async def _supervise(self) -> None:
+        backoff = BACKOFF_START
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                await self._run_once()
+            except OSError as exc:
+                # The command cannot even be started (not found, not executable, bad cwd).
+                self._set(phase="crashed", pid=None, exit_code=None,
+                          message=f"cannot start {self.spec.argv[0]!r}: {exc.strerror or exc}",
+                          log_tail=[])
+            if self._stopping:
+                return
+            if self.state.ready_at is not None and time.monotonic() - started > STABLE_AFTER:
+                backoff = BACKOFF_START
+            self.state.message += f"; restarting in {backoff:g}s"
+            self._on_change()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+            self._set(restarts=self.state.restarts + 1)
+
+    async def _run_once(self) -> None:
+        port = free_port()
+        env = dict(os.environ)
+        env.update(self.spec.env)
+        env["PORT"] = str(port)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            log.write(f"--- laneway: {stamp} starting {' '.join(self.spec.argv)} "
+                      f"(PORT={port}) ---\n".encode())
+            log.flush()
+            proc = await asyncio.create_subprocess_exec(
+                *self.spec.argv, env=env, cwd=self.spec.cwd, stdin=asyncio.subprocess.DEVNULL,
+                stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        self._proc = proc
+        self._write_pid(proc.pid)
+        self._set(phase="starting", port=port, pid=proc.pid, exit_code=None,
+                  message="waiting for the health check", started_at=time.time(), ready_at=None,
+                  log_tail=[])
+        waiter = asyncio.ensure_future(proc.wait())
+        try:
+            await self._await_health(proc, waiter, port)
+            code = await waiter
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiter
+        self._remove_pid()
+        if self._stopping:
+            return
+        tail = tail_lines(self.log_path)
+        how = f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
+        last = f"; last log lines: {' | '.join(tail[-3:])}" if tail else ""
+        self._set(phase="crashed", pid=None, exit_code=code, message=f"{how}{last}",
+                  log_tail=tail)
+
+    async def _await_health(self, proc: asyncio.subprocess.Process,
+                            waiter: asyncio.Future[int], port: int) -> None:
+        deadline = time.monotonic() + self.spec.startup_timeout
+        delay = 0.02
+        problem: str | None = "not checked yet"
+        while not waiter.done():
+            problem = await check_health(port, self.spec.health)
+            if problem is None:
+                self._set(phase="ready", ready_at=time.time(), message="healthy")
+                return
+            if time.monotonic() > deadline and self.state.phase != "unhealthy":
+                self._set(phase="unhealthy", message=(
+                    f"not healthy after {self.spec.startup_timeout:g}s: {problem} (the process "
+                    f"must listen on $PORT={port}; check its log)"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiter), delay)
+            delay = min(delay * 1.5, 0.25 if self.state.phase == "starting" else 1.0)
+
+    async def stop(self) -> None:
+        """SIGTERM to the process group, SIGKILL after the grace period, supervisor ended."""
+        self._stopping = True
+        self._set(phase="stopping")
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE)
+            except TimeoutError:
+                _signal_group(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        if proc is not None:
+            _signal_group(proc.pid, signal.SIGKILL)  # stragglers in the group
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self._remove_pid()
+
+    def _write_pid(self, pid: int) -> None:
+        self._pid_path.parent.mkdir(parents=True, exist_ok=True)
+        self._pid_path.write_text(json.dumps({"pid": pid, "unit": self.spec.unit,
+                                              "argv": list(self.spec.argv)}))
+
+    def _remove_pid(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._pid_path.unlink()
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def reap_leftovers(pid_dir: Path) -> list[str]:
+    """Stop process groups recorded by a daemon that died; returns the units stopped."""
+    stopped = []
+    for path in sorted(pid_dir.glob("*.json")) if pid_dir.is_dir() else []:
+        try:
+            record = json.loads(path.read_text())
+            pid = int(record["pid"])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)
+            continue
+        # Only a process still running the recorded command is ours (pids get reused).
+        if cmdline and cmdline[0].decode(errors="replace") == record["argv"][0]:
+            _signal_group(pid, signal.SIGTERM)
+            stopped.append(str(record["unit"]))
+        path.unlink(missing_ok=True)
+    return stopped
