@@ -34,15 +34,14 @@ def setup_tracing() -> None:
     HTTPXClientInstrumentor().instrument()
 
 
-_client: httpx.AsyncClient | None = None
+_clients: list[httpx.AsyncClient] = []
 
 
 def client() -> httpx.AsyncClient:
     """One pooled client per process (keep-alive to the next hop's router)."""
-    global _client
-    if _client is None:
-        _client = httpx.AsyncClient(timeout=10.0)
-    return _client
+    if not _clients:
+        _clients.append(httpx.AsyncClient(timeout=10.0))
+    return _clients[0]
 
 
 def serve(app: Starlette) -> None:

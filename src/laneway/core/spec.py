@@ -37,13 +37,14 @@ __all__ = [
     "check_sandbox_against_project",
     "format_loc",
     "interpolate",
-    "with_base_dir",
     "load_project",
     "load_yaml_document",
+    "parse_project",
     "parse_route_group",
     "parse_sandbox",
     "service_url",
     "spec_error_from_validation",
+    "with_base_dir",
 ]
 
 DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -146,10 +147,14 @@ class ServiceSpec(_Spec):
             run = data["run"]
             if isinstance(run, str):
                 data.setdefault("run_line", run)
-                data["run"] = _split_run(run)
             elif isinstance(run, list):
                 data.setdefault("run_line", shlex.join(str(a) for a in run))
         return data
+
+    @field_validator("run", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _split_run(value)
 
     @field_validator("run")
     @classmethod
@@ -379,8 +384,12 @@ class ForkSpec(_Spec):
         if isinstance(data, dict) and isinstance(data.get("run"), str):
             data = dict(data)
             data.setdefault("run_line", data["run"])
-            data["run"] = _split_run(data["run"])
         return data
+
+    @field_validator("run", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _split_run(value)
 
     @field_validator("run")
     @classmethod
@@ -538,6 +547,11 @@ def with_base_dir(project: ProjectSpec, base: Path) -> ProjectSpec:
         for name, svc in project.services.items()
     }
     return project.model_copy(update={"services": services})
+
+
+def parse_project(data: Mapping[str, Any], source: str | None = None) -> ProjectSpec:
+    result: ProjectSpec = _parse(ProjectSpec, data, source)
+    return result
 
 
 def parse_sandbox(data: Mapping[str, Any], source: str | None = None) -> SandboxSpec:

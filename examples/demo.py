@@ -1,0 +1,112 @@
+"""`make demo`: the shop's baseline, a sandbox that forks pricing, and one request sent twice.
+
+Everything goes through the `laneway` command as a user would type it; requests carry a
+`traceparent` so that the path each one took can be read back from the recorded hops.
+Set DEMO_KEEP=1 to leave the environment running and try it by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.columns import Columns
+from rich.console import Console
+from rich.panel import Panel
+
+SHOP = Path(__file__).resolve().parent / "shop"
+LANEWAY = str(Path(sys.executable).parent / "laneway")
+WEB = "http://127.0.0.1:19401"
+console = Console(highlight=False)
+
+
+def laneway(*args: str, capture: bool = False) -> str:
+    result = subprocess.run([LANEWAY, *args], cwd=SHOP, text=True, check=False,
+                            capture_output=capture)
+    if result.returncode != 0:
+        if capture:
+            sys.stderr.write(result.stderr)
+        raise SystemExit(f"demo: `laneway {' '.join(args)}` failed ({result.returncode})")
+    return result.stdout if capture else ""
+
+
+def request(key: str | None) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
+    trace_id = secrets.token_hex(16)
+    headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    if key:
+        headers["baggage"] = f"laneway-key={key}"
+    answer = httpx.get(f"{WEB}/buy", params={"item": "book", "currency": "EUR"},
+                       headers=headers, timeout=10).json()
+    deadline = time.monotonic() + 5
+    hops: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:  # hop records arrive in batches, within ~50 ms
+        hops = json.loads(laneway("hops", "--trace", trace_id, "-o", "json", capture=True))
+        if len(hops) >= 4:
+            break
+        time.sleep(0.05)
+    return answer, trace_id, hops
+
+
+def path_of(hops: list[dict[str, Any]]) -> str:
+    return " → ".join(h["service"] if h["destination"] == "baseline"
+                      else f"[bold magenta]{h['service']}@{h['destination']}[/]" for h in hops)
+
+
+def panel(title: str, answer: dict[str, Any], hops: list[dict[str, Any]]) -> Panel:
+    quote = answer["quote"]
+    body = (f"[bold]{answer['message']}[/]\n"
+            f"discount: {quote['pricing']['discount']}   pricing: {quote['pricing']['pricing']}\n\n"
+            f"path: {path_of(hops)}\n" +
+            "\n".join(f"  {h['service']:<9} {h['destination']:<14} {h['status']}  "
+                      f"{h['duration_ms']:6.1f} ms" for h in hops))
+    return Panel(body, title=title, width=60)
+
+
+def main() -> None:
+    console.rule("laneway demo: the shop")
+    laneway("down", capture=True) if (SHOP / ".laneway" / "api.json").exists() else None
+    laneway("up", "--detach")
+    try:
+        console.print("\n$ laneway sandbox apply -f sandbox-pricing.yaml --wait")
+        sandbox = json.loads(laneway("sandbox", "apply", "-f", "sandbox-pricing.yaml",
+                                     "--wait", "-o", "json", capture=True))
+        key = sandbox["routingKey"]
+        console.print(f"sandbox [bold]{sandbox['name']}[/] forks pricing (PRICING_DISCOUNT=20); "
+                      f"routing key [bold]{key}[/]\n")
+        console.print("The same request, GET /buy?item=book at web, without and with the key:")
+        plain, _, plain_hops = request(None)
+        keyed, _, keyed_hops = request(key)
+        console.print(Columns([
+            panel("no key → baseline", plain, plain_hops),
+            panel(f"baggage: laneway-key={key}", keyed, keyed_hops),
+        ]))
+        ok = plain["quote"]["pricing"]["pricing"] == "baseline" and \
+            keyed["quote"]["pricing"]["pricing"] == "fork of pricing-promo"
+        console.print("[green]✓ only the keyed request reached the fork[/]" if ok else
+                      "[red]✗ routing did not behave as expected[/]")
+        if os.environ.get("DEMO_KEEP"):
+            console.print("\nDEMO_KEEP=1: still running. Try:\n"
+                          f"  curl '{WEB}/buy?item=book'\n"
+                          f"  curl -H 'baggage: laneway-key={key}' '{WEB}/buy?item=book'\n"
+                          f"  cd {SHOP} && {LANEWAY} status\n"
+                          f"  cd {SHOP} && {LANEWAY} down")
+            return
+        if not ok:
+            raise SystemExit(1)
+    except BaseException:
+        if not os.environ.get("DEMO_KEEP"):
+            laneway("down", capture=True)
+        raise
+    console.print("\n$ laneway down")
+    laneway("down")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""A link of a service chain for tests, on the standard library only.
+
+It answers `GET /` with its name and version, calling $NEXT_URL first when set and copying the
+incoming `baggage`/`traceparent` onto that call by hand (no OpenTelemetry): the way a service in
+any language can propagate the routing key. Misbehaviour on demand: EXIT_AT_ONCE=1 exits with
+code 3 after printing an error; FAIL_HEALTH=1 never becomes healthy; /drop calls the next hop
+without the baggage (a propagation leak).
+"""
+
+import http.client
+import json
+import os
+import sys
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+NAME = os.environ.get("LANEWAY_SERVICE", "?")
+VERSION = os.environ.get("VERSION", "baseline")
+NEXT = os.environ.get("NEXT_URL", "")
+
+if os.environ.get("EXIT_AT_ONCE"):
+    print(f"{NAME}: fatal: cannot load configuration (EXIT_AT_ONCE)", file=sys.stderr)
+    sys.exit(3)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        print(f"{NAME} {VERSION}: {format % args}", flush=True)
+
+    def _send(self, status: int, body: dict[str, object]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path == "/healthz":
+            if os.environ.get("FAIL_HEALTH"):
+                self._send(500, {"ok": False})
+            else:
+                self._send(200, {"ok": True})
+            return
+        nxt = None
+        if NEXT:
+            url = urllib.parse.urlsplit(NEXT)
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+            headers = {}
+            for name in ("baggage", "traceparent", "tracestate"):
+                if self.headers.get(name) and not (self.path == "/drop" and name == "baggage"):
+                    headers[name] = self.headers[name]
+            conn.request("GET", self.path, headers=headers)
+            resp = conn.getresponse()
+            nxt = json.loads(resp.read())
+            conn.close()
+        self._send(200, {"service": NAME, "version": VERSION, "next": nxt})
+
+
+ThreadingHTTPServer.daemon_threads = True
+server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+print(f"{NAME} {VERSION} listening on {os.environ['PORT']}", flush=True)
+server.serve_forever()

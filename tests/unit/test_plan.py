@@ -1,0 +1,181 @@
+"""Reconcile planning and route building, as pure functions over plain data."""
+
+from __future__ import annotations
+
+from laneway.core.plan import (
+    DesiredSandbox,
+    RouteGroupEntry,
+    build_routes,
+    desired_forks,
+    plan_actions,
+)
+from laneway.core.runtime import Phase, UnitState
+from laneway.core.spec import parse_project, parse_route_group, parse_sandbox
+
+PROJECT = parse_project({
+    "name": "shop",
+    "services": {
+        "currency": {"run": "python c.py", "port": 19404},
+        "pricing": {"run": "python p.py", "port": 19403, "depends_on": ["currency"],
+                    "env": {"CURRENCY_URL": "${services.currency.url}"}},
+        "web": {"run": "python w.py", "port": 19401, "depends_on": ["pricing"]},
+    },
+})
+
+
+def sandbox(name: str, *forks: dict[str, object], labels: dict[str, str] | None = None,
+            created: float = 0.0) -> DesiredSandbox:
+    spec = parse_sandbox({"name": name, "forks": list(forks), "labels": labels or {}})
+    return DesiredSandbox(spec, f"key{name}".ljust(12, "0")[:12], created)
+
+
+def state(unit: str, phase: Phase, port: int = 30000, message: str = "") -> UnitState:
+    service, _, rest = unit.partition("@")
+    return UnitState(unit, service, rest.partition("#")[0] or None, phase, port=port,
+                     message=message)
+
+
+def baseline_ready() -> dict[str, UnitState]:
+    return {name: state(name, "ready", 20000 + i) for i, name in enumerate(PROJECT.services)}
+
+
+def test_baseline_starts_in_dependency_order() -> None:
+    plan = plan_actions(PROJECT, [], {})
+    assert [s.unit for s in plan.start] == ["currency"]
+    plan = plan_actions(PROJECT, [], {"currency": state("currency", "starting")})
+    assert plan.start == []
+    plan = plan_actions(PROJECT, [], {"currency": state("currency", "ready")})
+    assert [s.unit for s in plan.start] == ["pricing"]
+
+
+def test_forks_get_interpolated_env_and_laneway_variables() -> None:
+    sb = sandbox("sb-a", {"service": "pricing", "env": {"DISCOUNT": "20"}})
+    (spec,) = desired_forks(PROJECT, sb).values()
+    env = dict(spec.env)
+    assert env["CURRENCY_URL"] == "http://127.0.0.1:19404"
+    assert env["DISCOUNT"] == "20"
+    assert env["LANEWAY_SANDBOX"] == "sb-a"
+    assert env["LANEWAY_ROUTING_KEY"] == sb.routing_key
+    assert env["LANEWAY_SERVICE"] == "pricing"
+    assert spec.unit.startswith("pricing@sb-a#")
+
+
+def test_fork_unit_changes_only_when_the_fork_changes() -> None:
+    one = desired_forks(PROJECT, sandbox("s", {"service": "pricing"}, {"service": "web"}))
+    two = desired_forks(PROJECT, sandbox("s", {"service": "pricing", "env": {"X": "1"}},
+                                         {"service": "web"}))
+    assert [u for u in one if u.startswith("web")] == [u for u in two if u.startswith("web")]
+    assert [u for u in one if u.startswith("pricing")] != \
+        [u for u in two if u.startswith("pricing")]
+
+
+def test_new_and_deleted_sandboxes() -> None:
+    actual = baseline_ready()
+    sb = sandbox("sb-a", {"service": "pricing"})
+    plan = plan_actions(PROJECT, [sb], actual)
+    (unit,) = [s.unit for s in plan.start]
+    assert plan.stop == []
+    actual[unit] = state(unit, "ready", 31000)
+    assert plan_actions(PROJECT, [sb], actual).empty
+    plan = plan_actions(PROJECT, [], actual)
+    assert plan.stop == [unit]
+
+
+def test_update_is_made_before_the_old_fork_is_broken() -> None:
+    actual = baseline_ready()
+    old = sandbox("sb-a", {"service": "pricing"})
+    (old_unit,) = desired_forks(PROJECT, old)
+    actual[old_unit] = state(old_unit, "ready", 31000)
+    new = sandbox("sb-a", {"service": "pricing", "env": {"V": "2"}})
+    (new_unit,) = desired_forks(PROJECT, new)
+
+    plan = plan_actions(PROJECT, [new], actual)
+    assert [s.unit for s in plan.start] == [new_unit]
+    assert plan.stop == []  # the old fork keeps serving while the new one starts
+
+    actual[new_unit] = state(new_unit, "starting", 32000)
+    assert plan_actions(PROJECT, [new], actual).stop == []
+    table, statuses, _ = build_routes(1, PROJECT, [new], [], actual)
+    route = table.forks["pricing"][new.routing_key]
+    assert route.ready
+    assert route.upstream is not None
+    assert route.upstream.port == 31000
+    assert not statuses["sb-a"].ready
+    assert "updating" in statuses["sb-a"].message
+
+    actual[new_unit] = state(new_unit, "ready", 32000)
+    table, statuses, _ = build_routes(2, PROJECT, [new], [], actual)
+    route = table.forks["pricing"][new.routing_key]
+    assert route.upstream is not None
+    assert route.upstream.port == 32000
+    assert statuses["sb-a"].ready
+    assert plan_actions(PROJECT, [new], actual).stop == [old_unit]
+
+
+def test_failed_update_is_a_503_not_the_old_version() -> None:
+    actual = baseline_ready()
+    old = sandbox("sb-a", {"service": "pricing"})
+    (old_unit,) = desired_forks(PROJECT, old)
+    actual[old_unit] = state(old_unit, "ready", 31000)
+    new = sandbox("sb-a", {"service": "pricing", "run": "python broken.py"})
+    (new_unit,) = desired_forks(PROJECT, new)
+    actual[new_unit] = state(new_unit, "crashed", message="exited with code 1")
+    table, statuses, _ = build_routes(1, PROJECT, [new], [], actual)
+    route = table.forks["pricing"][new.routing_key]
+    assert not route.ready
+    assert "exited with code 1" in route.reason
+    assert not statuses["sb-a"].ready
+    assert plan_actions(PROJECT, [new], actual).stop == [old_unit]
+
+
+def test_crashed_and_starting_forks_route_to_503_with_reason() -> None:
+    actual = baseline_ready()
+    sb = sandbox("sb-a", {"service": "pricing"}, {"service": "web"})
+    units = list(desired_forks(PROJECT, sb))
+    actual[units[0]] = state(units[0], "crashed", message="exited with code 3")
+    table, statuses, _ = build_routes(1, PROJECT, [sb], [], actual)
+    pricing = table.forks["pricing"][sb.routing_key]
+    web = table.forks["web"][sb.routing_key]
+    assert pricing.reason == "fork pricing@sb-a is crashed: exited with code 3"
+    assert "not started" in web.reason
+    assert "currency" in table.baseline
+    assert table.forks["currency"] == {}
+    assert statuses["sb-a"].forks[0]["phase"] == "crashed"
+
+
+def test_route_groups_span_matching_sandboxes_and_report_conflicts() -> None:
+    actual = baseline_ready()
+    a = sandbox("sb-a", {"service": "pricing"}, labels={"feature": "promo"}, created=1)
+    b = sandbox("sb-b", {"service": "web"}, labels={"feature": "promo-2"}, created=2)
+    c = sandbox("sb-c", {"service": "web"}, labels={"feature": "other"}, created=3)
+    for sb in (a, b, c):
+        for unit in desired_forks(PROJECT, sb):
+            actual[unit] = state(unit, "ready", 31000 + len(actual))
+    group = RouteGroupEntry(parse_route_group({"name": "g", "match": {"labels": {
+        "feature": "promo*"}}}), "groupkey0000")
+    table, _, groups = build_routes(1, PROJECT, [a, b, c], [group], actual)
+    assert table.forks["pricing"]["groupkey0000"].sandbox == "sb-a"
+    assert table.forks["web"]["groupkey0000"].sandbox == "sb-b"
+    assert groups["g"].sandboxes == ["sb-a", "sb-b"]
+    assert groups["g"].ready
+
+    wide = RouteGroupEntry(parse_route_group({"name": "w", "match": {"labels": {
+        "feature": "*"}}}), "widekey00000")
+    table, _, groups = build_routes(2, PROJECT, [a, b, c], [wide], actual)
+    assert groups["w"].conflicts == [{"service": "web", "sandboxes": ["sb-b", "sb-c"]}]
+    assert not groups["w"].ready
+    conflicted = table.forks["web"]["widekey00000"]
+    assert not conflicted.ready
+    assert "sb-b, sb-c" in conflicted.reason
+    assert table.forks["pricing"]["widekey00000"].ready
+
+
+def test_route_lookup_does_not_depend_on_sandbox_count() -> None:
+    actual = baseline_ready()
+    many = [sandbox(f"sb-{i}", {"service": "pricing"}) for i in range(300)]
+    for sb in many:
+        for unit in desired_forks(PROJECT, sb):
+            actual[unit] = state(unit, "ready", 40000)
+    table, statuses, _ = build_routes(1, PROJECT, many, [], actual)
+    assert len(table.forks["pricing"]) == len({sb.routing_key for sb in many})
+    assert all(s.ready for s in statuses.values())

@@ -1,0 +1,175 @@
+"""Specs: every error names its field path; forks inherit and override the baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from laneway.core.duration import format_duration, parse_duration
+from laneway.core.keys import is_routing_key, new_routing_key
+from laneway.core.spec import (
+    SpecError,
+    check_sandbox_against_project,
+    interpolate,
+    load_project,
+    parse_project,
+    parse_route_group,
+    parse_sandbox,
+)
+
+PROJECT = {
+    "name": "shop",
+    "services": {
+        "currency": {"run": ["python", "c.py"], "port": 19404, "health": "/healthz"},
+        "pricing": {"run": "python p.py --flag 'a b'", "port": 19403,
+                    "env": {"CURRENCY_URL": "${services.currency.url}", "N": 3, "DEBUG": True},
+                    "depends_on": ["currency"]},
+    },
+}
+
+
+def _issues(exc: pytest.ExceptionInfo[SpecError]) -> dict[str, str]:
+    return dict(exc.value.issues)
+
+
+def test_project_parses_and_splits_commands_like_a_shell() -> None:
+    project = parse_project(PROJECT)
+    pricing = project.services["pricing"]
+    assert pricing.run == ["python", "p.py", "--flag", "a b"]
+    assert pricing.env == {"CURRENCY_URL": "${services.currency.url}", "N": "3",
+                           "DEBUG": "true"}
+    assert pricing.health == "tcp" or pricing.health.startswith("/")
+    assert project.start_order() == ["currency", "pricing"]
+    assert interpolate(pricing.env["CURRENCY_URL"], project) == "http://127.0.0.1:19404"
+
+
+def test_shell_true_runs_the_line_through_sh() -> None:
+    project = parse_project({"name": "x", "services": {
+        "a": {"run": "echo $HOME | cat", "shell": True, "port": 1}}})
+    assert project.services["a"].argv() == ["/bin/sh", "-c", "echo $HOME | cat"]
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "fragment"),
+    [
+        ({"port": 70000}, "services.pricing.port", "less than or equal to 65535"),
+        ({"port": 19404}, "services.pricing.port", "already used by service 'currency'"),
+        ({"depends_on": ["nope"]}, "services.pricing.depends_on[0]", "unknown service 'nope'"),
+        ({"health": "healthz"}, "services.pricing.health", "starting with '/'"),
+        ({"run": []}, "services.pricing.run", "must name a command"),
+        ({"run": "python 'unclosed"}, "services.pricing.run", "cannot split"),
+        ({"startup_timeout": "soon"}, "services.pricing.startup_timeout", "not a duration"),
+        ({"colour": "red"}, "services.pricing.colour", "Extra inputs are not permitted"),
+        ({"env": {"U": "${services.ghost.url}"}}, "services.pricing.env.U", "unknown service"),
+    ],
+)
+def test_project_errors_name_the_field(change: dict[str, object], path: str,
+                                       fragment: str) -> None:
+    data = {**PROJECT, "services": {**PROJECT["services"],  # type: ignore[dict-item]
+                                    "pricing": {**PROJECT["services"]["pricing"],  # type: ignore[index]
+                                                **change}}}
+    with pytest.raises(SpecError) as exc:
+        parse_project(data)
+    issues = _issues(exc)
+    assert path in issues, issues
+    assert fragment in issues[path]
+
+
+def test_dependency_cycles_are_reported() -> None:
+    with pytest.raises(SpecError, match="cycle: a -> b -> a"):
+        parse_project({"name": "x", "services": {
+            "a": {"run": "a", "port": 1, "depends_on": ["b"]},
+            "b": {"run": "b", "port": 2, "depends_on": ["a"]}}})
+
+
+def test_load_project_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "laneway.yaml"
+    path.write_text("name: x\nservices:\n  a: {run: [x, port: 1\n")
+    with pytest.raises(SpecError) as exc:
+        load_project(path)
+    assert str(path) in exc.value.render()
+    assert "invalid YAML: line 4, column 1" in exc.value.render()
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(SpecError, match="mapping"):
+        load_project(path)
+
+
+def test_services_run_beside_laneway_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "laneway.yaml"
+    path.write_text("name: x\nservices:\n  a: {run: x, port: 1}\n  b: {run: y, port: 2, "
+                    "cwd: sub}\n")
+    project = load_project(path)
+    assert project.services["a"].cwd == str(tmp_path)
+    assert project.services["b"].cwd == str(tmp_path / "sub")
+
+
+def test_sandbox_spec_errors() -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_sandbox({"name": "Not_A_Label", "ttl": "3 weeks",
+                       "forks": [{"service": "a", "color": 1}]})
+    issues = _issues(exc)
+    assert "DNS label" in issues["name"]
+    assert "not a duration" in issues["ttl"]
+    assert "forks[0].color" in issues
+    with pytest.raises(SpecError, match="at most 40"):
+        parse_sandbox({"name": "a" * 41})
+    with pytest.raises(SpecError) as exc:
+        parse_sandbox({"name": "ok", "forks": [{"service": "a"}, {"service": "a"}]})
+    assert "already forked by forks[0]" in _issues(exc)["forks[1].service"]
+
+
+def test_sandbox_against_project() -> None:
+    project = parse_project(PROJECT)
+    spec = parse_sandbox({"name": "sb", "forks": [{"service": "pricing"},
+                                                  {"service": "ghost"}]})
+    with pytest.raises(SpecError) as exc:
+        check_sandbox_against_project(spec, project)
+    assert "unknown service 'ghost'" in _issues(exc)["forks[1].service"]
+    assert "currency, pricing" in _issues(exc)["forks[1].service"]
+
+
+def test_fork_inherits_and_env_merges() -> None:
+    project = parse_project(PROJECT)
+    spec = parse_sandbox({"name": "sb", "forks": [
+        {"service": "pricing", "env": {"N": "4", "NEW": "1"}}]})
+    resolved = spec.forks[0].resolve(project.services["pricing"])
+    assert resolved.run == project.services["pricing"].run
+    assert resolved.env["N"] == "4"
+    assert resolved.env["NEW"] == "1"
+    assert resolved.env["CURRENCY_URL"] == "${services.currency.url}"
+    other = parse_sandbox({"name": "sb", "forks": [{"service": "pricing",
+                                                    "run": "python p2.py"}]})
+    assert other.forks[0].resolve(project.services["pricing"]).run == ["python", "p2.py"]
+
+
+def test_route_group_needs_a_label_match() -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_route_group({"name": "g", "match": {"labels": {}}})
+    assert "match.labels" in _issues(exc)
+    group = parse_route_group({"name": "g", "match": {"labels": {"feature": "promo-*"}}})
+    assert group.match.labels == {"feature": "promo-*"}
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("45s", 45), ("30m", 1800), ("2h", 7200),
+                                               ("1d", 86400), ("1h30m", 5400)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5", "m", "5 parsecs", "0s", "-5m"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match=r"duration|longer than zero"):
+        parse_duration(text)
+
+
+def test_format_duration() -> None:
+    assert format_duration(59) == "59s"
+    assert format_duration(3600 + 120) == "1h02m"
+    assert format_duration(86400 * 2) == "2d"
+
+
+def test_routing_keys_are_random_and_well_formed() -> None:
+    keys = {new_routing_key() for _ in range(1000)}
+    assert len(keys) == 1000
+    assert all(is_routing_key(k) for k in keys)
