@@ -29,7 +29,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie has exited; its parent just has not collected it yet
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _running_pid(layout: StateLayout) -> int | None:
@@ -82,6 +85,7 @@ def start_daemon(file: Path, *, detach: bool, timeout: float) -> None:
         _wait_for_baseline(client, project.name, deadline)
     except CliError:
         _shutdown(client, layout)
+        proc.wait(timeout=10)
         raise
     url = client.url
     print(f"laneway: {project.name} is up (control plane {url}, daemon pid {proc.pid})")

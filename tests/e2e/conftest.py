@@ -1,0 +1,126 @@
+"""End-to-end fixtures: a project folder with a 3-service chain, driven by the `laneway` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+LANEWAY = str(Path(sys.executable).parent / "laneway")
+CHAIN = str(Path(__file__).parents[1] / "apps" / "chain.py")
+
+
+def free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+@dataclass
+class Project:
+    root: Path
+    ports: dict[str, int]
+    pids: set[int] = field(default_factory=set)
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    def run(self, *args: str, check: bool = True, timeout: float = 120,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([LANEWAY, *args], cwd=self.root, capture_output=True,
+                                text=True, timeout=timeout, check=False, input=stdin)
+        if check and result.returncode != 0:
+            raise AssertionError(f"laneway {' '.join(args)} exited {result.returncode}:\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "-o", "json").stdout)
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.root / name
+        path.write_text(text)
+        return path
+
+    def remember_pids(self) -> None:
+        """Every process laneway runs now, to check later that none is left behind."""
+        status = self.json("status")
+        self.pids |= {s["pid"] for s in status["services"] if s["pid"]}
+        for sb in self.json("sandbox", "list"):
+            self.pids |= {f["pid"] for f in sb["status"]["forks"] if f["pid"]}
+        self.pids.add(json.loads((self.root / ".laneway" / "api.json").read_text())["pid"])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def wait_all_dead(pids: set[int], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"left running: {sorted(p for p in pids if alive(p))}")
+        time.sleep(0.05)
+
+
+def chain_yaml(ports: dict[str, int], extra: str = "") -> str:
+    return f"""
+name: chain
+services:
+  c:
+    run: [{sys.executable}, {CHAIN}]
+    port: {ports['c']}
+    health: /healthz
+    startup_timeout: 3s
+  b:
+    run: {sys.executable} {CHAIN}
+    port: {ports['b']}
+    health: /healthz
+    startup_timeout: 3s
+    env:
+      NEXT_URL: ${{services.c.url}}
+    depends_on: [c]
+  a:
+    run: [{sys.executable}, {CHAIN}]
+    port: {ports['a']}
+    health: /healthz
+    env:
+      NEXT_URL: ${{services.b.url}}
+    depends_on: [b]
+{extra}"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    ports = dict(zip("abc", free_ports(3), strict=True))
+    proj = Project(tmp_path, ports)
+    proj.write("laneway.yaml", chain_yaml(ports))
+    proj.run("up", "--detach")
+    proj.remember_pids()
+    try:
+        yield proj
+    finally:
+        if (tmp_path / ".laneway" / "api.json").exists():
+            proj.remember_pids()
+            proj.run("down", check=False)
+        wait_all_dead(proj.pids)
