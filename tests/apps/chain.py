@@ -25,6 +25,7 @@ if os.environ.get("EXIT_AT_ONCE"):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: avoid delayed-ACK stalls
 
     def log_message(self, format: str, *args: object) -> None:
         print(f"{NAME} {VERSION}: {format % args}", flush=True)

@@ -245,6 +245,10 @@ def build_routes(
                 "port": state.port if state else None,
                 "pid": state.pid if state else None,
                 "restarts": state.restarts if state else 0,
+                # When the process was started and became healthy (wall clock), so that tools
+                # can tell laneway's overhead from the process's own start-up.
+                "startedAt": (state.started_at or None) if state else None,
+                "readyAt": state.ready_at if state else None,
             })
         routes_by_sandbox[sandbox.spec.name] = routes
         not_ready = [r for r in routes.values() if not r.ready]

@@ -91,6 +91,8 @@ class UnitState:
             "restarts": self.restarts,
             "message": self.message,
             "exit_code": self.exit_code,
+            "started_at": self.started_at or None,
+            "ready_at": self.ready_at,
         }
 
 
