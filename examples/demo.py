@@ -80,7 +80,10 @@ def main() -> None:
         key = sandbox["routingKey"]
         console.print(f"sandbox [bold]{sandbox['name']}[/] forks pricing (PRICING_DISCOUNT=20); "
                       f"routing key [bold]{key}[/]\n")
-        console.print("The same request, GET /buy?item=book at web, without and with the key:")
+        console.print("The same request, GET /buy?item=book at web, without and with the key "
+                      "(after one warm-up request each):")
+        request(None)
+        request(key)
         plain, _, plain_hops = request(None)
         keyed, _, keyed_hops = request(key)
         console.print(Columns([

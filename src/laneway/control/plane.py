@@ -84,7 +84,7 @@ class ControlPlane:
         for rec in self.store.records("sandbox"):
             spec = self._parsed_spec(rec)
             assert isinstance(spec, SandboxSpec)
-            out.append(DesiredSandbox(spec, rec.routing_key, rec.created_at))
+            out.append(DesiredSandbox(spec, rec.routing_key, rec.created_at, rec.generation))
         return out
 
     def desired_groups(self) -> list[RouteGroupEntry]:
@@ -157,7 +157,8 @@ class ControlPlane:
         assert isinstance(spec, SandboxSpec)
         status = self.sandbox_status.get(rec.name)
         status_json: dict[str, Any]
-        if status is None:
+        if status is None or status.generation != rec.generation:
+            # Not reconciled since this version was applied: an older status would be stale.
             status_json = {"ready": False, "phase": "pending",
                            "message": "waiting for the reconciler", "forks": []}
         else:

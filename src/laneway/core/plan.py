@@ -42,6 +42,7 @@ class DesiredSandbox:
     spec: SandboxSpec
     routing_key: str
     created_at: float
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +161,7 @@ class SandboxStatus:
     ready: bool
     message: str
     forks: list[dict[str, Any]]
+    generation: int = 0  # the sandbox generation this status was computed for
 
     def to_json(self) -> dict[str, Any]:
         return {"ready": self.ready, "message": self.message, "forks": self.forks}
@@ -255,19 +257,21 @@ def build_routes(
         stale = [r for r in routes.values() if r.ready and r.fork not in wanted]
         if not routes:
             statuses[sandbox.spec.name] = SandboxStatus(True, "no forks: the key routes to the "
-                                                        "baseline everywhere", forks_json)
+                                                        "baseline everywhere", forks_json,
+                                                        sandbox.generation)
         elif not_ready:
             statuses[sandbox.spec.name] = SandboxStatus(
-                False, "; ".join(r.reason for r in not_ready), forks_json
+                False, "; ".join(r.reason for r in not_ready), forks_json, sandbox.generation
             )
         elif stale:
             statuses[sandbox.spec.name] = SandboxStatus(
                 False, "updating: " + ", ".join(f"{r.served_by} (new version starting)"
-                                                for r in stale), forks_json
+                                                for r in stale), forks_json,
+                sandbox.generation,
             )
         else:
             statuses[sandbox.spec.name] = SandboxStatus(
-                True, f"{len(routes)}/{len(routes)} forks ready", forks_json
+                True, f"{len(routes)}/{len(routes)} forks ready", forks_json, sandbox.generation
             )
     group_statuses: dict[str, RouteGroupStatus] = {}
     ordered = sorted(sandboxes, key=lambda s: (s.created_at, s.spec.name))
