@@ -226,3 +226,25 @@ def test_a_killed_daemon_takes_its_processes_along(project: Project) -> None:
     sandbox = project.json("sandbox", "get", "s", )
     assert sandbox["name"] == "s"
     assert not alive(daemon)
+
+
+def test_api_flag_with_token_works_from_anywhere(project: Project, tmp_path_factory: Any) -> None:
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    api = json.loads((project.root / ".laneway" / "api.json").read_text())["url"]
+    token = (project.root / ".laneway" / "token").read_text()
+    assert oct((project.root / ".laneway" / "token").stat().st_mode & 0o777) == "0o600"
+    base = [LANEWAY, "status", "-o", "json", "--api", api]
+    lost = subprocess.run([LANEWAY, "status"], cwd=elsewhere, capture_output=True, text=True,
+                          check=False)
+    assert lost.returncode == 1
+    assert "no laneway environment here" in lost.stderr
+    no_token = subprocess.run(base, cwd=elsewhere, capture_output=True, text=True, check=False,
+                              env={"PATH": "/usr/bin:/bin"})
+    assert "LANEWAY_TOKEN" in no_token.stderr
+    wrong = subprocess.run(base, cwd=elsewhere, capture_output=True, text=True, check=False,
+                           env={"PATH": "/usr/bin:/bin", "LANEWAY_TOKEN": "wrong"})
+    assert wrong.returncode == 1
+    assert "wrong API token" in wrong.stderr
+    ok = subprocess.run(base, cwd=elsewhere, capture_output=True, text=True, check=True,
+                        env={"PATH": "/usr/bin:/bin", "LANEWAY_TOKEN": token})
+    assert json.loads(ok.stdout)["name"] == "chain"

@@ -173,3 +173,10 @@ def test_routing_keys_are_random_and_well_formed() -> None:
     keys = {new_routing_key() for _ in range(1000)}
     assert len(keys) == 1000
     assert all(is_routing_key(k) for k in keys)
+
+
+def test_duplicate_names_in_yaml_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "laneway.yaml"
+    path.write_text("name: x\nservices:\n  a: {run: x, port: 1}\n  a: {run: y, port: 2}\n")
+    with pytest.raises(SpecError, match="line 4, column 3: duplicate key 'a'"):
+        load_project(path)

@@ -35,6 +35,22 @@ ApiOption = Annotated[str | None, typer.Option("--api", help="Control plane URL 
 OutputOption = Annotated[Output, typer.Option("-o", "--output", help="table or json")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from laneway import __version__
+
+        print(f"laneway {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit")] = False,
+) -> None:
+    """Request-level sandboxes on a shared, running baseline of microservices."""
+
+
 @app.command()
 def up(
     file: Annotated[Path, typer.Option("-f", "--file", help="The baseline definition")] =

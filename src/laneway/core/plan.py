@@ -224,7 +224,8 @@ def build_routes(
     table = RouteTable(version=version)
     for name in project.services:
         state = actual.get(baseline_unit(name))
-        if state is not None and state.port is not None:
+        # Health-checked before it gets traffic: until then the router answers 503, not 502.
+        if state is not None and state.port is not None and state.phase == "ready":
             table.baseline[name] = Upstream(LOCAL_HOST, state.port)
         table.forks[name] = {}
     statuses: dict[str, SandboxStatus] = {}
