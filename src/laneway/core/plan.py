@@ -275,7 +275,7 @@ def build_routes(
                 True, f"{len(routes)}/{len(routes)} forks ready", forks_json, sandbox.generation
             )
     group_statuses: dict[str, RouteGroupStatus] = {}
-    ordered = sorted(sandboxes, key=lambda s: (s.created_at, s.spec.name))
+    ordered = sorted(sandboxes, key=lambda s: s.spec.name)
     for group in groups:
         members = [s for s in ordered if _labels_match(group.spec.match.labels, s.spec.labels)]
         by_service: dict[str, list[str]] = {}

@@ -49,6 +49,7 @@ class ServiceContext:
         "connect_timeout",
         "connections",
         "extra_headers",
+        "inflight",
         "max_header_bytes",
         "name",
         "name_b",
@@ -73,6 +74,7 @@ class ServiceContext:
         self.max_header_bytes = max_header_bytes
         self.connections: set[ClientConnection] = set()
         self.connect_tasks: set[asyncio.Task[None]] = set()
+        self.inflight: set[Exchange] = set()  # exchanges waiting on an upstream
 
 
 class Exchange:
@@ -83,7 +85,7 @@ class Exchange:
         "head", "http11", "is_head",
         "keep_alive", "key", "local", "method", "parent_id", "path", "pending", "rechunk",
         "request_chunked", "request_done", "response_started", "retry_allowed", "served_by",
-        "started", "started_wall", "status", "timer", "trace_id", "tunnel_data", "upgrade",
+        "started", "started_wall", "status", "trace_id", "tunnel_data", "upgrade",
         "upstream", "upstream_conn",
     )
 
@@ -118,7 +120,6 @@ class Exchange:
         self.parent_id = ""
         self.started = 0.0
         self.started_wall = 0.0
-        self.timer: asyncio.TimerHandle | None = None
         self.tunnel_data = b""
 
     def loop_time(self) -> float:
@@ -382,7 +383,7 @@ class ClientConnection(asyncio.Protocol):
         conn = self.ctx.pool.take(upstream)
         if conn is not None:
             conn.attach(ex)
-            self._arm_timer(ex)
+            self._track(ex)
             return
         self._connect(ex, upstream)
 
@@ -417,22 +418,19 @@ class ClientConnection(asyncio.Protocol):
             conn.detach(reusable=not self.closed)
             return
         conn.attach(ex)
-        self._arm_timer(ex)
+        self._track(ex)
 
-    def _arm_timer(self, ex: Exchange) -> None:
-        if ex.timer is None:
-            loop = asyncio.get_running_loop()
-            ex.timer = loop.call_later(self.ctx.upstream_timeout, self._check_timeout, ex)
+    def _track(self, ex: Exchange) -> None:
+        # One sweep per router checks every exchange in flight (`Router._sweep`): a timer per
+        # request costs a heap push and a cancel on the hot path.
+        self.ctx.inflight.add(ex)
 
-    def _check_timeout(self, ex: Exchange) -> None:
-        ex.timer = None
+    def check_timeout(self, ex: Exchange, now: float) -> None:
         up = ex.upstream_conn
         if ex.done or up is None:
+            self.ctx.inflight.discard(ex)
             return
-        idle = time.monotonic() - up.last_activity
-        if idle < self.ctx.upstream_timeout:
-            loop = asyncio.get_running_loop()
-            ex.timer = loop.call_later(self.ctx.upstream_timeout - idle, self._check_timeout, ex)
+        if now - up.last_activity < self.ctx.upstream_timeout:
             return
         up.exchange = None
         up.close()
@@ -561,9 +559,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel = up
         up.tunnel = self
         up.exchange = None
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
+        self.ctx.inflight.discard(ex)
         if ex.tunnel_data and up.transport is not None:
             up.transport.write(ex.tunnel_data)
         if rest:
@@ -596,9 +592,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _finish(self, ex: Exchange, status: int, reusable: bool) -> None:
         ex.done = True
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
+        self.ctx.inflight.discard(ex)
         up = ex.upstream_conn
         if up is not None:
             ex.upstream_conn = None

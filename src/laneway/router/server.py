@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import time
 from dataclasses import dataclass
 
 from laneway.core.feed import FeedUpdate, RoutesFeed
@@ -48,6 +49,7 @@ class Router:
         self.ports: dict[str, int] = {}
         self._servers: list[asyncio.Server] = []
         self._follow_task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self.updated = asyncio.Event()  # set whenever a feed update is applied (tests wait on it)
 
     def context(self, service: str) -> ServiceContext:
@@ -82,9 +84,20 @@ class Router:
             raise RouterError(f"cannot listen on {self.settings.host}:{port} for service "
                               f"{service!r}: {exc.strerror or exc}") from exc
         self._servers.append(server)
+        if self._sweeper is None:
+            self._sweep()
         bound = int(server.sockets[0].getsockname()[1])
         self.ports[service] = bound
         return bound
+
+    def _sweep(self) -> None:
+        """Answer 504 for exchanges whose upstream has been silent past the timeout."""
+        now = time.monotonic()
+        for ctx in self.contexts.values():
+            for ex in list(ctx.inflight):
+                ex.conn.check_timeout(ex, now)
+        interval = min(1.0, self.settings.upstream_timeout / 4)
+        self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
 
     def apply(self, update: FeedUpdate) -> None:
         if isinstance(update, RouteTable):
@@ -131,6 +144,8 @@ class Router:
 
     async def close(self) -> None:
         """Stop accepting, close connections, flush hop records."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for server in self._servers:
             server.close()
         if self._follow_task is not None:
