@@ -4,7 +4,7 @@ It answers `GET /` with its name and version, calling $NEXT_URL first when set a
 incoming `baggage`/`traceparent` onto that call by hand (no OpenTelemetry): the way a service in
 any language can propagate the routing key. Misbehaviour on demand: EXIT_AT_ONCE=1 exits with
 code 3 after printing an error; FAIL_HEALTH=1 never becomes healthy; /drop calls the next hop
-without the baggage (a propagation leak).
+without the baggage (a propagation leak); FAIL_REQUESTS=1 answers 500 and logs an ERROR line.
 """
 
 import http.client
@@ -44,6 +44,11 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(500, {"ok": False})
             else:
                 self._send(200, {"ok": True})
+            return
+        if os.environ.get("FAIL_REQUESTS"):
+            print(f"ERROR {NAME} {VERSION}: cannot price {self.path}: division by zero",
+                  flush=True)
+            self._send(500, {"error": "division by zero", "service": NAME})
             return
         nxt = None
         if NEXT:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from common import VERSION, client, serve
+from opentelemetry import baggage, context
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -27,8 +28,19 @@ async def quote(request: Request) -> JSONResponse:
                          "pricing": price, "orders": VERSION})
 
 
+async def quote_v1(request: Request) -> JSONResponse:
+    """The legacy quote: its outbound call runs in a fresh context without baggage, so the
+    trace goes on but the routing key is lost (a propagation leak `laneway leaks` names)."""
+    token = context.attach(baggage.clear())
+    try:
+        return await quote(request)
+    finally:
+        context.detach(token)
+
+
 async def health(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
-serve(Starlette(routes=[Route("/quote", quote), Route("/healthz", health)]))
+serve(Starlette(routes=[Route("/quote", quote), Route("/quote-v1", quote_v1),
+                        Route("/healthz", health)]))

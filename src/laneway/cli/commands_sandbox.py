@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from laneway.cli.client import ApiClient, CliError, connect
 from laneway.cli.output import Output, console, phase_style, print_json, since, table
+from laneway.client import ApiClient, CliError, connect
 from laneway.core.spec import SpecError, load_yaml_document
 
 __all__ = ["group_app", "sandbox_app"]

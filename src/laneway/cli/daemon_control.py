@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from laneway.cli.client import ApiClient, CliError, connect
+from laneway.client import ApiClient, CliError, connect
 from laneway.core.layout import STATE_DIR_NAME, StateLayout
 from laneway.core.spec import SpecError, load_project
 

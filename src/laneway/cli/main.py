@@ -13,10 +13,10 @@ from typing import Annotated, Any
 
 import typer
 
-from laneway.cli import commands_sandbox
-from laneway.cli.client import CliError, connect
+from laneway.cli import commands_runs, commands_sandbox
 from laneway.cli.daemon_control import down_environment, start_daemon
 from laneway.cli.output import Output, console, phase_style, print_json, since, table
+from laneway.client import CliError, connect
 
 __all__ = ["app", "main"]
 
@@ -29,6 +29,7 @@ app = typer.Typer(
 )
 app.add_typer(commands_sandbox.sandbox_app, name="sandbox")
 app.add_typer(commands_sandbox.group_app, name="routegroup")
+commands_runs.register(app)
 
 ApiOption = Annotated[str | None, typer.Option("--api", help="Control plane URL (token from "
                                                "LANEWAY_TOKEN); default: find .laneway/")]
@@ -129,14 +130,7 @@ def hops(
                      f"{hop['duration_ms']:.1f}", f"{hop['method']} {hop['path']}")
     console.print(rows)
     if trace:
-        console.print("path: " + path_of(data))
-
-
-def path_of(hops: list[dict[str, Any]]) -> str:
-    """`web → pricing@sb-a → currency`, in the order the hops started."""
-    ordered = sorted(hops, key=lambda h: h["at"])
-    return " → ".join(h["service"] if h["destination"] == "baseline"
-                      else f"{h['service']}@{h['destination']}" for h in ordered)
+        console.print("path: " + commands_runs.path_of(data))
 
 
 def main() -> None:

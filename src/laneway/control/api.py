@@ -17,14 +17,17 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 
 from laneway import __version__
 from laneway.control.errors import ControlError, Invalid, NotFound
 from laneway.control.plane import ControlPlane
+from laneway.control.runs import RunManager, RunSpec
 from laneway.core.hops import Hop
 from laneway.core.routes import RouteTable
-from laneway.core.spec import RouteGroupSpec, SandboxSpec
+from laneway.core.runs import find_leaks, render_markdown
+from laneway.core.spec import RouteGroupSpec, SandboxSpec, format_loc
 
 __all__ = ["create_app"]
 
@@ -41,7 +44,8 @@ def _spec_body(schema: str) -> dict[str, Any]:
 
 
 def create_app(control: ControlPlane, token: str,
-               shutdown: Callable[[], None] | None = None) -> FastAPI:
+               shutdown: Callable[[], None] | None = None,
+               runs: RunManager | None = None) -> FastAPI:
     app = FastAPI(title="laneway control plane", version=__version__,
                   description="Sandboxes, route groups, services and hops of one environment.")
 
@@ -184,6 +188,65 @@ def create_app(control: ControlPlane, token: str,
             return {"version": update.version, "snapshot": update.to_json()}
         return {"version": update[-1].version, "changes": [c.to_json() for c in update]}
 
+    def _runs() -> RunManager:
+        if runs is None:
+            raise NotFound("this control plane does not execute runs")
+        return runs
+
+    @app.post("/v1/runs", openapi_extra=_spec_body("RunSpec"))
+    async def start_run(request: Request,
+                        wait: float = Query(0, ge=0, le=60)) -> JSONResponse:
+        """Start a command against a sandbox; poll GET /v1/runs/{id} for the report."""
+        data = await _json_object(request)
+        try:
+            spec = RunSpec.model_validate(data)
+        except ValidationError as exc:
+            errors = [(format_loc(tuple(e["loc"])), str(e["msg"])) for e in exc.errors()]
+            raise Invalid("; ".join(f"{f}: {m}" for f, m in errors), field=errors[0][0],
+                          errors=errors) from exc
+        report = await _runs().start(spec)
+        if wait:
+            report = await _runs().wait(report["id"], wait)
+        return JSONResponse(report, status_code=201)
+
+    @app.get("/v1/runs")
+    async def list_runs(sandbox: str | None = None,
+                        limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return control.store.runs(sandbox, limit)
+
+    @app.get("/v1/runs/{run_id}")
+    async def get_run(run_id: str, wait: float = Query(0, ge=0, le=60),
+                      format: str = Query("json", pattern="^(json|md)$")) -> Response:
+        report = await _runs().wait(run_id, wait) if wait else _runs().get(run_id)
+        if format == "md":
+            return Response(render_markdown(report), media_type="text/markdown")
+        return JSONResponse(report)
+
+    @app.get("/v1/runs/{run_id}/output")
+    async def run_output(run_id: str, offset: int = Query(0, ge=0)) -> Response:
+        data, following = _runs().output(run_id, offset)
+        status = _runs().get(run_id)["status"]
+        return Response(data, media_type="text/plain", headers={
+            "x-laneway-next-offset": str(following), "x-laneway-run-status": status})
+
+    @app.post("/v1/runs/{run_id}/cancel")
+    async def cancel_run(run_id: str) -> dict[str, Any]:
+        return await _runs().cancel(run_id)
+
+    @app.get("/v1/leaks")
+    async def leaks(sandbox: str | None = None,
+                    limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
+        """Traces that carried a routing key and lost it, with the service that dropped it."""
+        if sandbox is not None:
+            keys = control.keys_of_sandbox(sandbox)
+        else:
+            keys = {r.routing_key for kind in ("sandbox", "routegroup")
+                    for r in control.store.records(kind)}
+        hops = control.hops.query(limit=10_000_000)
+        traces = {h.trace_id for h in hops if h.routing_key in keys and h.trace_id}
+        related = [h for h in hops if h.trace_id in traces]
+        return [leak.to_json() for leak in find_leaks(related, keys)][-limit:]
+
     @app.get("/v1/audit")
     async def audit(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
         return [{"at": e.at, "principal": e.principal, "action": e.action, "kind": e.kind,
@@ -200,7 +263,8 @@ def create_app(control: ControlPlane, token: str,
             schema = get_openapi(title=app.title, version=app.version,
                                  description=app.description, routes=app.routes)
             _, defs = models_json_schema(
-                [(SandboxSpec, "validation"), (RouteGroupSpec, "validation")],
+                [(SandboxSpec, "validation"), (RouteGroupSpec, "validation"),
+                 (RunSpec, "validation")],
                 ref_template="#/components/schemas/{model}",
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(

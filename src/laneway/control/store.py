@@ -60,6 +60,13 @@ class Store(Protocol):
 
     def audit_log(self, limit: int) -> list[AuditEntry]: ...
 
+    def put_run(self, report: dict[str, Any]) -> None: ...
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None: ...
+
+    def runs(self, sandbox: str | None, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` runs (of one sandbox or route group), newest first."""
+
     def close(self) -> None: ...
 
 
@@ -67,6 +74,18 @@ class MemoryStore:
     def __init__(self) -> None:
         self._records: dict[tuple[str, str], Record] = {}
         self._audit: list[AuditEntry] = []
+        self._runs: dict[str, dict[str, Any]] = {}
+
+    def put_run(self, report: dict[str, Any]) -> None:
+        self._runs[report["id"]] = report
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        return self._runs.get(run_id)
+
+    def runs(self, sandbox: str | None, limit: int) -> list[dict[str, Any]]:
+        found = [r for r in self._runs.values()
+                 if sandbox is None or sandbox in (r.get("sandbox"), r.get("routegroup"))]
+        return sorted(found, key=lambda r: r["started_at"], reverse=True)[:limit]
 
     def get(self, kind: Kind, name: str) -> Record | None:
         return self._records.get((kind, name))
@@ -105,6 +124,12 @@ CREATE TABLE IF NOT EXISTS records (
     generation INTEGER NOT NULL,
     expires_at REAL,
     PRIMARY KEY (kind, name)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    report TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -190,6 +215,29 @@ class SqliteStore:
             ).fetchall()
         return [AuditEntry(a, p, act, k, n, json.loads(d)) for a, p, act, k, n, d in
                 reversed(rows)]
+
+    def put_run(self, report: dict[str, Any]) -> None:
+        target = report.get("sandbox") or report.get("routegroup") or ""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "report = excluded.report", (report["id"], target, report["started_at"],
+                                             json.dumps(report)))
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT report FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def runs(self, sandbox: str | None, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            if sandbox is None:
+                rows = self._db.execute("SELECT report FROM runs ORDER BY started_at DESC "
+                                        "LIMIT ?", (limit,)).fetchall()
+            else:
+                rows = self._db.execute("SELECT report FROM runs WHERE target = ? ORDER BY "
+                                        "started_at DESC LIMIT ?", (sandbox, limit)).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def close(self) -> None:
         with self._lock:

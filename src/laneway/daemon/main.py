@@ -30,6 +30,7 @@ from laneway.control.api import create_app
 from laneway.control.hoplog import HopLog
 from laneway.control.plane import ControlPlane
 from laneway.control.reconciler import Reconciler
+from laneway.control.runs import RunManager
 from laneway.control.store import SqliteStore
 from laneway.core.feed import RoutesBroadcaster
 from laneway.core.layout import STATE_DIR_NAME, StateLayout
@@ -131,6 +132,7 @@ class Daemon:
             max_header_bytes=settings.max_header_bytes,
         ), hop_sink=hops.add)
         reconciler = Reconciler(control)
+        runs = RunManager(control, self.layout.root / "runs")
         server: _ApiServer | None = None
         api_task: asyncio.Task[None] | None = None
         try:
@@ -142,7 +144,7 @@ class Daemon:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-            app = create_app(control, token, shutdown=self.stop_requested.set)
+            app = create_app(control, token, shutdown=self.stop_requested.set, runs=runs)
             server = _ApiServer(uvicorn.Config(app, log_level="warning", lifespan="off",
                                                access_log=False))
             api_task = loop.create_task(server.serve(sockets=[sock]), name="laneway-api")
@@ -167,6 +169,7 @@ class Daemon:
                 server.should_exit = True
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(api_task, 5)
+            await runs.close()
             await reconciler.close()
             await router.close()
             await runtime.close()

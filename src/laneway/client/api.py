@@ -1,4 +1,4 @@
-"""Finding an environment and talking to its control plane.
+"""Finding an environment and talking to its control plane (shared by the CLI and MCP).
 
 An environment is found through `.laneway/` in the current directory or a parent (its `api.json`
 and `token`), or given with `--api URL` and `LANEWAY_TOKEN`. Every API failure becomes a
@@ -54,6 +54,16 @@ class ApiClient:
         if resp.headers.get("content-type", "").startswith("application/json"):
             return resp.json()
         return resp.text
+
+    def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response itself (for headers and bytes); errors as for `request`."""
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise CliError(f"cannot reach the control plane at {self.url}: {exc}") from exc
+        if resp.status_code >= 400:
+            raise _api_error(resp, None)
+        return resp
 
     def stream(self, path: str, **params: Any) -> Iterator[str]:
         try:

@@ -1,0 +1,277 @@
+"""`laneway run`, `runs`, `request`, `trace` and `leaks`: the verification loop on the CLI."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from laneway.cli.output import console, print_json, table
+from laneway.client import ApiClient, CliError, connect
+from laneway.core.runs import render_markdown
+
+__all__ = ["register"]
+
+ApiOption = Annotated[str | None, typer.Option("--api", help="Control plane URL (token from "
+                                               "LANEWAY_TOKEN); default: find .laneway/")]
+FormatOption = Annotated[str, typer.Option("-o", "--output", help="table, json or md")]
+runs_app = typer.Typer(help="Past runs and their reports.", no_args_is_help=True)
+
+# Exit codes of `laneway run`, so CI can tell a vacuous pass from a failure.
+EXIT_VACUOUS = 3
+EXIT_ERROR = 2
+
+
+def path_of(hops: list[dict[str, Any]]) -> str:
+    """`web → pricing@sb-a → currency`, in the order the hops started."""
+    return " → ".join(h["service"] if h["destination"] == "baseline"
+                      else f"{h['service']}@{h['destination']}"
+                      for h in sorted(hops, key=lambda h: h["at"]))
+
+
+def print_hops(hops: list[dict[str, Any]]) -> None:
+    rows = table("SERVICE", "SERVED BY", "KEY", "STATUS", "MS", "REQUEST")
+    for hop in sorted(hops, key=lambda h: h["at"]):
+        served = "baseline" if hop["destination"] == "baseline" else \
+            f"{hop['service']}@{hop['destination']}"
+        rows.add_row(hop["service"], served, hop["routing_key"] or "-", str(hop["status"]),
+                     f"{hop['duration_ms']:.1f}", f"{hop['method']} {hop['path']}")
+    console.print(rows)
+
+
+def _check_format(output: str) -> None:
+    if output not in ("table", "json", "md"):
+        raise CliError(f"-o {output}: choose table, json or md")
+
+
+def print_report(report: dict[str, Any], output: str) -> None:
+    if output == "json":
+        print_json(report)
+        return
+    if output == "md":
+        sys.stdout.write(render_markdown(report))
+        return
+    colour = {"passed": "green", "vacuous": "yellow"}.get(report["verdict"], "red")
+    target = report["sandbox"] or f"route group {report['routegroup']}"
+    console.print(f"\n[bold]run {report['id']}[/bold]: [{colour}]{report['verdict']}[/{colour}]"
+                  f"  exit {report['exit_code']}  {report['duration_s']:.1f}s  "
+                  f"against {target} (key {report['routing_key']}), {report['hops']} hops")
+    reached = ", ".join(f"{fork}: {n}" for fork, n in report["forks_reached"].items())
+    console.print(f"forks reached: {reached or 'no forks'}")
+    for failure in report["failures"][:10]:
+        console.print(f"[red]failed[/red] {failure['name']}: {failure['message']}")
+    for leak in report["leaks"][:10]:
+        console.print(f"[yellow]leak[/yellow]: {leak['service']} called {leak['lost_at']} "
+                      f"({leak['path']}) without the key, trace {leak['trace_id']}")
+    if report["fork_errors"]:
+        console.print("errors logged by the forks during the run:")
+        for line in report["fork_errors"][-10:]:
+            console.print(f"  {line}", markup=False)
+    if report.get("note"):
+        console.print(f"note: {report['note']}", markup=False)
+    console.print(f"report: laneway runs get {report['id']} -o md")
+
+
+def _exit_code(report: dict[str, Any]) -> int:
+    verdict = report["verdict"]
+    if verdict == "passed":
+        return 0
+    if verdict == "vacuous":
+        return EXIT_VACUOUS
+    if verdict == "error":
+        return EXIT_ERROR
+    code = report["exit_code"]
+    return code if isinstance(code, int) and 0 < code < 256 else 1
+
+
+def _follow_output(client: ApiClient, run_id: str, stream: Any) -> None:
+    offset = 0
+    while True:
+        resp = client.raw("GET", f"/v1/runs/{run_id}/output", params={"offset": offset})
+        if resp.content:
+            stream.write(resp.content.decode("utf-8", "replace"))
+            stream.flush()
+        offset = int(resp.headers["x-laneway-next-offset"])
+        if resp.headers["x-laneway-run-status"] != "running" and not resp.content:
+            return
+        if not resp.content:
+            time.sleep(0.2)
+
+
+def run(
+    command: Annotated[list[str], typer.Argument(help="The test command, after --")],
+    sandbox: Annotated[str | None, typer.Option(help="Run against this sandbox")] = None,
+    routegroup: Annotated[str | None, typer.Option(help="...or this route group")] = None,
+    allow_unreached: Annotated[bool, typer.Option(
+        "--allow-unreached", help="Pass even if a fork was never reached")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Stop the command after N seconds")] =
+    None,
+    output: FormatOption = "table",
+    api: ApiOption = None,
+) -> None:
+    """Run a test command against a sandbox and report what it proved.
+
+    The command gets LANEWAY_ROUTING_KEY, LANEWAY_BAGGAGE, LANEWAY_URL_<SERVICE> and an
+    HTTP_PROXY that adds the key to plain-HTTP requests. Exit code: 0 passed, 3 vacuous (the
+    command passed but a fork was never reached), otherwise the command's own failure code.
+    """
+    _check_format(output)
+    client = connect(api)
+    report = client.request("POST", "/v1/runs", json={
+        "sandbox": sandbox, "routegroup": routegroup, "command": command,
+        "cwd": os.getcwd(), "env": dict(os.environ), "timeout_s": timeout,
+        "allow_unreached": allow_unreached})
+    # The command's own output goes to stderr when stdout carries a machine-readable report.
+    _follow_output(client, report["id"], sys.stdout if output == "table" else sys.stderr)
+    while report["status"] == "running":
+        report = client.get(f"/v1/runs/{report['id']}", wait=30)
+    print_report(report, output)
+    raise typer.Exit(_exit_code(report))
+
+
+@runs_app.command("list")
+def runs_list(sandbox: Annotated[str | None, typer.Option(help="Only this sandbox's runs")] =
+              None, limit: int = 20, output: FormatOption = "table",
+              api: ApiOption = None) -> None:
+    """List recent runs, newest first."""
+    data = connect(api).get("/v1/runs", sandbox=sandbox, limit=limit)
+    if output == "json":
+        print_json(data)
+        return
+    if not data:
+        console.print("no runs")
+        return
+    rows = table("ID", "TARGET", "VERDICT", "EXIT", "SECONDS", "FORKS REACHED", "COMMAND")
+    for r in data:
+        rows.add_row(r["id"], r["sandbox"] or r["routegroup"], r["verdict"],
+                     str(r["exit_code"]), f"{r['duration_s']:.1f}",
+                     ", ".join(f"{f}: {n}" for f, n in r["forks_reached"].items()),
+                     r["command_line"][:60])
+    console.print(rows)
+
+
+@runs_app.command("get")
+def runs_get(run_id: str, output: FormatOption = "table", api: ApiOption = None) -> None:
+    """Show one run's report (-o md for a pull request, -o json for tools)."""
+    _check_format(output)
+    print_report(connect(api).get(f"/v1/runs/{run_id}"), output)
+
+
+def request(
+    method: Annotated[str, typer.Argument(help="GET, POST, …")],
+    url: Annotated[str, typer.Argument(help="A service's public URL (see `laneway status`)")],
+    sandbox: Annotated[str | None, typer.Option(help="Send it with this sandbox's key")] = None,
+    routegroup: Annotated[str | None, typer.Option(help="...or this route group's")] = None,
+    data: Annotated[str | None, typer.Option("-d", "--data", help="Request body")] = None,
+    header: Annotated[list[str] | None, typer.Option("-H", "--header",
+                                                     help="'Name: value', repeatable")] = None,
+    output: FormatOption = "table",
+    api: ApiOption = None,
+) -> None:
+    """Send one request (with the key) and print the answer and the path it took."""
+    client = connect(api)
+    result = send_request(client, method, url, sandbox=sandbox, routegroup=routegroup,
+                          body=data, headers=header or [])
+    if output == "json":
+        print_json(result)
+        return
+    console.print(f"{result['status']} {result['headers'].get('laneway-served-by', '')}")
+    sys.stdout.write(result["body"] + ("\n" if not result["body"].endswith("\n") else ""))
+    console.print(f"\ntrace {result['trace_id']}: {path_of(result['hops']) or 'no hops'}")
+    if result["hops"]:
+        print_hops(result["hops"])
+
+
+def send_request(client: ApiClient, method: str, url: str, *, sandbox: str | None,
+                 routegroup: str | None, body: str | None,
+                 headers: list[str]) -> dict[str, Any]:
+    """One request through the system with a fresh trace id; its answer and recorded hops."""
+    sent: dict[str, str] = {}
+    for item in headers:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise CliError(f"-H {item!r}: use 'Name: value'")
+        sent[name.strip()] = value.strip()
+    key = None
+    if sandbox:
+        key = client.get(f"/v1/sandboxes/{sandbox}")["routingKey"]
+    elif routegroup:
+        key = client.get(f"/v1/routegroups/{routegroup}")["routingKey"]
+    if key:
+        sent["baggage"] = ",".join(p for p in (sent.get("baggage"), f"laneway-key={key}") if p)
+    trace_id = secrets.token_hex(16)
+    sent.setdefault("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01")
+    try:
+        resp = httpx.request(method.upper(), url, content=data_bytes(body), headers=sent,
+                             timeout=60)
+    except httpx.HTTPError as exc:
+        raise CliError(f"{method.upper()} {url}: {exc}") from exc
+    hops = wait_for_hops(client, trace_id)
+    return {"status": resp.status_code, "headers": dict(resp.headers), "body": resp.text,
+            "trace_id": trace_id, "routing_key": key, "hops": hops,
+            "path": path_of(hops)}
+
+
+def data_bytes(body: str | None) -> bytes | None:
+    return body.encode() if body is not None else None
+
+
+def wait_for_hops(client: ApiClient, trace_id: str, settle: float = 0.3,
+                  limit: float = 3.0) -> list[dict[str, Any]]:
+    """The trace's hops, once no new ones have arrived for `settle` seconds."""
+    deadline = time.monotonic() + limit
+    hops: list[dict[str, Any]] = []
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        found = client.get("/v1/hops", trace=trace_id, limit=1000)
+        if len(found) != len(hops):
+            hops = found
+            stable_since = time.monotonic()
+        elif hops and time.monotonic() - stable_since > settle:
+            break
+        time.sleep(0.05)
+    return hops
+
+
+def trace(trace_id: str, output: FormatOption = "table", api: ApiOption = None) -> None:
+    """Print the path of any recorded trace."""
+    hops = connect(api).get("/v1/hops", trace=trace_id, limit=1000)
+    if output == "json":
+        print_json({"trace_id": trace_id, "path": path_of(hops), "hops": hops})
+        return
+    if not hops:
+        raise CliError(f"no hops recorded for trace {trace_id} (hops are kept in a bounded "
+                       "log; old ones are dropped)")
+    console.print(f"trace {trace_id}: {path_of(hops)}")
+    print_hops(hops)
+
+
+def leaks(sandbox: Annotated[str | None, typer.Option(help="Only this sandbox's key")] = None,
+          output: FormatOption = "table", api: ApiOption = None) -> None:
+    """List propagation leaks: traces that carried a routing key and lost it on the way."""
+    found = connect(api).get("/v1/leaks", sandbox=sandbox)
+    if output == "json":
+        print_json(found)
+        return
+    if not found:
+        console.print("no propagation leaks recorded")
+        return
+    rows = table("DROPPED BY", "CALLING", "PATH", "TRACE")
+    for leak in found:
+        rows.add_row(leak["service"], leak["lost_at"], leak["path"], leak["trace_id"])
+    console.print(rows)
+    console.print("Each service above received the key but made a call without it: propagate "
+                  "`baggage` (OpenTelemetry's default propagators do) on that call.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(context_settings={"allow_interspersed_args": False})(run)
+    app.add_typer(runs_app, name="runs")
+    app.command()(request)
+    app.command()(trace)
+    app.command()(leaks)

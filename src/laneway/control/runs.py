@@ -1,0 +1,292 @@
+"""Runs: a test command executed against a sandbox (or route group), with its isolation report.
+
+The control plane runs the command itself (so the CLI and MCP clients only start a run and
+poll it, and nothing blocks a client for long): with the routing key in its environment and an
+injecting proxy as `HTTP_PROXY`, its output on disk, and, when it ends, a report built from the
+hops it caused, the forks' logs and its JUnit results (`core.runs` does the reasoning).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import shlex
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from laneway.control.errors import Invalid, NotFound
+from laneway.control.inject_proxy import InjectingProxy
+from laneway.control.plane import ControlPlane
+from laneway.core.baggage import baggage_value
+from laneway.core.runs import (
+    find_leaks,
+    forks_reached,
+    is_error_line,
+    parse_junit,
+    verdict_of,
+)
+
+__all__ = ["RunManager", "RunSpec"]
+
+OUTPUT_TAIL = 40
+FORK_ERRORS = 50
+HOP_SETTLE = 0.2  # routers hand hop records over every 50 ms
+_PYTEST_FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)(?: - (.*))?$")
+
+
+class RunSpec(BaseModel):
+    """What to run, against what."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sandbox: str | None = None
+    routegroup: str | None = None
+    command: list[str] | str = Field(description="argv list, or a line run by /bin/sh -c")
+    cwd: str | None = None
+    env: dict[str, str] | None = Field(
+        default=None, description="the environment to run with (default: the daemon's)")
+    timeout_s: float | None = Field(default=None, gt=0, le=86400)
+    allow_unreached: bool = False
+
+
+class RunManager:
+    def __init__(self, control: ControlPlane, runs_dir: Path) -> None:
+        self.control = control
+        self.runs_dir = runs_dir
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+
+    # starting
+
+    def _target(self, spec: RunSpec) -> tuple[str, list[str], str]:
+        """(routing key, forks `service@sandbox`, readiness note) of the run's target."""
+        if bool(spec.sandbox) == bool(spec.routegroup):
+            raise Invalid("name either a sandbox or a route group to run against",
+                          field="sandbox", errors=[("sandbox", "required (or routegroup)")])
+        if spec.sandbox:
+            view = self.control.get_sandbox(spec.sandbox)
+            forks = [f"{f['service']}@{spec.sandbox}" for f in view["forks"]]
+            note = "" if view["status"]["ready"] else \
+                f"sandbox {spec.sandbox} was not ready when the run started: " \
+                f"{view['status']['message']}"
+            return view["routingKey"], forks, note
+        assert spec.routegroup is not None
+        group = self.control.get_route_group(spec.routegroup)
+        forks = []
+        for member in group["status"]["sandboxes"]:
+            view = self.control.get_sandbox(member)
+            forks += [f"{f['service']}@{member}" for f in view["forks"]]
+        return group["routingKey"], forks, group["status"]["message"] if group["status"][
+            "conflicts"] else ""
+
+    @staticmethod
+    def _check(spec: RunSpec) -> None:
+        if (isinstance(spec.command, str) and not spec.command.strip()) or not spec.command:
+            raise Invalid("command: must name a command to run", field="command",
+                          errors=[("command", "must not be empty")])
+        if spec.cwd is not None and not Path(spec.cwd).is_dir():
+            raise Invalid(f"cwd: {spec.cwd} is not a directory", field="cwd",
+                          errors=[("cwd", "no such directory")])
+
+    async def start(self, spec: RunSpec) -> dict[str, Any]:
+        key, forks, note = self._target(spec)
+        self._check(spec)
+        run_id = "r" + secrets.token_hex(4)
+        run_dir = self.runs_dir / run_id
+        run_dir.mkdir(parents=True)
+        line = spec.command if isinstance(spec.command, str) else shlex.join(spec.command)
+        report: dict[str, Any] = {
+            "id": run_id, "sandbox": spec.sandbox, "routegroup": spec.routegroup,
+            "routing_key": key, "command": spec.command, "command_line": line,
+            "cwd": spec.cwd, "status": "running", "verdict": "running", "exit_code": None,
+            "timed_out": False, "duration_s": 0.0, "started_at": time.time(),
+            "finished_at": None, "forks_reached": dict.fromkeys(forks, 0), "hops": 0,
+            "leaks": [], "fork_errors": [], "failures": [], "tests": None,
+            "output_tail": [], "output_path": str(run_dir / "output.log"), "note": note,
+            "allow_unreached": spec.allow_unreached,
+        }
+        self.control.store.put_run(report)
+        task = asyncio.get_running_loop().create_task(
+            self._execute(report, spec, forks, run_dir), name=f"laneway-run-{run_id}")
+        self._tasks[run_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(run_id, None))
+        return report
+
+    # executing
+
+    def _fork_logs(self, forks: list[str]) -> dict[str, tuple[Path, int]]:
+        out: dict[str, tuple[Path, int]] = {}
+        for fork in forks:
+            service, _, sandbox = fork.partition("@")
+            unit = self.control.unit_of_fork(sandbox, service)
+            path = self.control.runtime.log_path(unit) if unit else None
+            if path is not None:
+                out[fork] = (path, path.stat().st_size if path.exists() else 0)
+        return out
+
+    def _environment(self, spec: RunSpec, key: str, proxy: InjectingProxy,
+                     run_dir: Path) -> dict[str, str]:
+        env = dict(spec.env if spec.env is not None else os.environ)
+        env.update(
+            LANEWAY_ROUTING_KEY=key,
+            LANEWAY_BAGGAGE=baggage_value(key),
+            LANEWAY_RUN_DIR=str(run_dir),
+            LANEWAY_JUNIT_XML=str(run_dir / "junit.xml"),
+            HTTP_PROXY=proxy.url, http_proxy=proxy.url,
+            # Local services must go through the proxy too, or the key is not added.
+            NO_PROXY="", no_proxy="",
+        )
+        if spec.sandbox:
+            env["LANEWAY_SANDBOX"] = spec.sandbox
+        for name, svc in self.control.project.services.items():
+            env[f"LANEWAY_URL_{name.upper().replace('-', '_')}"] = f"http://127.0.0.1:{svc.port}"
+        # pytest, however it is invoked, writes JUnit XML where the report looks for it.
+        addopts = env.get("PYTEST_ADDOPTS", "")
+        env["PYTEST_ADDOPTS"] = f"{addopts} --junitxml={run_dir / 'junit.xml'}".strip()
+        return env
+
+    async def _execute(self, report: dict[str, Any], spec: RunSpec, forks: list[str],
+                       run_dir: Path) -> None:
+        key = report["routing_key"]
+        logs = self._fork_logs(forks)
+        proxy = InjectingProxy(key)
+        await proxy.start()
+        started = time.monotonic()
+        argv = ["/bin/sh", "-c", spec.command] if isinstance(spec.command, str) \
+            else list(spec.command)
+        exit_code: int | None = None
+        try:
+            with (run_dir / "output.log").open("wb") as out:
+                try:
+                    proc = await asyncio.create_subprocess_exec(
+                        *argv, cwd=spec.cwd, env=self._environment(spec, key, proxy, run_dir),
+                        stdin=asyncio.subprocess.DEVNULL, stdout=out,
+                        stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+                except OSError as exc:
+                    report.update(status="finished", verdict="error", note=(
+                        f"cannot start {argv[0]!r}: {exc.strerror or exc}; check the command "
+                        "and cwd"), finished_at=time.time())
+                    self.control.store.put_run(report)
+                    return
+                self._procs[report["id"]] = proc
+                try:
+                    exit_code = await asyncio.wait_for(proc.wait(), spec.timeout_s)
+                except TimeoutError:
+                    report["timed_out"] = True
+                    exit_code = await _terminate(proc)
+                finally:
+                    self._procs.pop(report["id"], None)
+        finally:
+            await proxy.close()
+        await asyncio.sleep(HOP_SETTLE)
+        report.update(self._findings(report, forks, logs, run_dir, exit_code, spec,
+                                     time.monotonic() - started, proxy.requests))
+        self.control.store.put_run(report)
+
+    def _findings(self, report: dict[str, Any], forks: list[str],
+                  logs: dict[str, tuple[Path, int]], run_dir: Path, exit_code: int | None,
+                  spec: RunSpec, duration: float, proxied: int) -> dict[str, Any]:
+        key = report["routing_key"]
+        hops = self.control.hops.query(since=report["started_at"] - 0.01, limit=10_000_000)
+        keyed = [h for h in hops if h.routing_key == key]
+        traces = {h.trace_id for h in keyed if h.trace_id}
+        related = [h for h in hops if h.trace_id in traces]
+        reached = forks_reached(keyed, {key}, forks)
+        tests: dict[str, int] | None = None
+        failures: list[dict[str, str]] = []
+        junit = run_dir / "junit.xml"
+        if junit.exists():
+            with contextlib.suppress(Exception):
+                tests, failures = parse_junit(junit.read_text())
+        output = (run_dir / "output.log").read_text("utf-8", "replace").splitlines()
+        if not failures:
+            for line in output:
+                match = _PYTEST_FAILED.match(line)
+                if match:
+                    failures.append({"name": match.group(1), "message": match.group(2) or ""})
+        verdict = verdict_of(exit_code, reached, allow_unreached=spec.allow_unreached)
+        note = report["note"]
+        if report["timed_out"]:
+            note = f"timed out after {spec.timeout_s:g}s; the command was stopped. " + note
+        if verdict == "vacuous":
+            missing = ", ".join(f for f, n in reached.items() if not n)
+            note = (f"the command passed but never reached {missing}: its requests did not "
+                    "carry the routing key (send LANEWAY_BAGGAGE as the `baggage` header, or "
+                    "use a client that honours HTTP_PROXY). " + note)
+        return {
+            "status": "finished", "verdict": verdict, "exit_code": exit_code,
+            "duration_s": round(duration, 3), "finished_at": time.time(),
+            "forks_reached": reached, "hops": len(keyed), "proxied_requests": proxied,
+            "leaks": [leak.to_json() for leak in find_leaks(related, {key})],
+            "fork_errors": self._fork_errors(logs),
+            "failures": failures[:50], "tests": tests,
+            "output_tail": [ln[:400] for ln in output[-OUTPUT_TAIL:]],
+            "note": note.strip(),
+        }
+
+    def _fork_errors(self, logs: dict[str, tuple[Path, int]]) -> list[str]:
+        lines: list[str] = []
+        for fork, (path, offset) in logs.items():
+            try:
+                with path.open("rb") as fh:
+                    fh.seek(offset)
+                    text = fh.read(4 * 1024 * 1024).decode("utf-8", "replace")
+            except OSError:
+                continue
+            lines += [f"[{fork}] {ln[:400]}" for ln in text.splitlines() if is_error_line(ln)]
+        return lines[-FORK_ERRORS:]
+
+    # reading
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        report = self.control.store.get_run(run_id)
+        if report is None:
+            raise NotFound(f"run {run_id!r} not found; `laneway runs list` shows the runs")
+        return report
+
+    async def wait(self, run_id: str, timeout: float) -> dict[str, Any]:
+        task = self._tasks.get(run_id)
+        if task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+        return self.get(run_id)
+
+    def output(self, run_id: str, offset: int) -> tuple[bytes, int]:
+        path = Path(self.get(run_id)["output_path"])
+        if not path.exists():
+            return b"", offset
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read(1024 * 1024)
+        return data, offset + len(data)
+
+    async def cancel(self, run_id: str) -> dict[str, Any]:
+        self.get(run_id)
+        proc = self._procs.get(run_id)
+        if proc is not None:
+            await _terminate(proc)
+        return await self.wait(run_id, 10)
+
+    async def close(self) -> None:
+        for proc in list(self._procs.values()):
+            await _terminate(proc)
+        if self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+
+async def _terminate(proc: asyncio.subprocess.Process) -> int:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return await asyncio.wait_for(proc.wait(), 5)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return await proc.wait()

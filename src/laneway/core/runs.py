@@ -1,0 +1,164 @@
+"""What a run's report says, computed from plain data: which forks the run reached, where the
+routing key was lost (propagation leaks), the verdict, JUnit failures, and the Markdown report.
+
+A leak is a hop without the key inside a trace that carried it. The service to blame is the one
+whose outbound call lost it: the innermost hop that encloses the keyless hop in time (a service's
+outbound calls happen while its own request is in flight) and still had the key.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from laneway.core.hops import Hop
+
+__all__ = [
+    "Leak",
+    "Verdict",
+    "find_leaks",
+    "forks_reached",
+    "is_error_line",
+    "parse_junit",
+    "render_markdown",
+    "verdict_of",
+]
+
+Verdict = Literal["passed", "failed", "vacuous", "running", "error"]
+_SLACK = 0.0005  # seconds: hop times come from two clocks read microseconds apart
+_ERROR_RE = re.compile(r"\b(WARN|WARNING|ERROR|CRITICAL|FATAL|PANIC|Traceback|Exception)\b",
+                       re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Leak:
+    service: str  # the service whose outbound call dropped the key
+    trace_id: str
+    lost_at: str  # the service that received the call without the key
+    path: str  # request path at lost_at
+
+    def to_json(self) -> dict[str, str]:
+        return {"service": self.service, "trace_id": self.trace_id, "lost_at": self.lost_at,
+                "path": self.path}
+
+
+def _encloses(outer: Hop, inner: Hop) -> bool:
+    return (outer is not inner and outer.at <= inner.at + _SLACK
+            and outer.at + outer.duration_ms / 1000 + _SLACK >= inner.at
+            + inner.duration_ms / 1000)
+
+
+def find_leaks(hops: Iterable[Hop], keys: set[str]) -> list[Leak]:
+    """Leaks of `keys` in the traces of `hops` (hops of one trace must all be present)."""
+    traces: dict[str, list[Hop]] = {}
+    for hop in hops:
+        if hop.trace_id:
+            traces.setdefault(hop.trace_id, []).append(hop)
+    leaks: dict[tuple[str, str], Leak] = {}
+    for trace_id, trace in traces.items():
+        if not any(h.routing_key in keys for h in trace):
+            continue
+        trace.sort(key=lambda h: h.at)
+        for hop in trace:
+            if hop.routing_key:
+                continue
+            enclosing = [h for h in trace if _encloses(h, hop)]
+            if enclosing:
+                caller = max(enclosing, key=lambda h: h.at)
+                if caller.routing_key not in keys:
+                    continue  # lost further up: already reported there
+            else:
+                earlier = [h for h in trace if h.at <= hop.at and h.routing_key in keys]
+                if not earlier:
+                    continue  # the trace entered here without the key: not a leak
+                caller = earlier[-1]
+            leak = Leak(caller.service, trace_id, hop.service, hop.path)
+            leaks.setdefault((caller.service, trace_id), leak)
+    return sorted(leaks.values(), key=lambda leak: (leak.service, leak.trace_id))
+
+
+def forks_reached(hops: Iterable[Hop], keys: set[str], forks: Sequence[str]) -> dict[str, int]:
+    """How many hops with one of `keys` each fork (`service@sandbox`) served."""
+    counts = dict.fromkeys(forks, 0)
+    for hop in hops:
+        if hop.routing_key in keys and hop.destination != "baseline" and hop.status >= 200 \
+                and hop.status != 503:
+            name = f"{hop.service}@{hop.destination}"
+            if name in counts:
+                counts[name] += 1
+    return counts
+
+
+def verdict_of(exit_code: int | None, reached: Mapping[str, int], *,
+               allow_unreached: bool) -> Verdict:
+    """`passed` only if the command passed and every fork was reached at least once."""
+    if exit_code != 0:
+        return "failed"
+    if all(reached.values()) or allow_unreached:
+        return "passed"
+    return "vacuous"
+
+
+def is_error_line(line: str) -> bool:
+    return _ERROR_RE.search(line) is not None
+
+
+def parse_junit(text: str) -> tuple[dict[str, int], list[dict[str, str]]]:
+    """Totals and failed tests (name, message) from a JUnit XML document."""
+    # The file is written by the user's own test command in their own checkout.
+    root = ET.fromstring(text)  # noqa: S314
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    failures: list[dict[str, str]] = []
+    for suite in suites:
+        for case in suite.iter("testcase"):
+            totals["tests"] += 1
+            name = "::".join(p for p in (case.get("classname", ""), case.get("name", "")) if p)
+            for kind in ("failure", "error"):
+                node = case.find(kind)
+                if node is not None:
+                    totals["failures" if kind == "failure" else "errors"] += 1
+                    message = node.get("message") or (node.text or "").strip().splitlines()[-1:]
+                    if isinstance(message, list):
+                        message = message[0] if message else ""
+                    failures.append({"name": name, "message": message[:500]})
+            if case.find("skipped") is not None:
+                totals["skipped"] += 1
+    return totals, failures
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The report as one pastes it into a pull request."""
+    icon = {"passed": "✅", "failed": "❌", "vacuous": "⚠️", "running": "⏳"}.get(
+        str(report["verdict"]), "❓")
+    target = f"sandbox `{report['sandbox']}`" if report.get("sandbox") else \
+        f"route group `{report.get('routegroup')}`"
+    lines = [
+        f"### {icon} laneway run `{report['id']}`: {report['verdict']}",
+        "",
+        f"`{report['command_line']}` against {target} (routing key `{report['routing_key']}`): "
+        f"exit code {report['exit_code']}, {report['duration_s']:.1f}s, "
+        f"{report['hops']} hops.",
+        "",
+    ]
+    if report.get("note"):
+        lines += [f"> {report['note']}", ""]
+    lines += ["| fork | requests reached |", "|---|---|"]
+    lines += [f"| `{fork}` | {count} |" for fork, count in report["forks_reached"].items()]
+    if report.get("failures"):
+        lines += ["", "**Failed tests**", ""]
+        lines += [f"- `{f['name']}`: {f['message']}" for f in report["failures"][:20]]
+    if report.get("leaks"):
+        lines += ["", "**Propagation leaks** (the routing key was dropped)", ""]
+        lines += [f"- `{leak['service']}` called `{leak['lost_at']}` ({leak['path']}) without "
+                  f"the key, trace `{leak['trace_id']}`" for leak in report["leaks"][:20]]
+    if report.get("fork_errors"):
+        lines += ["", "**Errors logged by the forks during the run**", "", "```"]
+        lines += [*list(report["fork_errors"][:30]), "```"]
+    if report.get("output_tail"):
+        lines += ["", "<details><summary>output (tail)</summary>", "", "```"]
+        lines += [*list(report["output_tail"]), "```", "</details>"]
+    return "\n".join(lines) + "\n"
