@@ -1,0 +1,124 @@
+"""`laneway run` and friends as a user types them, against the chain a -> b -> c."""
+
+from __future__ import annotations
+
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from tests.e2e.conftest import Project
+
+# A test client that cannot set headers: urllib honours HTTP_PROXY, so the key is injected.
+CALL_A = (f"{sys.executable} -c \"import os, urllib.request; "
+          "print(urllib.request.urlopen(os.environ['LANEWAY_URL_A'] + '{path}').read())\"")
+# A client that bypasses the proxy and sets no header: it never reaches a fork.
+CALL_A_DIRECT = (f"{sys.executable} -c \"import os, urllib.request; "
+                 "o = urllib.request.build_opener(urllib.request.ProxyHandler({})); "
+                 "print(o.open(os.environ['LANEWAY_URL_A']).read())\"")
+
+
+def fork(project: Project, name: str, service: str, env: str = "{}") -> dict[str, Any]:
+    project.write(f"{name}.yaml", f"name: {name}\nforks:\n  - service: {service}\n"
+                                  f"    env: {env}\n")
+    result = project.run("sandbox", "apply", "-f", f"{name}.yaml", "--wait", "-o", "json",
+                         check=False)
+    view: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
+    return view
+
+
+def run(project: Project, *args: str) -> tuple[int, dict[str, Any]]:
+    result = project.run("run", "-o", "json", *args, check=False)
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_a_run_that_reaches_its_fork_passes(project: Project) -> None:
+    fork(project, "sb", "b", "{VERSION: v2}")
+    code, report = run(project, "--sandbox", "sb", "--", "sh", "-c", CALL_A.format(path="/"))
+    assert code == 0, report
+    assert report["verdict"] == "passed"
+    assert report["forks_reached"]["b@sb"] >= 1
+    assert report["leaks"] == []
+    assert any("v2" in line for line in report["output_tail"])
+    listed = project.json("runs", "list")
+    assert listed[0]["id"] == report["id"]
+    markdown = project.run("runs", "get", report["id"], "-o", "md").stdout
+    assert "passed" in markdown
+    assert "`b@sb`" in markdown
+
+
+def test_a_passing_command_that_never_reaches_the_fork_is_vacuous(project: Project) -> None:
+    fork(project, "sb", "b")
+    code, report = run(project, "--sandbox", "sb", "--", "sh", "-c", CALL_A_DIRECT)
+    assert report["exit_code"] == 0
+    assert report["verdict"] == "vacuous"
+    assert code == 3
+    assert "never reached b@sb" in report["note"]
+    code, allowed = run(project, "--sandbox", "sb", "--allow-unreached", "--", "sh", "-c",
+                        CALL_A_DIRECT)
+    assert (code, allowed["verdict"]) == (0, "passed")
+
+
+def test_a_failing_run_reports_tests_and_the_forks_error_lines(project: Project) -> None:
+    fork(project, "buggy", "c", "{FAIL_REQUESTS: '1'}")
+    project.write("test_chain.py", """
+import os, urllib.request, urllib.error
+
+def test_chain_answers():
+    try:
+        body = urllib.request.urlopen(os.environ["LANEWAY_URL_A"]).read().decode()
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"a answered {exc.code}") from exc
+    assert "error" not in body, body
+""")
+    code, report = run(project, "--sandbox", "buggy", "--", sys.executable, "-m", "pytest",
+                       "-q", "-p", "no:cacheprovider", "test_chain.py")
+    assert code == 1
+    assert report["verdict"] == "failed"
+    assert report["tests"]["failures"] == 1
+    assert report["failures"][0]["name"].endswith("test_chain_answers")
+    assert any("ERROR c" in line and "division by zero" in line
+               for line in report["fork_errors"]), report["fork_errors"]
+    assert report["forks_reached"]["c@buggy"] >= 1
+
+
+def test_a_service_that_drops_baggage_is_named(project: Project) -> None:
+    fork(project, "sb", "c")
+    code, report = run(project, "--sandbox", "sb", "--allow-unreached", "--", "sh", "-c",
+                       CALL_A.format(path="/drop"))
+    assert code == 0
+    assert [(leak["service"], leak["lost_at"]) for leak in report["leaks"]] == [("a", "b")]
+    leaks = project.json("leaks", "--sandbox", "sb")
+    assert {leak["service"] for leak in leaks} == {"a"}
+
+
+def test_request_prints_answer_and_path(project: Project) -> None:
+    fork(project, "sb", "b", "{VERSION: v9}")
+    result = project.json("request", "--sandbox", "sb", "GET", project.url("a") + "/")
+    assert result["status"] == 200
+    assert result["path"] == "a → b@sb → c"
+    assert json.loads(result["body"])["next"]["version"] == "v9"
+    traced = project.json("trace", result["trace_id"])
+    assert traced["path"] == "a → b@sb → c"
+
+
+def test_runs_of_several_sandboxes_do_not_mix(project: Project) -> None:
+    fork(project, "left", "b", "{VERSION: left}")
+    fork(project, "right", "c", "{VERSION: right}")
+    loop = f"for i in 1 2 3 4 5; do {CALL_A.format(path='/')}; done"
+    with ThreadPoolExecutor(2) as pool:
+        left, right = pool.map(lambda sb: run(project, "--sandbox", sb, "--", "sh", "-c", loop),
+                               ["left", "right"])
+    assert left[1]["forks_reached"] == {"b@left": 5}
+    assert right[1]["forks_reached"] == {"c@right": 5}
+    assert left[1]["hops"] == right[1]["hops"] == 15
+    assert all("left" in line for line in left[1]["output_tail"] if "version" in line)
+    assert all("right" in line for line in right[1]["output_tail"] if "version" in line)
+
+
+def test_run_input_errors(project: Project) -> None:
+    result = project.run("run", "--sandbox", "ghost", "--", "true", check=False)
+    assert result.returncode == 1
+    assert "sandbox 'ghost' not found" in result.stderr
+    result = project.run("run", "--", "true", check=False)
+    assert "either a sandbox or a route group" in result.stderr

@@ -1,0 +1,101 @@
+"""Run reports as pure functions: leaks by time containment, forks reached, verdict, JUnit."""
+
+from __future__ import annotations
+
+from laneway.core.hops import Hop
+from laneway.core.runs import (
+    find_leaks,
+    forks_reached,
+    is_error_line,
+    parse_junit,
+    render_markdown,
+    verdict_of,
+)
+
+K = "key000000001"
+
+
+def hop(service: str, start: float, ms: float, key: str = K, trace: str = "t1",
+        destination: str = "baseline", status: int = 200) -> Hop:
+    return Hop(1000 + start, trace, "", service, key, destination, "", status, ms, "GET",
+               f"/{service}")
+
+
+def test_the_service_whose_call_lost_the_key_is_named() -> None:
+    hops = [
+        hop("web", 0.000, 50),
+        hop("orders", 0.005, 40),
+        hop("pricing", 0.010, 20, key=""),  # orders called pricing without the key
+        hop("currency", 0.015, 5, key=""),  # pricing never had it: not a second leak
+    ]
+    leaks = find_leaks(hops, {K})
+    assert [(leak.service, leak.lost_at) for leak in leaks] == [("orders", "pricing")]
+    assert leaks[0].trace_id == "t1"
+
+
+def test_sibling_calls_are_told_apart_by_time() -> None:
+    hops = [
+        hop("web", 0.000, 100),
+        hop("orders", 0.010, 20),  # web -> orders (keeps the key)
+        hop("pricing", 0.015, 5),  # orders -> pricing (keeps the key)
+        hop("users", 0.050, 10, key=""),  # web -> users (drops it)
+    ]
+    leaks = find_leaks(hops, {K})
+    assert [(leak.service, leak.lost_at) for leak in leaks] == [("web", "users")]
+
+
+def test_no_leak_without_the_key_or_when_the_trace_starts_keyless() -> None:
+    assert find_leaks([hop("web", 0, 10, key=""), hop("orders", 0.001, 5, key="")], {K}) == []
+    other = [hop("web", 0, 10, key="otherkey0000"), hop("orders", 0.001, 5, key="")]
+    assert find_leaks(other, {K}) == []
+    fine = [hop("web", 0, 10), hop("orders", 0.001, 5)]
+    assert find_leaks(fine, {K}) == []
+
+
+def test_forks_reached_counts_only_served_requests() -> None:
+    hops = [hop("pricing", 0, 1, destination="sb"), hop("pricing", 1, 1, destination="sb"),
+            hop("pricing", 2, 1, destination="sb", status=503), hop("web", 3, 1),
+            hop("pricing", 4, 1, key="other0000000", destination="sb2")]
+    assert forks_reached(hops, {K}, ["pricing@sb", "web@sb"]) == {"pricing@sb": 2, "web@sb": 0}
+
+
+def test_verdicts() -> None:
+    assert verdict_of(0, {"a@s": 1}, allow_unreached=False) == "passed"
+    assert verdict_of(0, {"a@s": 0}, allow_unreached=False) == "vacuous"
+    assert verdict_of(0, {"a@s": 0}, allow_unreached=True) == "passed"
+    assert verdict_of(1, {"a@s": 5}, allow_unreached=False) == "failed"
+    assert verdict_of(None, {}, allow_unreached=False) == "failed"
+
+
+def test_junit_failures_and_totals() -> None:
+    xml = """<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="3">
+      <testcase classname="tests.test_x" name="test_ok"/>
+      <testcase classname="tests.test_x" name="test_price"><failure message="assert 500 == 200">
+      trace</failure></testcase>
+      <testcase classname="tests.test_x" name="test_skip"><skipped/></testcase>
+    </testsuite></testsuites>"""
+    totals, failures = parse_junit(xml)
+    assert totals == {"tests": 3, "failures": 1, "errors": 0, "skipped": 1}
+    assert failures == [{"name": "tests.test_x::test_price", "message": "assert 500 == 200"}]
+
+
+def test_error_lines() -> None:
+    assert is_error_line("2026 pricing ERROR boom")
+    assert is_error_line("Traceback (most recent call last):")
+    assert is_error_line("level=warning msg=slow")
+    assert not is_error_line("GET /price 200")
+
+
+def test_markdown_report_names_everything_a_reviewer_needs() -> None:
+    report = {"id": "r1", "sandbox": "sb", "routegroup": None, "routing_key": K,
+              "verdict": "failed", "command_line": "pytest -x", "exit_code": 1,
+              "duration_s": 1.5, "hops": 4, "forks_reached": {"pricing@sb": 2},
+              "failures": [{"name": "t::x", "message": "boom"}],
+              "leaks": [{"service": "orders", "lost_at": "pricing", "path": "/p",
+                         "trace_id": "t1"}],
+              "fork_errors": ["[pricing@sb] ERROR boom"], "output_tail": ["1 failed"],
+              "note": ""}
+    text = render_markdown(report)
+    for fragment in ("❌", "`pytest -x`", "`pricing@sb` | 2", "`t::x`: boom",
+                     "`orders` called `pricing`", "ERROR boom"):
+        assert fragment in text
