@@ -110,7 +110,7 @@ def _wait_for_baseline(client: ApiClient, name: str, deadline: float) -> None:
             raise CliError(
                 f"baseline service {svc['name']} {svc['phase']}: {svc['message']}; "
                 "laneway stopped. Its last log lines:",
-                [line for line in str(logs).splitlines() if not line.startswith("--- laneway")],
+                [line for line in str(logs).splitlines() if "--- laneway:" not in line],
             )
         if all(s["ready"] for s in services):
             return

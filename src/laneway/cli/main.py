@@ -133,6 +133,32 @@ def hops(
         console.print("path: " + commands_runs.path_of(data))
 
 
+@app.command()
+def mcp(
+    http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP, not stdio")] =
+    False,
+    host: Annotated[str, typer.Option(help="--http: address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="--http: port")] = 8765,
+    api: ApiOption = None,
+    token: Annotated[str | None, typer.Option(help="API token for --api (or LANEWAY_TOKEN)")] =
+    None,
+) -> None:
+    """Serve laneway's tools to coding agents over MCP (stdio by default)."""
+    import os
+
+    from laneway.client import locate
+
+    locate(api, token=token)  # fail here, with a clear error, if there is no environment
+    argv = [sys.executable, "-m", "laneway.mcp", "--host", host, "--port", str(port)]
+    if http:
+        argv.append("--http")
+    if api:
+        argv += ["--api", api]
+    if token:
+        argv += ["--token", token]
+    os.execv(sys.executable, argv)
+
+
 def main() -> None:
     import click
 

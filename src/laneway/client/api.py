@@ -17,7 +17,7 @@ import httpx
 
 from laneway.core.layout import StateLayout, find_state_dir
 
-__all__ = ["ApiClient", "CliError", "connect"]
+__all__ = ["ApiClient", "AsyncApiClient", "CliError", "connect", "locate"]
 
 
 class CliError(Exception):
@@ -96,14 +96,16 @@ def _api_error(resp: httpx.Response, source: str | None) -> CliError:
     return CliError(prefix + message)
 
 
-def connect(api: str | None = None, start: Path | None = None) -> ApiClient:
-    """A client for `--api URL` (+ LANEWAY_TOKEN) or for the `.laneway/` found from `start`."""
+def locate(api: str | None = None, start: Path | None = None,
+           token: str | None = None) -> tuple[str, str, StateLayout | None]:
+    """(API URL, token, layout) for `--api URL` (+ token or LANEWAY_TOKEN) or for the
+    `.laneway/` found from `start`."""
     if api:
-        token = os.environ.get("LANEWAY_TOKEN")
+        token = token or os.environ.get("LANEWAY_TOKEN")
         if not token:
             raise CliError("--api needs the API token in LANEWAY_TOKEN (it is in the "
                            "environment's .laneway/token)")
-        return ApiClient(api, token)
+        return api, token, None
     layout = find_state_dir(start or Path.cwd())
     if layout is None:
         raise CliError("no laneway environment here: run `laneway up` in the folder of your "
@@ -115,4 +117,41 @@ def connect(api: str | None = None, start: Path | None = None) -> ApiClient:
             from exc
     except ValueError as exc:
         raise CliError(f"{layout.api} is damaged; run `laneway down` and `laneway up`") from exc
-    return ApiClient(str(info["url"]), layout.token.read_text().strip(), layout)
+    return str(info["url"]), layout.token.read_text().strip(), layout
+
+
+def connect(api: str | None = None, start: Path | None = None) -> ApiClient:
+    """A client for `--api URL` (+ LANEWAY_TOKEN) or for the `.laneway/` found from `start`."""
+    url, token, layout = locate(api, start)
+    return ApiClient(url, token, layout)
+
+
+class AsyncApiClient:
+    """The same API from asyncio code (the MCP server); errors are `CliError`s too."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(30, read=90),
+                                       headers={"authorization": f"Bearer {token}"})
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if kwargs.get("params"):
+            kwargs["params"] = {k: v for k, v in kwargs["params"].items() if v is not None}
+        try:
+            resp = await self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise CliError(f"cannot reach the laneway control plane at {self.url}: is it "
+                           "running? (`laneway up` in the project folder)") from exc
+        except httpx.TimeoutException as exc:
+            raise CliError(f"the control plane at {self.url} did not answer in time") from exc
+        if resp.status_code >= 400:
+            raise _api_error(resp, None)
+        if resp.headers.get("content-type", "").startswith("application/json"):
+            return resp.json()
+        return resp.text
+
+    async def get(self, path: str, **params: Any) -> Any:
+        return await self.request("GET", path, params=params)

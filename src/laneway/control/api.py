@@ -8,9 +8,12 @@ missing or wrong token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from laneway import __version__
 from laneway.control.errors import ControlError, Invalid, NotFound
 from laneway.control.plane import ControlPlane
 from laneway.control.runs import RunManager, RunSpec
+from laneway.core.duration import parse_duration
 from laneway.core.hops import Hop
 from laneway.core.routes import RouteTable
 from laneway.core.runs import find_leaks, render_markdown
@@ -82,11 +86,12 @@ def create_app(control: ControlPlane, token: str,
 
     @app.get("/v1/services/{name}/logs")
     async def service_logs(name: str, tail: int = Query(200, ge=1, le=100_000),
-                           follow: bool = False) -> Response:
+                           follow: bool = False, since: str | None = None,
+                           grep: str | None = None) -> Response:
         if name not in control.project.services:
             raise NotFound(f"service {name!r} not found; services: "
                            f"{', '.join(control.project.services)}")
-        return _logs_response(control, name, tail, follow)
+        return _logs_response(control, name, tail, follow, since, grep)
 
     async def _wait(name: str, wait: float) -> dict[str, Any]:
         deadline = time.monotonic() + wait
@@ -122,7 +127,8 @@ def create_app(control: ControlPlane, token: str,
     @app.get("/v1/sandboxes/{name}/logs")
     async def sandbox_logs(name: str, service: str | None = None,
                            tail: int = Query(200, ge=1, le=100_000),
-                           follow: bool = False) -> Response:
+                           follow: bool = False, since: str | None = None,
+                           grep: str | None = None) -> Response:
         view = control.get_sandbox(name)
         forks = [f["service"] for f in view["forks"]]
         if not forks:
@@ -139,7 +145,7 @@ def create_app(control: ControlPlane, token: str,
         unit = control.unit_of_fork(name, service)
         if unit is None:
             raise NotFound(f"fork {service}@{name} has not started yet")
-        return _logs_response(control, unit, tail, follow)
+        return _logs_response(control, unit, tail, follow, since, grep)
 
     @app.get("/v1/routegroups")
     async def list_groups() -> list[dict[str, Any]]:
@@ -287,11 +293,58 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return data
 
 
-def _logs_response(control: ControlPlane, unit: str, tail: int, follow: bool) -> Response:
+_STAMP_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z ")
+
+
+def _since(value: str | None) -> float | None:
+    """`since` as users give it: a duration back from now (`5m`), epoch seconds, or ISO 8601."""
+    if value is None or value == "":
+        return None
+    with contextlib.suppress(ValueError):
+        return time.time() - parse_duration(value)
+    with contextlib.suppress(ValueError):
+        return float(value)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise Invalid(f"since: {value!r} is not a duration (5m), epoch seconds or an ISO time",
+                      field="since", errors=[("since", "not a time")]) from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _filter(lines: list[str], since: float | None, grep: str | None) -> list[str]:
+    if since is not None:
+        kept, keep = [], False
+        for line in lines:
+            match = _STAMP_RE.match(line)
+            if match:
+                at = datetime.fromisoformat(match.group(1)).replace(tzinfo=UTC).timestamp()
+                keep = at >= since
+            if keep:
+                kept.append(line)
+        lines = kept
+    if grep:
+        try:
+            pattern = re.compile(grep, re.IGNORECASE)
+        except re.error as exc:
+            raise Invalid(f"grep: not a regular expression: {exc}", field="grep",
+                          errors=[("grep", str(exc))]) from exc
+        lines = [line for line in lines if pattern.search(line)]
+    return lines
+
+
+def _logs_response(control: ControlPlane, unit: str, tail: int, follow: bool,
+                   since: str | None = None, grep: str | None = None) -> Response:
     path = control.runtime.log_path(unit)
     if path is None or not path.exists():
         return Response("", media_type="text/plain")
-    text = _tail(path, tail)
+    if since or grep:
+        lines = _filter(_tail(path, 10_000_000).splitlines(keepends=True), _since(since), grep)
+        text = "".join(lines[-tail:])
+    else:
+        text = _tail(path, tail)
     if not follow:
         return Response(text, media_type="text/plain")
     return StreamingResponse(_follow(path, text), media_type="text/plain")
@@ -301,7 +354,7 @@ def _tail(path: Path, count: int) -> str:
     with path.open("rb") as fh:
         fh.seek(0, 2)
         size = fh.tell()
-        chunk = min(size, max(65536, count * 200))
+        chunk = min(size, max(65536, count * 200), 16 * 1024 * 1024)
         fh.seek(size - chunk)
         lines = fh.read().decode("utf-8", "replace").splitlines(keepends=True)
     if chunk < size and lines:

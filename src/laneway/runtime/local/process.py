@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -23,7 +24,9 @@ from pathlib import Path
 from laneway.core.runtime import ProcessSpec, UnitState
 from laneway.runtime.local.health import check_health
 
-__all__ = ["SupervisedProcess", "free_port", "tail_lines"]
+__all__ = ["SupervisedProcess", "copy_output", "free_port", "stamp", "tail_lines"]
+
+_STAMP_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
@@ -38,7 +41,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stamp(at: float) -> bytes:
+    """The prefix of every log line: when laneway read it (UTC, milliseconds)."""
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))
+            + f".{int(at * 1000) % 1000:03d}Z ").encode()
+
+
 def tail_lines(path: Path, count: int = 10, max_bytes: int = 8192) -> list[str]:
+    """The last lines a process wrote, without timestamps or laneway's own marker lines."""
     try:
         with path.open("rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -47,9 +57,27 @@ def tail_lines(path: Path, count: int = 10, max_bytes: int = 8192) -> list[str]:
             data = fh.read()
     except OSError:
         return []
-    lines = data.decode("utf-8", "replace").splitlines()
-    lines = [ln for ln in lines if not ln.startswith("--- laneway:")]
-    return lines[-count:]
+    lines = [_STAMP_RE.sub("", ln) for ln in data.decode("utf-8", "replace").splitlines()]
+    return [ln for ln in lines if not ln.startswith("--- laneway:")][-count:]
+
+
+async def copy_output(stream: asyncio.StreamReader, path: Path) -> None:
+    """Append what a process writes to its log, each line prefixed with the time it was read
+    (so that logs can be cut by time: `laneway sandbox logs`, MCP `get_logs(since=…)`)."""
+    pending = b""
+    with path.open("ab") as log:
+        while chunk := await stream.read(65536):
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            if lines:
+                prefix = stamp(time.time())
+                log.write(b"".join(prefix + line + b"\n" for line in lines))
+                log.flush()
+            if len(pending) > 65536:  # a very long line: write it as it comes
+                log.write(stamp(time.time()) + pending + b"\n")
+                pending = b""
+        if pending:
+            log.write(stamp(time.time()) + pending + b"\n")
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -109,15 +137,16 @@ class SupervisedProcess:
         env["PORT"] = str(port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            log.write(f"--- laneway: {stamp} starting {' '.join(self.spec.argv)} "
+            log.write(stamp(time.time()) + f"--- laneway: starting {' '.join(self.spec.argv)} "
                       f"(PORT={port}) ---\n".encode())
-            log.flush()
-            proc = await asyncio.create_subprocess_exec(
-                *self.spec.argv, env=env, cwd=self.spec.cwd, stdin=asyncio.subprocess.DEVNULL,
-                stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        proc = await asyncio.create_subprocess_exec(
+            *self.spec.argv, env=env, cwd=self.spec.cwd, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        assert proc.stdout is not None
+        copier = asyncio.get_running_loop().create_task(
+            copy_output(proc.stdout, self.log_path), name=f"laneway-log-{self.spec.unit}")
         self._proc = proc
         self._write_pid(proc.pid)
         self._set(phase="starting", port=port, pid=proc.pid, exit_code=None,
@@ -132,6 +161,14 @@ class SupervisedProcess:
                 waiter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await waiter
+            # The last lines (the error that made it exit) must be in the log before the crash
+            # is reported; a child that keeps the pipe open must not hold the supervisor.
+            try:
+                await asyncio.wait_for(asyncio.shield(copier), 1.0)
+            except (TimeoutError, asyncio.CancelledError):
+                copier.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await copier
         self._remove_pid()
         if self._stopping:
             return

@@ -1,0 +1,343 @@
+"""`laneway mcp`: the verification loop as MCP tools for coding agents.
+
+Built on the official `mcp` SDK (`MCPServer`). Every tool is a thin call to the control plane's
+HTTP API; results are small JSON objects (a context window is a budget: long text is cut with a
+note saying how to get more); failures raise `ToolError` with what happened and the next useful
+step. Nothing waits longer than ~50 s: a long run returns its id for `get_run` to poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Annotated, Any
+
+import httpx
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel, ConfigDict, Field
+
+from laneway import __version__
+from laneway.client import AsyncApiClient, CliError
+
+__all__ = ["build_server"]
+
+WAIT_S = 50.0  # the longest any tool blocks
+BODY_CHARS = 2000
+LOG_CHARS = 6000
+
+INSTRUCTIONS = """laneway runs sandboxes on a shared, running baseline of services. A sandbox forks
+only the services you change; requests carrying its routing key reach the forks at every hop and
+the baseline everywhere else. The loop: list_services -> apply_sandbox (fork the service you
+changed, with your command/env) -> run_tests (your test command, against the sandbox) -> read
+the report (verdict, fork errors, leaks), get_logs, send_request/get_trace -> fix the fork ->
+apply_sandbox again -> run_tests until the verdict is `passed`. A `vacuous` verdict means the
+tests passed without ever reaching your fork: they proved nothing about your change."""
+
+
+class ForkArg(BaseModel):
+    """One forked service, as in the sandbox YAML."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: str = Field(description="the baseline service to fork (see list_services)")
+    run: str | list[str] | None = Field(
+        default=None, description="command for the fork; omit to keep the baseline's")
+    env: dict[str, str] | None = Field(
+        default=None, description="environment variables merged over the baseline's")
+
+
+def _cut(text: str, limit: int, how: str) -> tuple[str, str | None]:
+    if len(text) <= limit:
+        return text, None
+    return text[-limit:], f"cut to the last {limit} characters; {how}"
+
+
+def _fail(exc: CliError, hint: str = "") -> ToolError:
+    details = "; ".join(exc.details)
+    message = exc.message + (f" {details}" if details else "")
+    return ToolError(message + (f" Next: {hint}" if hint else ""))
+
+
+def _compact_sandbox(view: dict[str, Any]) -> dict[str, Any]:
+    status = view["status"]
+    forks = []
+    by_service = {f["service"]: f for f in view["forks"]}
+    for fork in status.get("forks", []):
+        item = {"service": fork["service"], "phase": fork["phase"],
+                "restarts": fork["restarts"]}
+        if fork.get("message"):
+            item["message"] = fork["message"]
+        spec = by_service.get(fork["service"], {})
+        item.update({k: spec[k] for k in ("run", "env") if k in spec})
+        forks.append(item)
+    if not forks:
+        forks = view["forks"]
+    return {"name": view["name"], "routing_key": view["routingKey"],
+            "baggage": f"laneway-key={view['routingKey']}", "phase": status["phase"],
+            "ready": status["ready"], "message": status["message"], "labels": view["labels"],
+            "ttl_s": view.get("ttl"), "forks": forks}
+
+
+def _compact_report(report: dict[str, Any]) -> dict[str, Any]:
+    out = {k: report.get(k) for k in ("id", "sandbox", "routegroup", "status", "verdict",
+                                      "exit_code", "duration_s", "forks_reached", "hops")}
+    if report.get("timed_out"):
+        out["timed_out"] = True
+    out["failures"] = report.get("failures", [])[:20]
+    out["leaks"] = report.get("leaks", [])[:10]
+    out["fork_errors"] = report.get("fork_errors", [])[-20:]
+    out["output_tail"] = report.get("output_tail", [])[-25:]
+    if report.get("note"):
+        out["note"] = report["note"]
+    if report.get("status") == "running":
+        out["next"] = f"still running: call get_run(run_id='{report['id']}') to poll"
+    elif report.get("verdict") == "failed":
+        out["next"] = ("read failures and fork_errors; get_logs(sandbox=...) for more; fix the "
+                       "fork and call apply_sandbox, then run_tests again")
+    elif report.get("verdict") == "vacuous":
+        out["next"] = ("make the test send the `baggage` header (LANEWAY_BAGGAGE env var) or "
+                       "use a client that honours HTTP_PROXY, so requests reach the fork")
+    return out
+
+
+def _hops(hops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"service": h["service"],
+             "served_by": "baseline" if h["destination"] == "baseline"
+             else f"{h['service']}@{h['destination']}",
+             "status": h["status"], "ms": round(h["duration_ms"], 1),
+             "request": f"{h['method']} {h['path']}"[:200],
+             **({"error": h["error"]} if h.get("error") else {}),
+             **({"key": h["routing_key"]} if h.get("routing_key") else {"key": None})}
+            for h in sorted(hops, key=lambda h: h["at"])]
+
+
+def _path(hops: list[dict[str, Any]]) -> str:
+    return " → ".join(h["served_by"] if h["served_by"] != "baseline" else h["service"]
+                      for h in hops)
+
+
+def build_server(api: AsyncApiClient) -> MCPServer:
+    server: MCPServer = MCPServer(name="laneway", version=__version__,
+                                  instructions=INSTRUCTIONS)
+
+    @server.tool(description=(
+        "List the baseline's services: name, public URL (send requests there), health. Use "
+        "it first, to know what can be forked and where to send requests."))
+    async def list_services() -> dict[str, Any]:
+        try:
+            services = await api.get("/v1/services")
+        except CliError as exc:
+            raise _fail(exc) from exc
+        return {"services": [{"name": s["name"], "url": s["url"], "phase": s["phase"],
+                              **({"message": s["message"]} if not s["ready"] else {})}
+                             for s in services]}
+
+    @server.tool(description=(
+        "List sandboxes with their routing keys, phase (ready/pending/failed) and forked "
+        "services. Use it to find an existing sandbox before creating one."))
+    async def list_sandboxes() -> dict[str, Any]:
+        try:
+            views = await api.get("/v1/sandboxes")
+        except CliError as exc:
+            raise _fail(exc) from exc
+        return {"sandboxes": [{"name": v["name"], "routing_key": v["routingKey"],
+                               "phase": v["status"]["phase"], "message": v["status"]["message"],
+                               "forks": [f["service"] for f in v["forks"]]} for v in views]}
+
+    @server.tool(description=(
+        "Get one sandbox: routing key (and the ready `baggage` header value), phase, and each "
+        "fork's phase, restarts and error message. Use it to poll a sandbox that is starting "
+        "or to see why one failed."))
+    async def get_sandbox(name: str) -> dict[str, Any]:
+        try:
+            return _compact_sandbox(await api.get(f"/v1/sandboxes/{name}"))
+        except CliError as exc:
+            raise _fail(exc, "list_sandboxes shows the sandboxes there are") from exc
+
+    @server.tool(description=(
+        "Create or update a sandbox (idempotent by name): fork the services you changed, each "
+        "with its own `run` command and/or `env` (the rest of the baseline definition is "
+        "inherited). Only changed forks restart; the routing key stays the same. Waits until "
+        "every fork is ready or one has failed, and says which; on failure the error carries "
+        "the fork's last log lines. Returns the sandbox (routing key, phase, forks)."))
+    async def apply_sandbox(
+        name: Annotated[str, Field(description="DNS label, at most 40 characters")],
+        forks: Annotated[list[ForkArg], Field(description="services to fork")],
+        labels: dict[str, str] | None = None,
+        ttl: Annotated[str | None, Field(description="e.g. 30m, 2h, 1d")] = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name,
+                                "forks": [f.model_dump(exclude_none=True) for f in forks]}
+        if labels:
+            body["labels"] = labels
+        if ttl:
+            body["ttl"] = ttl
+        try:
+            view = await api.request("PUT", f"/v1/sandboxes/{name}", json=body,
+                                     params={"wait": WAIT_S})
+        except CliError as exc:
+            raise _fail(exc, "correct the arguments and call apply_sandbox again") from exc
+        result = _compact_sandbox(view)
+        if result["phase"] == "failed":
+            raise ToolError(
+                f"sandbox {name} is not ready: {result['message']}. Next: fix the fork's run/env "
+                f"and call apply_sandbox again; get_logs(sandbox='{name}') shows more.")
+        if result["phase"] == "pending":
+            result["next"] = f"still starting: call get_sandbox(name='{name}') to poll"
+        return result
+
+    @server.tool(description=(
+        "Delete a sandbox: its forks stop and its routing key routes to the baseline again. "
+        "Idempotent: deleting a missing sandbox reports that it is already gone."))
+    async def delete_sandbox(name: str) -> dict[str, Any]:
+        try:
+            await api.request("DELETE", f"/v1/sandboxes/{name}")
+        except CliError as exc:
+            if "not found" in exc.message:
+                return {"deleted": name, "note": "it did not exist"}
+            raise _fail(exc) from exc
+        return {"deleted": name}
+
+    @server.tool(description=(
+        "Send one HTTP request through the system, with a sandbox's routing key (omit sandbox "
+        "for the baseline), and return the answer (status, body cut to 2000 characters) and "
+        "the path it took: each hop's service, whether the baseline or a fork served it, "
+        "status and time. Use it to check a change by hand or to see where a request fails."))
+    async def send_request(
+        url: Annotated[str, Field(description="a service's public URL plus path")],
+        method: str = "GET",
+        sandbox: str | None = None,
+        headers: dict[str, str] | None = None,
+        body: str | None = None,
+    ) -> dict[str, Any]:
+        sent = dict(headers or {})
+        key = None
+        try:
+            if sandbox:
+                key = (await api.get(f"/v1/sandboxes/{sandbox}"))["routingKey"]
+        except CliError as exc:
+            raise _fail(exc, "list_sandboxes shows the sandboxes there are") from exc
+        if key:
+            sent["baggage"] = ",".join(p for p in (sent.get("baggage"),
+                                                   f"laneway-key={key}") if p)
+        trace_id = secrets.token_hex(16)
+        sent["traceparent"] = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+        try:
+            async with httpx.AsyncClient(timeout=WAIT_S) as client:
+                resp = await client.request(method.upper(), url, headers=sent,
+                                            content=body.encode() if body is not None else None)
+        except httpx.HTTPError as exc:
+            raise ToolError(f"{method.upper()} {url} failed: {exc!r}. Next: check the URL "
+                            "with list_services") from exc
+        hops = await _trace_hops(api, trace_id)
+        text, note = _cut(resp.text, BODY_CHARS, "the request can be repeated with a narrower "
+                          "query")
+        result: dict[str, Any] = {
+            "status": resp.status_code, "served_by": resp.headers.get("laneway-served-by"),
+            "body": text, "trace_id": trace_id, "path": _path(hops), "hops": hops}
+        if note:
+            result["note"] = note
+        return result
+
+    @server.tool(description=(
+        "Run a test command against a sandbox: it gets LANEWAY_ROUTING_KEY, LANEWAY_BAGGAGE (a "
+        "ready `baggage` header value), LANEWAY_URL_<SERVICE> and an HTTP_PROXY that adds the "
+        "key to plain-HTTP requests. Returns the run's report: verdict (passed only if the "
+        "command passed AND every fork was reached; `vacuous` if it passed without reaching a "
+        "fork), failed tests, errors the forks logged during the run, propagation leaks, "
+        "output tail. Waits up to ~50 s, then returns the run id to poll with get_run."))
+    async def run_tests(
+        sandbox: str,
+        command: Annotated[str | list[str], Field(
+            description="a shell line (run with /bin/sh -c) or an argv list")],
+        cwd: Annotated[str | None, Field(description="directory to run in")] = None,
+        timeout_s: Annotated[float | None, Field(description="stop the command after this")] =
+        600.0,
+        allow_unreached: bool = False,
+    ) -> dict[str, Any]:
+        try:
+            report = await api.request("POST", "/v1/runs", params={"wait": WAIT_S}, json={
+                "sandbox": sandbox, "command": command, "cwd": cwd, "timeout_s": timeout_s,
+                "allow_unreached": allow_unreached})
+        except CliError as exc:
+            raise _fail(exc, "check the sandbox name (list_sandboxes) and the command") from exc
+        return _compact_report(report)
+
+    @server.tool(description=(
+        "Get a run's report by id (from run_tests), waiting up to wait_s (at most 50) seconds "
+        "if it is still running. Returns the same compact report as run_tests."))
+    async def get_run(run_id: str, wait_s: float = 30.0) -> dict[str, Any]:
+        try:
+            report = await api.get(f"/v1/runs/{run_id}", wait=max(0.0, min(wait_s, WAIT_S)))
+        except CliError as exc:
+            raise _fail(exc) from exc
+        return _compact_report(report)
+
+    @server.tool(description=(
+        "Read logs: a sandbox's fork (sandbox=..., plus service=... if it forks several) or a "
+        "baseline service (service=... alone). Bounded by tail (lines, default 50), since "
+        "(a duration back from now like 5m, or an ISO time) and grep (a case-insensitive "
+        "regular expression). Lines start with the UTC time they were written."))
+    async def get_logs(
+        sandbox: str | None = None,
+        service: str | None = None,
+        tail: Annotated[int, Field(ge=1, le=2000)] = 50,
+        since: str | None = None,
+        grep: str | None = None,
+    ) -> dict[str, Any]:
+        params = {"tail": tail, "since": since, "grep": grep}
+        try:
+            if sandbox:
+                text = await api.get(f"/v1/sandboxes/{sandbox}/logs", service=service, **params)
+            elif service:
+                text = await api.get(f"/v1/services/{service}/logs", **params)
+            else:
+                raise ToolError("name a sandbox (its fork's logs) or a service (the baseline's)")
+        except CliError as exc:
+            raise _fail(exc) from exc
+        text, note = _cut(str(text), LOG_CHARS, "narrow it with tail, since or grep")
+        result: dict[str, Any] = {"lines": text.splitlines()}
+        if note:
+            result["note"] = note
+        return result
+
+    @server.tool(description=(
+        "Get the path of a recorded trace (trace id from send_request or a log line): each "
+        "hop's service, whether baseline or a fork served it, routing key, status and time."))
+    async def get_trace(trace_id: str) -> dict[str, Any]:
+        try:
+            hops = _hops(await api.get("/v1/hops", trace=trace_id, limit=200))
+        except CliError as exc:
+            raise _fail(exc) from exc
+        if not hops:
+            raise ToolError(f"no hops recorded for trace {trace_id}. Next: send_request returns "
+                            "a trace id that is recorded")
+        return {"trace_id": trace_id, "path": _path(hops), "hops": hops}
+
+    @server.tool(description=(
+        "List propagation leaks: traces that carried a sandbox's routing key and lost it, with "
+        "the service whose outbound call dropped the `baggage` header. A leak means requests "
+        "past that service never reach forks: fix the propagation in that service."))
+    async def list_leaks(sandbox: str | None = None) -> dict[str, Any]:
+        try:
+            leaks = await api.get("/v1/leaks", sandbox=sandbox, limit=50)
+        except CliError as exc:
+            raise _fail(exc) from exc
+        return {"leaks": leaks}
+
+    return server
+
+
+async def _trace_hops(api: AsyncApiClient, trace_id: str) -> list[dict[str, Any]]:
+    """The hops of a trace, once no new ones have arrived for a moment (they come in batches)."""
+    deadline = time.monotonic() + 3.0
+    hops: list[dict[str, Any]] = []
+    stable = 0
+    while time.monotonic() < deadline and stable < 4:
+        found = await api.get("/v1/hops", trace=trace_id, limit=200)
+        stable = stable + 1 if found and len(found) == len(hops) else 0
+        hops = found
+        await asyncio.sleep(0.05)
+    return _hops(hops)

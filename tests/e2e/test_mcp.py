@@ -1,0 +1,96 @@
+"""The MCP server driven by the official MCP client SDK over stdio, as a coding agent would."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+from tests.e2e.conftest import LANEWAY, Project
+
+TEST_FILE = """
+import os, urllib.request
+
+def test_chain_answers():
+    body = urllib.request.urlopen(os.environ["LANEWAY_URL_A"]).read().decode()
+    assert "error" not in body, body
+"""
+REQUIRED = {"list_services", "list_sandboxes", "get_sandbox", "apply_sandbox",
+            "delete_sandbox", "send_request", "run_tests", "get_logs", "get_trace"}
+
+
+async def call(client: Client, tool: str, **arguments: Any) -> tuple[bool, Any]:
+    result = await client.call_tool(tool, arguments)
+    if result.is_error:
+        return True, " ".join(getattr(block, "text", "") for block in result.content)
+    if result.structured_content is not None:
+        return False, result.structured_content
+    return False, json.loads(result.content[0].text)  # type: ignore[union-attr]
+
+
+async def test_agent_loop_over_stdio(project: Project) -> None:
+    project.write("test_chain.py", TEST_FILE)
+    params = StdioServerParameters(command=LANEWAY, args=["mcp"], cwd=str(project.root))
+    async with Client(params) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        assert set(tools) >= REQUIRED
+        assert all(len(tool.description or "") > 60 for tool in tools.values())
+
+        error, services = await call(client, "list_services")
+        assert not error
+        assert {s["name"] for s in services["services"]} == {"a", "b", "c"}
+
+        error, message = await call(client, "apply_sandbox", name="fix",
+                                    forks=[{"service": "nope"}])
+        assert error
+        assert "unknown service 'nope'" in message
+
+        error, message = await call(client, "apply_sandbox", name="crash",
+                                    forks=[{"service": "c", "env": {"EXIT_AT_ONCE": "1"}}])
+        assert error
+        assert "exited with code 3" in message
+        assert "cannot load configuration" in message
+        assert "call apply_sandbox again" in message
+        assert not (await call(client, "delete_sandbox", name="crash"))[0]
+
+        # A fork with a bug: healthy, but it fails every request.
+        error, sandbox = await call(client, "apply_sandbox", name="fix",
+                                    forks=[{"service": "c", "env": {"FAIL_REQUESTS": "1"}}])
+        assert not error, sandbox
+        assert sandbox["phase"] == "ready"
+
+        command = f"{sys.executable} -m pytest -q -p no:cacheprovider test_chain.py"
+        error, report = await call(client, "run_tests", sandbox="fix", command=command,
+                                   cwd=str(project.root))
+        assert not error, report
+        assert report["verdict"] == "failed"
+        assert report["failures"][0]["name"].endswith("test_chain_answers")
+        assert any("division by zero" in line for line in report["fork_errors"])
+
+        error, logs = await call(client, "get_logs", sandbox="fix", grep="error", tail=5)
+        assert not error
+        assert logs["lines"]
+        assert all("error" in line.lower() for line in logs["lines"])
+
+        error, answer = await call(client, "send_request", url=project.url("a") + "/",
+                                   sandbox="fix")
+        assert not error
+        assert answer["path"] == "a → b → c@fix"
+        error, trace = await call(client, "get_trace", trace_id=answer["trace_id"])
+        assert trace["path"] == answer["path"]
+
+        # The fix: the same sandbox, the fork without the bug.
+        error, sandbox = await call(client, "apply_sandbox", name="fix",
+                                    forks=[{"service": "c", "env": {"VERSION": "fixed"}}])
+        assert not error
+        assert sandbox["phase"] == "ready"
+        error, report = await call(client, "run_tests", sandbox="fix", command=command,
+                                   cwd=str(project.root))
+        assert report["verdict"] == "passed", report
+        assert report["forks_reached"]["c@fix"] >= 1
+
+        error, listed = await call(client, "list_sandboxes")
+        assert [s["name"] for s in listed["sandboxes"]] == ["fix"]
