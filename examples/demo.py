@@ -1,4 +1,5 @@
-"""`make demo`: the shop's baseline, a sandbox that forks pricing, and one request sent twice.
+"""`make demo`: the shop's baseline, a sandbox that forks pricing, one request sent twice, and
+the shop's tests run against the sandbox (whose report names a propagation leak in orders).
 
 Everything goes through the `laneway` command as a user would type it; requests carry a
 `traceparent` so that the path each one took can be read back from the recorded hops.
@@ -94,6 +95,15 @@ def main() -> None:
             keyed["quote"]["pricing"]["pricing"] == "fork of pricing-promo"
         console.print("[green]✓ only the keyed request reached the fork[/]" if ok else
                       "[red]✗ routing did not behave as expected[/]")
+        console.print("\n$ laneway run --sandbox pricing-promo -o md -- "
+                      "python -m pytest -q examples/shop/tests")
+        console.print("(the shop's own tests, unaware of laneway; the run proxy adds the key)\n")
+        run = subprocess.run([LANEWAY, "run", "--sandbox", "pricing-promo", "-o", "md", "--",
+                              sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              "tests"], cwd=SHOP, text=True, capture_output=True, check=False)
+        sys.stdout.write(run.stdout)
+        sys.stdout.flush()
+        ok = ok and run.returncode == 0 and "`orders` called `pricing`" in run.stdout
         if os.environ.get("DEMO_KEEP"):
             console.print("\nDEMO_KEEP=1: still running. Try:\n"
                           f"  curl '{WEB}/buy?item=book'\n"

@@ -132,12 +132,19 @@ def sandbox_logs(
     follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep printing new lines")] =
     False,
     tail: Annotated[int, typer.Option(help="Lines from the end")] = 200,
+    since: Annotated[str | None, typer.Option(help="Only lines since: 5m, 1h, or an ISO time")]
+    = None,
+    grep: Annotated[str | None, typer.Option(help="Only lines matching this regex")] = None,
     api: ApiOption = None,
 ) -> None:
-    """Print a fork's log (its stdout and stderr, across restarts)."""
+    """Print a fork's log (its stdout and stderr, across restarts, time-stamped)."""
     client = connect(api)
     path = f"/v1/sandboxes/{name}/logs"
     params: dict[str, Any] = {"tail": tail}
+    if since:
+        params["since"] = since
+    if grep:
+        params["grep"] = grep
     if service:
         params["service"] = service
     if not follow:
