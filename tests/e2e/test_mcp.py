@@ -94,3 +94,32 @@ async def test_agent_loop_over_stdio(project: Project) -> None:
 
         error, listed = await call(client, "list_sandboxes")
         assert [s["name"] for s in listed["sandboxes"]] == ["fix"]
+
+
+async def test_streamable_http_transport(project: Project) -> None:
+    import asyncio
+    import subprocess
+
+    from tests.e2e.conftest import free_ports
+
+    (port,) = free_ports(1)
+    with subprocess.Popen([LANEWAY, "mcp", "--http", "--port", str(port)], cwd=project.root,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as server:
+        try:
+            for _ in range(100):  # wait until it listens
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
+                    await writer.wait_closed()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
+            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                names = {tool.name for tool in (await client.list_tools()).tools}
+                assert names >= REQUIRED
+                error, services = await call(client, "list_services")
+                assert not error
+                assert len(services["services"]) == 3
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
