@@ -126,10 +126,15 @@ def run(
         "sandbox": sandbox, "routegroup": routegroup, "command": command,
         "cwd": os.getcwd(), "env": dict(os.environ), "timeout_s": timeout,
         "allow_unreached": allow_unreached})
-    # The command's own output goes to stderr when stdout carries a machine-readable report.
-    _follow_output(client, report["id"], sys.stdout if output == "table" else sys.stderr)
-    while report["status"] == "running":
-        report = client.get(f"/v1/runs/{report['id']}", wait=30)
+    try:
+        # The command's own output goes to stderr when stdout carries a machine-readable report.
+        _follow_output(client, report["id"], sys.stdout if output == "table" else sys.stderr)
+        while report["status"] == "running":
+            report = client.get(f"/v1/runs/{report['id']}", wait=30)
+    except KeyboardInterrupt:
+        # Ctrl-C stops the command too, not just our view of it.
+        client.request("POST", f"/v1/runs/{report['id']}/cancel")
+        raise
     print_report(report, output)
     raise typer.Exit(_exit_code(report))
 

@@ -27,6 +27,7 @@ from laneway.control.plane import ControlPlane
 from laneway.core.baggage import baggage_value
 from laneway.core.runs import (
     find_leaks,
+    fork_responses,
     forks_reached,
     is_error_line,
     parse_junit,
@@ -108,6 +109,7 @@ class RunManager:
             "cwd": spec.cwd, "status": "running", "verdict": "running", "exit_code": None,
             "timed_out": False, "duration_s": 0.0, "started_at": time.time(),
             "finished_at": None, "forks_reached": dict.fromkeys(forks, 0), "hops": 0,
+            "fork_responses": {fork: {} for fork in forks},
             "leaks": [], "fork_errors": [], "failures": [], "tests": None,
             "output_tail": [], "output_path": str(run_dir / "output.log"), "note": note,
             "allow_unreached": spec.allow_unreached,
@@ -224,6 +226,7 @@ class RunManager:
             "status": "finished", "verdict": verdict, "exit_code": exit_code,
             "duration_s": round(duration, 3), "finished_at": time.time(),
             "forks_reached": reached, "hops": len(keyed), "proxied_requests": proxied,
+            "fork_responses": fork_responses(keyed, {key}, forks),
             "leaks": [leak.to_json() for leak in find_leaks(related, {key})],
             "fork_errors": self._fork_errors(logs),
             "failures": failures[:50], "tests": tests,

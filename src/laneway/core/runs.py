@@ -20,6 +20,7 @@ __all__ = [
     "Leak",
     "Verdict",
     "find_leaks",
+    "fork_responses",
     "forks_reached",
     "is_error_line",
     "parse_junit",
@@ -29,8 +30,11 @@ __all__ = [
 
 Verdict = Literal["passed", "failed", "vacuous", "running", "error"]
 _SLACK = 0.0005  # seconds: hop times come from two clocks read microseconds apart
-_ERROR_RE = re.compile(r"\b(WARN|WARNING|ERROR|CRITICAL|FATAL|PANIC|Traceback|Exception)\b",
-                       re.IGNORECASE)
+# Level words, and exception names in any language's style: TypeError, ValueError,
+# NullPointerException, panic: …
+_ERROR_RE = re.compile(
+    r"\b(WARN|WARNING|ERR|ERROR|CRITICAL|FATAL|PANIC|Traceback|Unhandled)\b"
+    r"|[A-Za-z]*(Error|Exception)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,20 @@ def forks_reached(hops: Iterable[Hop], keys: set[str], forks: Sequence[str]) -> 
     return counts
 
 
+def fork_responses(hops: Iterable[Hop], keys: set[str],
+                   forks: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Status classes each fork answered with (`{"pricing@sb": {"2xx": 3, "5xx": 1}}`): a fork
+    that answers 5xx without logging anything still shows up in the report."""
+    out: dict[str, dict[str, int]] = {fork: {} for fork in forks}
+    for hop in hops:
+        if hop.routing_key in keys and hop.destination != "baseline":
+            name = f"{hop.service}@{hop.destination}"
+            if name in out:
+                cls = f"{hop.status // 100}xx"
+                out[name][cls] = out[name].get(cls, 0) + 1
+    return out
+
+
 def verdict_of(exit_code: int | None, reached: Mapping[str, int], *,
                allow_unreached: bool) -> Verdict:
     """`passed` only if the command passed and every fork was reached at least once."""
@@ -146,8 +164,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ]
     if report.get("note"):
         lines += [f"> {report['note']}", ""]
-    lines += ["| fork | requests reached |", "|---|---|"]
-    lines += [f"| `{fork}` | {count} |" for fork, count in report["forks_reached"].items()]
+    responses = report.get("fork_responses") or {}
+    lines += ["| fork | requests reached | answers |", "|---|---|---|"]
+    lines += [f"| `{fork}` | {count} | "
+              f"{', '.join(f'{c}: {n}' for c, n in sorted(responses.get(fork, {}).items()))} |"
+              for fork, count in report["forks_reached"].items()]
     if report.get("failures"):
         lines += ["", "**Failed tests**", ""]
         lines += [f"- `{f['name']}`: {f['message']}" for f in report["failures"][:20]]

@@ -9,6 +9,7 @@ step. Nothing waits longer than ~50 s: a long run returns its id for `get_run` t
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from typing import Annotated, Any
@@ -82,7 +83,8 @@ def _compact_sandbox(view: dict[str, Any]) -> dict[str, Any]:
 
 def _compact_report(report: dict[str, Any]) -> dict[str, Any]:
     out = {k: report.get(k) for k in ("id", "sandbox", "routegroup", "status", "verdict",
-                                      "exit_code", "duration_s", "forks_reached", "hops")}
+                                      "exit_code", "duration_s", "forks_reached",
+                                      "fork_responses", "hops")}
     if report.get("timed_out"):
         out["timed_out"] = True
     out["failures"] = report.get("failures", [])[:20]
@@ -252,14 +254,18 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         sandbox: str,
         command: Annotated[str | list[str], Field(
             description="a shell line (run with /bin/sh -c) or an argv list")],
-        cwd: Annotated[str | None, Field(description="directory to run in")] = None,
+        cwd: Annotated[str | None, Field(
+            description="directory to run in (default: where the MCP server runs)")] = None,
         timeout_s: Annotated[float | None, Field(description="stop the command after this")] =
         600.0,
         allow_unreached: bool = False,
     ) -> dict[str, Any]:
         try:
+            # The command runs as this server's user would run it: with this process's
+            # environment (the agent's), in its directory unless told otherwise.
             report = await api.request("POST", "/v1/runs", params={"wait": WAIT_S}, json={
-                "sandbox": sandbox, "command": command, "cwd": cwd, "timeout_s": timeout_s,
+                "sandbox": sandbox, "command": command, "cwd": cwd or os.getcwd(),
+                "env": dict(os.environ), "timeout_s": timeout_s,
                 "allow_unreached": allow_unreached})
         except CliError as exc:
             raise _fail(exc, "check the sandbox name (list_sandboxes) and the command") from exc
