@@ -15,6 +15,7 @@ from typing import Any
 
 from laneway.control.errors import Invalid, NotFound
 from laneway.control.hoplog import HopLog
+from laneway.control.resources import ResourceManager
 from laneway.control.store import AuditEntry, Kind, Record, Store
 from laneway.core.feed import RoutesBroadcaster
 from laneway.core.keys import new_routing_key
@@ -59,6 +60,7 @@ class ControlPlane:
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()  # set after every reconcile pass
         self._parsed: dict[tuple[str, str, int], Any] = {}
+        self.resources: ResourceManager | None = None  # set by the daemon when plugins exist
 
     # the reconciler's side
 
@@ -84,7 +86,9 @@ class ControlPlane:
         for rec in self.store.records("sandbox"):
             spec = self._parsed_spec(rec)
             assert isinstance(spec, SandboxSpec)
-            out.append(DesiredSandbox(spec, rec.routing_key, rec.created_at, rec.generation))
+            views = self.resources.views(rec.name) if self.resources else {}
+            out.append(DesiredSandbox(spec, rec.routing_key, rec.created_at, rec.generation,
+                                      views))
         return out
 
     def desired_groups(self) -> list[RouteGroupEntry]:
@@ -131,11 +135,16 @@ class ControlPlane:
         try:
             spec = parse_sandbox(data)
             check_sandbox_against_project(spec, self.project)
+            existing = self.store.get("sandbox", spec.name)
+            if spec.resources and self.resources is None:
+                raise SpecError([("resources", "this control plane has no resource plugins")])
+            if self.resources is not None:
+                previous = self._parsed_spec(existing) if existing else None
+                self.resources.validate(spec, previous)
         except SpecError as exc:
             raise _invalid(exc) from exc
         now = time.time()
-        stored = spec.model_dump(mode="json", exclude_defaults=True)
-        existing = self.store.get("sandbox", spec.name)
+        stored = spec.model_dump(mode="json", exclude_defaults=True, by_alias=True)
         expires = now + spec.ttl if spec.ttl else None
         if existing is None:
             record = Record("sandbox", spec.name, stored, self._new_key(), now, now, 1, expires)
@@ -162,7 +171,8 @@ class ControlPlane:
             status_json = {"ready": False, "phase": "pending",
                            "message": "waiting for the reconciler", "forks": []}
         else:
-            failed = any(f["phase"] in ("crashed", "unhealthy") for f in status.forks)
+            failed = any(f["phase"] in ("crashed", "unhealthy", "failed")
+                         for f in status.forks)
             status_json = {**status.to_json(),
                            "phase": "ready" if status.ready else
                            ("failed" if failed else "pending")}
@@ -180,7 +190,10 @@ class ControlPlane:
                  **({"env": f.env} if f.env else {})}
                 for f in spec.forks
             ],
-            "status": status_json,
+            "resources": [{"name": r.name, "plugin": r.plugin, "params": r.params}
+                          for r in spec.resources],
+            "status": {**status_json,
+                       "resources": self.resources.status(rec.name) if self.resources else []},
         }
 
     def get_sandbox(self, name: str) -> dict[str, Any]:

@@ -54,6 +54,10 @@ class Reconciler:
     async def reconcile_once(self) -> None:
         control = self.control
         self._expire()
+        if control.resources is not None:
+            running = {st.sandbox for st in control.runtime.states().values() if st.sandbox}
+            control.resources.reconcile(
+                ((sb.spec, sb.routing_key) for sb in control.desired_sandboxes()), running)
         sandboxes = control.desired_sandboxes()
         groups = control.desired_groups()
         plan = plan_actions(control.project, sandboxes, control.runtime.states())

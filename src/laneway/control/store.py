@@ -62,6 +62,12 @@ class Store(Protocol):
 
     def put_run(self, report: dict[str, Any]) -> None: ...
 
+    def put_resource(self, sandbox: str, name: str, state: dict[str, Any]) -> None: ...
+
+    def delete_resource(self, sandbox: str, name: str) -> None: ...
+
+    def resource_states(self) -> list[tuple[str, str, dict[str, Any]]]: ...
+
     def get_run(self, run_id: str) -> dict[str, Any] | None: ...
 
     def runs(self, sandbox: str | None, limit: int) -> list[dict[str, Any]]:
@@ -75,9 +81,19 @@ class MemoryStore:
         self._records: dict[tuple[str, str], Record] = {}
         self._audit: list[AuditEntry] = []
         self._runs: dict[str, dict[str, Any]] = {}
+        self._resources: dict[tuple[str, str], dict[str, Any]] = {}
 
     def put_run(self, report: dict[str, Any]) -> None:
         self._runs[report["id"]] = report
+
+    def put_resource(self, sandbox: str, name: str, state: dict[str, Any]) -> None:
+        self._resources[(sandbox, name)] = dict(state)
+
+    def delete_resource(self, sandbox: str, name: str) -> None:
+        self._resources.pop((sandbox, name), None)
+
+    def resource_states(self) -> list[tuple[str, str, dict[str, Any]]]:
+        return [(sb, name, dict(state)) for (sb, name), state in sorted(self._resources.items())]
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         return self._runs.get(run_id)
@@ -124,6 +140,12 @@ CREATE TABLE IF NOT EXISTS records (
     generation INTEGER NOT NULL,
     expires_at REAL,
     PRIMARY KEY (kind, name)
+);
+CREATE TABLE IF NOT EXISTS resources (
+    sandbox TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (sandbox, name)
 );
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -223,6 +245,23 @@ class SqliteStore:
                 "INSERT INTO runs VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
                 "report = excluded.report", (report["id"], target, report["started_at"],
                                              json.dumps(report)))
+
+    def put_resource(self, sandbox: str, name: str, state: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO resources VALUES (?, ?, ?) ON CONFLICT (sandbox, name) "
+                             "DO UPDATE SET state = excluded.state",
+                             (sandbox, name, json.dumps(state)))
+
+    def delete_resource(self, sandbox: str, name: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM resources WHERE sandbox = ? AND name = ?",
+                             (sandbox, name))
+
+    def resource_states(self) -> list[tuple[str, str, dict[str, Any]]]:
+        with self._lock:
+            rows = self._db.execute("SELECT sandbox, name, state FROM resources "
+                                    "ORDER BY sandbox, name").fetchall()
+        return [(sb, name, json.loads(state)) for sb, name, state in rows]
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self._lock:

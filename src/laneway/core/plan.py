@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from laneway.core.resources import ResourceView
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.core.runtime import (
     ProcessSpec,
@@ -20,7 +21,14 @@ from laneway.core.runtime import (
     fork_unit,
     spec_hash,
 )
-from laneway.core.spec import LOCAL_HOST, ProjectSpec, RouteGroupSpec, SandboxSpec, interpolate
+from laneway.core.spec import (
+    LOCAL_HOST,
+    ProjectSpec,
+    RouteGroupSpec,
+    SandboxSpec,
+    interpolate,
+    interpolate_resources,
+)
 
 __all__ = [
     "DesiredSandbox",
@@ -31,6 +39,7 @@ __all__ = [
     "build_routes",
     "desired_baseline",
     "desired_forks",
+    "fork_blockers",
     "plan_actions",
 ]
 
@@ -43,6 +52,19 @@ class DesiredSandbox:
     routing_key: str
     created_at: float
     generation: int = 0
+    resources: Mapping[str, ResourceView] = field(default_factory=dict)
+
+    def resource_blocker(self) -> tuple[str, bool] | None:
+        """(why forks cannot start yet, whether that is a failure), or None when they can."""
+        for declared in self.spec.resources:
+            view = self.resources.get(declared.name)
+            if view is None or view.phase in ("creating", "deleting"):
+                return (f"waiting for resource {declared.name} ({declared.plugin}) to be "
+                        "created", False)
+            if view.phase == "failed":
+                return (f"resource {declared.name} ({declared.plugin}) failed: {view.message}",
+                        True)
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +102,35 @@ def desired_baseline(project: ProjectSpec) -> dict[str, ProcessSpec]:
     return out
 
 
-def desired_forks(project: ProjectSpec, sandbox: DesiredSandbox) -> dict[str, ProcessSpec]:
-    """One process spec per fork, its unit id carrying a digest of what makes it different."""
-    out: dict[str, ProcessSpec] = {}
+def fork_blockers(sandbox: DesiredSandbox) -> dict[str, tuple[str, bool]]:
+    """Forks that cannot start yet: service -> (why, whether that is a failure)."""
+    blocker = sandbox.resource_blocker()
+    if blocker is not None:
+        return {fork.service: blocker for fork in sandbox.spec.forks}
+    outputs = {name: view.outputs for name, view in sandbox.resources.items()}
+    out: dict[str, tuple[str, bool]] = {}
     for fork in sandbox.spec.forks:
+        try:
+            for text in [*fork.env.values(), *(fork.run or [])]:
+                interpolate_resources(text, outputs)
+        except KeyError as exc:
+            out[fork.service] = (str(exc.args[0]), True)
+    return out
+
+
+def desired_forks(project: ProjectSpec, sandbox: DesiredSandbox) -> dict[str, ProcessSpec]:
+    """One process spec per fork that can start, its unit id carrying a digest of what makes
+    it different (resource outputs included: a re-made resource means a new fork)."""
+    out: dict[str, ProcessSpec] = {}
+    blocked = fork_blockers(sandbox)
+    outputs = {name: view.outputs for name, view in sandbox.resources.items()}
+    for fork in sandbox.spec.forks:
+        if fork.service in blocked:
+            continue
         svc = fork.resolve(project.services[fork.service])
-        env = {k: interpolate(v, project) for k, v in svc.env.items()}
-        argv = [interpolate(a, project) for a in svc.argv()]
+        env = {k: interpolate_resources(interpolate(v, project), outputs)
+               for k, v in svc.env.items()}
+        argv = [interpolate_resources(interpolate(a, project), outputs) for a in svc.argv()]
         digest = spec_hash(fork.service, argv, env, svc.cwd, svc.health)
         env.update(
             LANEWAY_SERVICE=fork.service,
@@ -234,6 +278,15 @@ def build_routes(
         routes: dict[str, ForkRoute] = {}
         forks_json = []
         wanted = desired_forks(project, sandbox)
+        for service, (reason, failed) in fork_blockers(sandbox).items():
+            route = ForkRoute(service, sandbox.spec.name, None, False,
+                              f"fork {service}@{sandbox.spec.name}: {reason}", "")
+            routes[service] = route
+            table.forks[service][sandbox.routing_key] = route
+            forks_json.append({"service": service, "unit": "", "ready": False,
+                               "phase": "failed" if failed else "pending",
+                               "message": route.reason, "port": None, "pid": None,
+                               "restarts": 0, "startedAt": None, "readyAt": None})
         for spec in wanted.values():
             route = _fork_route(sandbox, spec, actual)
             routes[spec.service] = route

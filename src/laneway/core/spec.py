@@ -27,8 +27,10 @@ from laneway.core.duration import parse_duration
 
 __all__ = [
     "DNS_LABEL_RE",
+    "RESOURCE_REF_RE",
     "ForkSpec",
     "ProjectSpec",
+    "ResourceSpec",
     "RouteGroupSpec",
     "RouterSettings",
     "SandboxSpec",
@@ -37,6 +39,7 @@ __all__ = [
     "check_sandbox_against_project",
     "format_loc",
     "interpolate",
+    "interpolate_resources",
     "load_project",
     "load_yaml_document",
     "parse_project",
@@ -339,6 +342,20 @@ def _find_cycle(graph: Mapping[str, list[str]]) -> list[str] | None:
     return None
 
 
+def interpolate_resources(text: str, outputs: Mapping[str, Mapping[str, str]]) -> str:
+    """Replace `${resources.NAME.OUTPUT}`; a missing output raises KeyError naming it."""
+
+    def sub(match: re.Match[str]) -> str:
+        name, output = match.group(1), match.group(2)
+        values = outputs.get(name)
+        if values is None or output not in values:
+            raise KeyError(f"${{resources.{name}.{output}}}: resource {name!r} has no output "
+                           f"{output!r} (outputs: {', '.join(sorted(values or {})) or 'none'})")
+        return str(values[output])
+
+    return RESOURCE_REF_RE.sub(sub, text)
+
+
 def service_url(port: int) -> str:
     return f"http://{LOCAL_HOST}:{port}"
 
@@ -419,10 +436,31 @@ class ForkSpec(_Spec):
         return base.model_copy(update=update)
 
 
+_RESOURCE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
+RESOURCE_REF_RE = re.compile(r"\$\{resources\.([^.}]+)\.([A-Za-z0-9_]+)\}")
+
+
+class ResourceSpec(_Spec):
+    """Per-sandbox state (a database branch, a Redis namespace…) made by a plugin."""
+
+    name: str
+    plugin: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _RESOURCE_NAME_RE.match(value):
+            raise ValueError("must be 1-30 characters: a lowercase letter, then lowercase "
+                             "letters, digits or '_'")
+        return value
+
+
 class SandboxSpec(_Spec):
     name: Annotated[str, Field(min_length=1)]
     labels: dict[str, str] = Field(default_factory=dict)
     ttl: float | None = None
+    resources: list[ResourceSpec] = Field(default_factory=list)
     forks: list[ForkSpec] = Field(default_factory=list)
 
     @field_validator("name")
@@ -447,6 +485,12 @@ class SandboxSpec(_Spec):
 
     @model_validator(mode="after")
     def _unique_forks(self) -> SandboxSpec:
+        names: dict[str, int] = {}
+        for i, resource in enumerate(self.resources):
+            if resource.name in names:
+                raise SpecError([(f"resources[{i}].name", f"resource {resource.name!r} is "
+                                  f"already declared by resources[{names[resource.name]}]")])
+            names[resource.name] = i
         seen: dict[str, int] = {}
         for i, fork in enumerate(self.forks):
             if fork.service in seen:
@@ -499,10 +543,16 @@ def check_sandbox_against_project(spec: SandboxSpec, project: ProjectSpec) -> No
             )
         texts = [(f"forks[{i}].env.{k}", v) for k, v in fork.env.items()]
         texts += [(f"forks[{i}].run[{j}]", a) for j, a in enumerate(fork.run or [])]
+        declared = {r.name for r in spec.resources}
         for path, text in texts:
             for ref in _REF_RE.finditer(text):
                 if ref.group(1) not in project.services:
                     issues.append((path, f"{ref.group(0)} names an unknown service"))
+            for ref in RESOURCE_REF_RE.finditer(text):
+                if ref.group(1) not in declared:
+                    known_resources = ", ".join(sorted(declared)) or "none"
+                    issues.append((path, f"{ref.group(0)} names a resource this sandbox does "
+                                   f"not declare (resources: {known_resources})"))
     if issues:
         raise SpecError(issues)
 

@@ -30,11 +30,13 @@ from laneway.control.api import create_app
 from laneway.control.hoplog import HopLog
 from laneway.control.plane import ControlPlane
 from laneway.control.reconciler import Reconciler
+from laneway.control.resources import ResourceManager
 from laneway.control.runs import RunManager
 from laneway.control.store import SqliteStore
 from laneway.core.feed import RoutesBroadcaster
 from laneway.core.layout import STATE_DIR_NAME, StateLayout
 from laneway.core.spec import ProjectSpec, SpecError, load_project
+from laneway.plugins import builtin_plugins
 from laneway.router import Router, RouterSettings
 from laneway.router.server import RouterError
 from laneway.runtime.local import LocalRuntime
@@ -124,6 +126,8 @@ class Daemon:
         feed = RoutesBroadcaster()
         hops = HopLog(self.project.router.hop_capacity)
         control = ControlPlane(self.project, store, runtime, feed, hops)
+        control.resources = ResourceManager(builtin_plugins(), self.layout.root / "resources",
+                                            self.config.parent, store, control.wake)
         settings = self.project.router
         router = Router(RouterSettings(
             extra_headers=tuple(settings.extra_headers),
@@ -171,6 +175,7 @@ class Daemon:
                     await asyncio.wait_for(api_task, 5)
             await runs.close()
             await reconciler.close()
+            await control.resources.close()
             await router.close()
             await runtime.close()
             store.close()
