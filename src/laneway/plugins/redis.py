@@ -38,7 +38,8 @@ def _with_db(url: str, db: int) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         query = "&".join(p for p in parts.query.split("&") if p and not p.startswith("db="))
-        return urlunsplit(parts._replace(query=f"{query}&db={db}".lstrip("&")))
+        # urlunsplit would drop the empty authority (unix:///path -> unix:/path).
+        return f"unix://{parts.path}?" + f"{query}&db={db}".lstrip("&")
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
