@@ -49,7 +49,8 @@ def _spec_body(schema: str) -> dict[str, Any]:
 
 def create_app(control: ControlPlane, token: str,
                shutdown: Callable[[], None] | None = None,
-               runs: RunManager | None = None) -> FastAPI:
+               runs: RunManager | None = None,
+               routes_token: str | None = None) -> FastAPI:
     app = FastAPI(title="laneway control plane", version=__version__,
                   description="Sandboxes, route groups, services and hops of one environment.")
 
@@ -57,8 +58,12 @@ def create_app(control: ControlPlane, token: str,
     async def authenticate(request: Request,
                            call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if request.url.path not in _PUBLIC:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            given = request.headers.get("authorization", "").encode()
+            # Processes get a read-only token that opens the routes feed and nothing else.
+            reader = routes_token is not None and request.url.path == "/v1/routes" and \
+                request.method == "GET" and hmac.compare_digest(
+                    given, f"Bearer {routes_token}".encode())
+            if not reader and not hmac.compare_digest(given, f"Bearer {token}".encode()):
                 return _error(401, "unauthorized", "missing or wrong API token: send "
                               "'authorization: Bearer <token>' (the CLI reads .laneway/token or "
                               "LANEWAY_TOKEN)")

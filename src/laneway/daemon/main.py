@@ -118,8 +118,17 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal)
         token = self._write_token()
+        routes_token = secrets.token_urlsafe(24)
+        # The API's socket is bound first: every process learns where the routes feed is
+        # (consumers use it to skip messages that a fork of their service takes).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
         store = SqliteStore(self.layout.database)
-        runtime = LocalRuntime(self.layout.root)
+        runtime = LocalRuntime(self.layout.root, extra_env={
+            "LANEWAY_ROUTES_URL": f"{url}/v1/routes", "LANEWAY_ROUTES_TOKEN": routes_token})
         if runtime.reaped:
             self.say(f"laneway: stopped {len(runtime.reaped)} processes left by a previous run: "
                      f"{', '.join(runtime.reaped)}")
@@ -144,11 +153,8 @@ class Daemon:
                 await router.listen(name, svc.port)
             router.follow(feed)
             reconciler.start()
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-            app = create_app(control, token, shutdown=self.stop_requested.set, runs=runs)
+            app = create_app(control, token, shutdown=self.stop_requested.set, runs=runs,
+                             routes_token=routes_token)
             server = _ApiServer(uvicorn.Config(app, log_level="warning", lifespan="off",
                                                access_log=False))
             api_task = loop.create_task(server.serve(sockets=[sock]), name="laneway-api")
@@ -156,7 +162,6 @@ class Daemon:
                 if api_task.done():
                     raise DaemonError("the API server failed to start")
                 await asyncio.sleep(0.01)
-            url = f"http://127.0.0.1:{port}"
             self.layout.api.write_text(json.dumps({
                 "url": url, "pid": os.getpid(), "config": str(self.config),
                 "project": self.project.name, "startedAt": time.time(),

@@ -89,8 +89,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 class SupervisedProcess:
     def __init__(self, spec: ProcessSpec, log_path: Path, pid_dir: Path,
-                 on_change: Callable[[], None]) -> None:
+                 on_change: Callable[[], None], extra_env: dict[str, str] | None = None) -> None:
         self.spec = spec
+        self.extra_env = extra_env or {}
         self.log_path = log_path
         self._pid_path = pid_dir / (spec.unit.replace("/", "_").replace("@", "_") + ".json")
         self._on_change = on_change
@@ -133,6 +134,7 @@ class SupervisedProcess:
     async def _run_once(self) -> None:
         port = free_port()
         env = dict(os.environ)
+        env.update(self.extra_env)
         env.update(self.spec.env)
         env["PORT"] = str(port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

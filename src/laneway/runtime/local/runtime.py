@@ -17,8 +17,9 @@ __all__ = ["LocalRuntime"]
 
 
 class LocalRuntime:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir
+        self.extra_env = dict(extra_env or {})  # given to every process, not part of specs
         self.pid_dir = state_dir / "run"
         self.log_dir = state_dir / "logs"
         self._units: dict[str, SupervisedProcess] = {}
@@ -45,7 +46,8 @@ class LocalRuntime:
     async def start(self, spec: ProcessSpec) -> None:
         if spec.unit in self._units:
             return
-        proc = SupervisedProcess(spec, self.log_path(spec.unit), self.pid_dir, self._changed)
+        proc = SupervisedProcess(spec, self.log_path(spec.unit), self.pid_dir, self._changed,
+                                 self.extra_env)
         self._units[spec.unit] = proc
         proc.start()
         self._changed()
