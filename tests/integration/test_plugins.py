@@ -91,7 +91,7 @@ async def test_postgres_schema_only_and_bad_input(baseline_db: str, tmp_path: Pa
     await plugin.delete(ctx(tmp_path, resource="schema"), params, state)
 
     missing = plugin.params_model.model_validate({"url": with_database(baseline_db, "nope")})
-    with pytest.raises(PluginError, match='cannot connect to .*database "nope" does not exist'):
+    with pytest.raises(PluginError, match=r'cannot connect to .*database "nope" does not exist'):
         await plugin.create(ctx(tmp_path, resource="bad"), missing)
     assert not any("__lw_" in name for name in databases(baseline_db))
     # Deleting never touches a database that is not a branch of ours.
