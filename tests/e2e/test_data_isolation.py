@@ -135,3 +135,42 @@ forks:
             break
         assert time.monotonic() < deadline, "the branch or the worker outlived the sandbox"
         await asyncio.sleep(0.1)
+
+
+def test_bad_resources_are_clear_and_leave_nothing(ledger: Project, postgres_url: str) -> None:
+    ledger.write("bad.yaml", "name: bad\nresources:\n  - {name: db, plugin: oracle}\n"
+                 "forks: [{service: api}]\n")
+    result = ledger.run("sandbox", "apply", "-f", "bad.yaml", check=False)
+    assert result.returncode == 1
+    assert "resources[0].plugin: unknown plugin 'oracle'; built in: exec, postgres, redis, " \
+           "sqlite" in result.stderr
+    ledger.write("bad.yaml", "name: bad\nresources:\n  - {name: db, plugin: postgres}\n"
+                 "forks: [{service: api}]\n")
+    result = ledger.run("sandbox", "apply", "-f", "bad.yaml", check=False)
+    assert "resources[0].params.url: Field required" in result.stderr
+    ledger.write("bad.yaml", "name: bad\nforks:\n  - service: api\n"
+                 "    env: {DATABASE_URL: '${resources.db.url}'}\n")
+    result = ledger.run("sandbox", "apply", "-f", "bad.yaml", check=False)
+    assert "names a resource this sandbox does not declare" in result.stderr
+    assert ledger.json("sandbox", "list") == []
+
+    unreachable = with_database(postgres_url, "no_such_db")
+    ledger.write("bad.yaml", f"""
+name: bad
+resources:
+  - {{name: db, plugin: postgres, params: {{url: "{unreachable}"}}}}
+forks:
+  - service: api
+    env: {{DATABASE_URL: "${{resources.db.url}}"}}
+""")
+    result = ledger.run("sandbox", "apply", "-f", "bad.yaml", "--wait", check=False)
+    assert result.returncode == 1
+    assert "resource db (postgres) failed: postgres: cannot connect" in result.stderr
+    assert 'database "no_such_db" does not exist' in result.stderr
+    view = ledger.json("sandbox", "get", "bad")
+    assert [f["pid"] for f in view["status"]["forks"]] == [None]  # no fork was started
+    with psycopg.connect(postgres_url) as conn:
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()]
+    assert not any("__lw_" in n for n in names)
+    ledger.run("sandbox", "delete", "bad")
+    assert ledger.json("status")["services"][0]["phase"] == "ready"  # nothing else disturbed

@@ -110,6 +110,13 @@ def sandbox_get(name: str, output: OutputOption = Output.table, api: ApiOption =
     console.print(f"baggage: laneway-key={sb['routingKey']}")
     if sb["labels"]:
         console.print("labels: " + ", ".join(f"{k}={v}" for k, v in sb["labels"].items()))
+    if status.get("resources"):
+        resources = table("RESOURCE", "PLUGIN", "PHASE", "OUTPUTS / MESSAGE")
+        for res in status["resources"]:
+            detail = res["message"] if res["phase"] != "ready" else \
+                ", ".join(f"{k}={v}" for k, v in res["outputs"].items())
+            resources.add_row(res["name"], res["plugin"], phase_style(res["phase"]), detail)
+        console.print(resources)
     rows = table("FORK", "PHASE", "PID", "RESTARTS", "MESSAGE")
     for fork in status["forks"]:
         rows.add_row(f"{fork['service']}@{sb['name']}", phase_style(fork["phase"]),
