@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo demo-shop demo-data test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,14 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-demo: venv
+# The demo: request routing through the shop, then data and message isolation (the ledger).
+demo: demo-shop demo-data
+
+demo-shop: venv
 	$(BIN)/python examples/demo.py
+
+demo-data: venv
+	$(BIN)/python examples/demo_data.py
 
 lint: venv
 	$(BIN)/ruff check src tests examples bench
@@ -30,4 +36,4 @@ bench: venv
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache examples/shop/.laneway
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache examples/*/.laneway examples/*/.data

@@ -19,7 +19,7 @@ import redis
 from laneway.plugins.postgres import with_database
 from tests.e2e.conftest import Project, alive, free_ports, wait_all_dead
 
-LEDGER = str(Path(__file__).parents[1] / "apps" / "ledger.py")
+LEDGER = str(Path(__file__).parents[2] / "examples" / "ledger" / "ledger.py")
 SANDBOXES = 10
 PER_KEY = 12
 

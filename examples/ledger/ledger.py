@@ -1,4 +1,4 @@
-"""A database-backed service and a stream worker, for the data-isolation tests.
+"""The ledger: a database-backed service and a stream worker (the data demo and its tests).
 
 `ledger.py api`: POST /orders?item=X inserts a row into $DATABASE_URL and publishes a message
 on the Redis stream `orders` ($REDIS_URL) carrying the request's routing key.
