@@ -12,7 +12,7 @@ from typing import Any
 __all__ = ["Hop", "trace_context"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: routers build one per request, and frozen init is slower
 class Hop:
     at: float  # wall-clock start, seconds since the epoch
     trace_id: str

@@ -38,6 +38,8 @@ HOP_BY_HOP = frozenset({
 })
 _STANDARD_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
 VIA = b"via: 1.1 laneway\r\n"
+# Hops carry wall-clock start times; one monotonic read per request, shifted once to the epoch.
+WALL_OFFSET = time.time() - time.monotonic()
 
 
 class ServiceContext:
@@ -49,13 +51,13 @@ class ServiceContext:
         "connect_timeout",
         "connections",
         "extra_headers",
-        "inflight",
         "max_header_bytes",
         "name",
         "name_b",
         "pool",
         "recorder",
         "routes",
+        "served_by",
         "upstream_timeout",
     )
 
@@ -74,7 +76,7 @@ class ServiceContext:
         self.max_header_bytes = max_header_bytes
         self.connections: set[ClientConnection] = set()
         self.connect_tasks: set[asyncio.Task[None]] = set()
-        self.inflight: set[Exchange] = set()  # exchanges waiting on an upstream
+        self.served_by: dict[str, bytes] = {}  # sandbox -> b"service@sandbox", built once
 
 
 class Exchange:
@@ -85,7 +87,7 @@ class Exchange:
         "head", "http11", "is_head",
         "keep_alive", "key", "local", "method", "parent_id", "path", "pending", "rechunk",
         "request_chunked", "request_done", "response_started", "retry_allowed", "served_by",
-        "started", "started_wall", "status", "trace_id", "tunnel_data", "upgrade",
+        "started", "status", "trace_id", "tunnel_data", "upgrade",
         "upstream", "upstream_conn",
     )
 
@@ -119,7 +121,6 @@ class Exchange:
         self.trace_id = ""
         self.parent_id = ""
         self.started = 0.0
-        self.started_wall = 0.0
         self.tunnel_data = b""
 
     def loop_time(self) -> float:
@@ -255,7 +256,6 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         ex = Exchange(self)
         ex.started = time.monotonic()
-        ex.started_wall = time.time()
         method = self.parser.get_method()
         ex.method = method.decode("ascii", "replace")
         ex.is_head = method == b"HEAD"
@@ -362,7 +362,10 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.destination = route.sandbox
         ex.fork = route.fork
-        ex.served_by = route.served_by.encode()
+        served = ctx.served_by.get(route.sandbox)
+        if served is None:
+            served = ctx.served_by[route.sandbox] = route.served_by.encode()
+        ex.served_by = served
         if route.ready and route.upstream is not None:
             ex.upstream = route.upstream
             return
@@ -382,8 +385,7 @@ class ClientConnection(asyncio.Protocol):
         assert upstream is not None
         conn = self.ctx.pool.take(upstream)
         if conn is not None:
-            conn.attach(ex)
-            self._track(ex)
+            conn.attach(ex)  # timeouts: `Router._sweep` checks every busy upstream connection
             return
         self._connect(ex, upstream)
 
@@ -418,19 +420,10 @@ class ClientConnection(asyncio.Protocol):
             conn.detach(reusable=not self.closed)
             return
         conn.attach(ex)
-        self._track(ex)
-
-    def _track(self, ex: Exchange) -> None:
-        # One sweep per router checks every exchange in flight (`Router._sweep`): a timer per
-        # request costs a heap push and a cancel on the hot path.
-        self.ctx.inflight.add(ex)
 
     def check_timeout(self, ex: Exchange, now: float) -> None:
         up = ex.upstream_conn
-        if ex.done or up is None:
-            self.ctx.inflight.discard(ex)
-            return
-        if now - up.last_activity < self.ctx.upstream_timeout:
+        if ex.done or up is None or now - up.last_activity < self.ctx.upstream_timeout:
             return
         up.exchange = None
         up.close()
@@ -559,7 +552,6 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel = up
         up.tunnel = self
         up.exchange = None
-        self.ctx.inflight.discard(ex)
         if ex.tunnel_data and up.transport is not None:
             up.transport.write(ex.tunnel_data)
         if rest:
@@ -592,7 +584,6 @@ class ClientConnection(asyncio.Protocol):
 
     def _finish(self, ex: Exchange, status: int, reusable: bool) -> None:
         ex.done = True
-        self.ctx.inflight.discard(ex)
         up = ex.upstream_conn
         if up is not None:
             ex.upstream_conn = None
@@ -619,7 +610,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _record(self, ex: Exchange, status: int) -> None:
         self.ctx.recorder.record(Hop(
-            at=ex.started_wall,
+            at=ex.started + WALL_OFFSET,
             trace_id=ex.trace_id,
             parent_id=ex.parent_id,
             service=self.ctx.name,

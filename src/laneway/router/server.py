@@ -93,8 +93,9 @@ class Router:
     def _sweep(self) -> None:
         """Answer 504 for exchanges whose upstream has been silent past the timeout."""
         now = time.monotonic()
-        for ctx in self.contexts.values():
-            for ex in list(ctx.inflight):
+        for up in list(self.pool.open):
+            ex = up.exchange
+            if ex is not None:
                 ex.conn.check_timeout(ex, now)
         interval = min(1.0, self.settings.upstream_timeout / 4)
         self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
