@@ -226,3 +226,17 @@ async def test_port_in_use_is_a_clear_error(routed: Setup) -> None:
     with pytest.raises(RouterError, match=f"port {routed.port} of service 'web'"):
         await other.listen("web", routed.port)
     await other.close()
+
+
+async def test_a_503_keeps_the_connection_for_the_next_request(routed: Setup) -> None:
+    async with httpx.AsyncClient(base_url=routed.url) as client:
+        for _ in range(3):
+            broken = await client.get("/", headers={"baggage": "laneway-key=brokenkey123"})
+            assert broken.status_code == 503
+            assert broken.headers.get("connection") != "close"
+            assert (await client.get("/")).status_code == 200
+        posted = await client.post("/", content=b"x" * 10,
+                                   headers={"baggage": "laneway-key=brokenkey123"})
+        assert posted.status_code == 503
+        assert posted.headers["connection"] == "close"  # its body was not read
+        assert (await client.get("/")).status_code == 200

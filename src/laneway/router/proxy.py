@@ -84,7 +84,7 @@ class Exchange:
 
     __slots__ = (
         "close_client", "close_delimited", "conn", "destination", "done", "error", "fork",
-        "head", "http11", "is_head",
+        "has_body", "head", "http11", "is_head",
         "keep_alive", "key", "local", "method", "parent_id", "path", "pending", "rechunk",
         "request_chunked", "request_done", "response_started", "retry_allowed", "served_by",
         "started", "status", "trace_id", "tunnel_data", "upgrade",
@@ -100,6 +100,7 @@ class Exchange:
         self.local: bytes | None = None
         self.error = ""
         self.request_chunked = False
+        self.has_body = False
         self.request_done = False
         self.response_started = False
         self.rechunk = False
@@ -308,6 +309,7 @@ class ClientConnection(asyncio.Protocol):
             if lname in HOP_BY_HOP:
                 if lname == b"transfer-encoding":
                     ex.request_chunked = True
+                    ex.has_body = True
                 elif lname == b"connection":
                     connection_tokens.extend(
                         t.strip().lower() for t in value.split(b",") if t.strip()
@@ -317,6 +319,8 @@ class ClientConnection(asyncio.Protocol):
                 continue
             if lname == b"baggage":
                 baggage.append(value)
+            elif lname == b"content-length":
+                ex.has_body = value.strip() not in (b"0", b"")
             elif lname == b"traceparent":
                 traceparent = value
             elif lname == b"tracestate":
@@ -357,7 +361,7 @@ class ClientConnection(asyncio.Protocol):
                 ex.error = (f"baseline service {ctx.name} has no running process yet "
                             "(starting, or its command failed); see `laneway status`")
                 ex.local = error_response(503, "baseline_not_ready", ex.error,
-                                          served_by=ctx.name_b,
+                                          served_by=ctx.name_b, close=ex.has_body,
                                           extra={"service": ctx.name})
             return
         ex.destination = route.sandbox
@@ -370,8 +374,9 @@ class ClientConnection(asyncio.Protocol):
             ex.upstream = route.upstream
             return
         ex.error = route.reason
+        # A request with a body we will not read ends its connection; one without keeps it.
         ex.local = error_response(
-            503, "fork_not_ready", route.reason, served_by=ex.served_by,
+            503, "fork_not_ready", route.reason, served_by=ex.served_by, close=ex.has_body,
             extra={"service": ctx.name, "sandbox": route.sandbox, "fork": route.fork,
                    "routing_key": key or ""},
         )
@@ -535,9 +540,10 @@ class ClientConnection(asyncio.Protocol):
         if ex.destination != "baseline":
             extra["sandbox"] = ex.destination
             extra["fork"] = ex.fork
-        body = error_response(status, code, message, served_by=ex.served_by,
-                              close=not ex.request_done, extra=extra)
-        if not ex.request_done:
+        unread = ex.has_body and not ex.request_done
+        body = error_response(status, code, message, served_by=ex.served_by, close=unread,
+                              extra=extra)
+        if unread:
             ex.close_client = True
         self._respond_locally(ex, body, status)
 
@@ -578,8 +584,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _respond_locally(self, ex: Exchange, body: bytes, status: int) -> None:
         self.write(body)
-        if not ex.request_done:
-            ex.close_client = True
+        if ex.has_body and not ex.request_done:
+            ex.close_client = True  # its body is not read: the connection cannot be reused
         self._finish(ex, status, reusable=False)
 
     def _finish(self, ex: Exchange, status: int, reusable: bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -108,6 +109,10 @@ class Router:
                 apply_changes(self.table, changes)
         for ctx in self.contexts.values():
             self._bind(ctx)
+        # The table is long-lived: move it out of the collector's way, so that collections
+        # triggered by per-request garbage do not scan every route (a cost that would grow
+        # with the number of sandboxes).
+        gc.freeze()
         self.updated.set()
         self.updated = asyncio.Event()
 
