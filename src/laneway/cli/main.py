@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from laneway.cli import commands_runs, commands_sandbox
+from laneway.cli import commands_k8s, commands_runs, commands_sandbox
 from laneway.cli.daemon_control import down_environment, start_daemon
 from laneway.cli.output import Output, console, phase_style, print_json, since, table
 from laneway.client import CliError, connect
@@ -30,6 +30,7 @@ app = typer.Typer(
 app.add_typer(commands_sandbox.sandbox_app, name="sandbox")
 app.add_typer(commands_sandbox.group_app, name="routegroup")
 commands_runs.register(app)
+app.add_typer(commands_k8s.k8s_app, name="k8s")
 
 ApiOption = Annotated[str | None, typer.Option("--api", help="Control plane URL (token from "
                                                "LANEWAY_TOKEN); default: find .laneway/")]

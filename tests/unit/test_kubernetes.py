@@ -1,0 +1,183 @@
+"""Kubernetes rendering: the regexes under RE2 (as Envoy evaluates them), objects valid against
+the real Kubernetes and Istio schemas, and the team's VirtualService routes kept in order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import re2
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from laneway.core.baggage import key_from_baggage, key_from_tracestate
+from laneway.core.kubernetes import (
+    RenderError,
+    baggage_regex,
+    load_manifests,
+    render_sandbox,
+    tracestate_regex,
+)
+
+DATA = Path(__file__).parents[1] / "data" / "k8s"
+ISTIO = Path(__file__).parents[3] / "shared" / "data" / "istio" / "crds-networking.yaml"
+KEY = "abc123def456"
+K8S_VERSION = "1.35.0"
+
+
+def envoy_match(regex: str, headers: list[str]) -> bool:
+    # Envoy joins several headers of one name with "," and matches the whole value.
+    return re2.fullmatch(regex, ",".join(headers)) is not None
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([f"laneway-key={KEY}"], True),
+        ([f"a=1,laneway-key={KEY}"], True),
+        ([f"a=1, laneway-key={KEY} , b=2"], True),
+        ([f"laneway-key = {KEY};prop=1;flag,b=2"], True),
+        (["a=1", f"laneway-key={KEY}"], True),  # several baggage headers
+        (["laneway-key=%61bc123def456"], True),  # percent-encoded
+        (["laneway-key=%61%62%63123def456"], True),
+        ([f"laneway-key={KEY}x"], False),
+        ([f"laneway-key={KEY[:-1]}"], False),
+        ([f"xlaneway-key={KEY}"], False),
+        ([f"laneway-keys={KEY}"], False),
+        ([f"a=1;laneway-key={KEY}"], False),  # a property of another member
+        ([f"a=laneway-key={KEY}"], False),
+        (["laneway-key=other0000000"], False),
+        ([""], False),
+    ],
+)
+def test_baggage_regex_cases(headers: list[str], expected: bool) -> None:
+    assert envoy_match(baggage_regex(KEY), headers) is expected
+    assert (key_from_baggage(",".join(headers).encode()) == KEY) is expected  # the same contract
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [(f"laneway={KEY}", True), (f"rojo=00f067aa0ba902b7,laneway={KEY}", True),
+     (f"laneway={KEY} ,congo=t61", True), (f"laneway={KEY}x", False),
+     (f"xlaneway={KEY}", False), (f"laneway-key={KEY}", False)],
+)
+def test_tracestate_regex_cases(header: str, expected: bool) -> None:
+    assert envoy_match(tracestate_regex(KEY), [header]) is expected
+    assert (key_from_tracestate(header.encode()) == KEY) is expected
+
+
+_names = st.sampled_from(["a", "sentry-trace", "userId", "laneway", "laneway-keyx", "xlaneway-key"])
+_values = st.sampled_from([KEY, "abc", KEY + "0", "v%20x", "%61bc123def456", ""])
+_ows = st.sampled_from(["", " ", "\t"])
+
+
+@st.composite
+def baggage(draw: st.DrawFn) -> str:
+    members = [f"{draw(_ows)}{draw(_names)}{draw(_ows)}={draw(_ows)}{draw(_values)}{draw(_ows)}"
+               + draw(st.sampled_from(["", ";p=1", ";flag"]))
+               for _ in range(draw(st.integers(0, 3)))]
+    if draw(st.booleans()):  # at most one laneway-key member (duplicates are undefined)
+        position = draw(st.integers(0, len(members)))
+        value = draw(st.sampled_from([KEY, "%61bc123def456", KEY + "x", "other"]))
+        members.insert(position, f"{draw(_ows)}laneway-key{draw(_ows)}={draw(_ows)}{value}"
+                                 f"{draw(_ows)}" + draw(st.sampled_from(["", ";p"])))
+    return ",".join(members)
+
+
+@given(baggage())
+def test_regex_agrees_with_the_router(header: str) -> None:
+    assert envoy_match(baggage_regex(KEY), [header]) == (key_from_baggage(header.encode()) == KEY)
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    doc = yaml.safe_load((DATA / "sandbox.yaml").read_text())
+    return render_sandbox(doc, load_manifests(DATA), KEY)
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def test_objects_are_valid_kubernetes(rendered: list[dict[str, Any]]) -> None:
+    assert sorted(o["kind"] for o in rendered) == ["Deployment", "Deployment", "Service",
+                                                   "Service", "VirtualService",
+                                                   "VirtualService"]
+    for obj in rendered:
+        if obj["kind"] != "VirtualService":
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_virtual_services_are_valid_istio(rendered: list[dict[str, Any]]) -> None:
+    crds = [d for d in yaml.safe_load_all(ISTIO.read_text()) if d]
+    crd = next(d for d in crds if d["spec"]["names"]["kind"] == "VirtualService")
+    for vs in by_kind(rendered, "VirtualService"):
+        version = vs["apiVersion"].split("/")[1]
+        schema = next(v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]
+                      if v["name"] == version and v["served"])
+        jsonschema.validate(vs, schema)
+        for route in vs["spec"]["http"]:  # the regexes compile under RE2
+            for match in route.get("match", []):
+                for header in match.get("headers", {}).values():
+                    if "regex" in header:
+                        re2.compile(header["regex"])
+
+
+def test_the_teams_routes_stay_unchanged_and_in_order(rendered: list[dict[str, Any]]) -> None:
+    original = next(o for o in load_manifests(DATA) if o["kind"] == "VirtualService")
+    merged = next(o for o in by_kind(rendered, "VirtualService")
+                  if o["metadata"]["name"] == "pricing")
+    routes = merged["spec"]["http"]
+    assert routes[0]["name"] == "laneway-sb-a"
+    assert routes[1:] == original["spec"]["http"]
+    assert routes[0]["route"][0]["destination"]["host"] == \
+        "pricing-lw-sb-a.shop.svc.cluster.local"
+    own = next(o for o in by_kind(rendered, "VirtualService")
+               if o["metadata"]["name"] == "laneway-currency")
+    assert own["spec"]["http"][-1]["route"][0]["destination"]["host"] == \
+        "currency.shop.svc.cluster.local"  # everything else still goes to the baseline
+
+
+def test_forks_are_out_of_the_baseline_selector(rendered: list[dict[str, Any]]) -> None:
+    baseline = {o["metadata"]["name"]: o for o in load_manifests(DATA) if o["kind"] == "Service"}
+    for dep in by_kind(rendered, "Deployment"):
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        selector = dep["spec"]["selector"]["matchLabels"]
+        assert all(labels[k] == v for k, v in selector.items())
+        for svc in baseline.values():
+            assert not all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+    for svc in by_kind(rendered, "Service"):
+        (dep,) = [d for d in by_kind(rendered, "Deployment") if all(
+            d["spec"]["template"]["metadata"]["labels"].get(k) == v
+            for k, v in svc["spec"]["selector"].items())]
+        assert dep["metadata"]["labels"]["laneway.dev/sandbox"] == "sb-a"
+
+
+def test_fork_patches_image_and_env(rendered: list[dict[str, Any]]) -> None:
+    pricing = next(d for d in by_kind(rendered, "Deployment")
+                   if d["metadata"]["name"] == "pricing-lw-sb-a")
+    container = pricing["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.example/pricing:pr-123"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env == {"CURRENCY_URL": "http://currency:8080", "DISCOUNT": "20",
+                   "LANEWAY_SANDBOX": "sb-a", "LANEWAY_ROUTING_KEY": KEY}
+    assert pricing["spec"]["replicas"] == 1
+    assert "deployment.kubernetes.io/revision" not in pricing["metadata"].get("annotations", {})
+    sidecar = pricing["spec"]["template"]["spec"]["containers"][1]
+    assert sidecar["image"] == "registry.example/metrics:2"
+
+
+def test_render_errors_name_the_field() -> None:
+    manifests = load_manifests(DATA)
+    doc = yaml.safe_load((DATA / "sandbox.yaml").read_text())
+    doc["spec"]["forks"][0]["workload"]["name"] = "ghost"
+    with pytest.raises(RenderError, match=r"spec.forks\[0\].workload: no Deployment 'ghost'"):
+        render_sandbox(doc, manifests, KEY)
+    doc = yaml.safe_load((DATA / "sandbox.yaml").read_text())
+    doc["spec"]["forks"][0]["container"] = "nope"
+    with pytest.raises(RenderError, match=r"spec.forks\[0\].container: no container 'nope'"):
+        render_sandbox(doc, manifests, KEY)
