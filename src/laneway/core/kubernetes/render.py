@@ -21,7 +21,8 @@ from laneway.core.duration import parse_duration
 from laneway.core.kubernetes.regex import baggage_regex, tracestate_regex
 from laneway.core.spec import DNS_LABEL_RE
 
-__all__ = ["MANAGED_BY", "RenderError", "load_manifests", "render_sandbox"]
+__all__ = ["MANAGED_BY", "ROUTE_PREFIX", "SANDBOX_LABEL", "RenderError", "load_manifests",
+           "render_sandbox"]
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "laneway"}
 SANDBOX_LABEL = "laneway.dev/sandbox"
