@@ -181,3 +181,17 @@ def test_render_errors_name_the_field() -> None:
     doc["spec"]["forks"][0]["container"] = "nope"
     with pytest.raises(RenderError, match=r"spec.forks\[0\].container: no container 'nope'"):
         render_sandbox(doc, manifests, KEY)
+
+
+def test_crds_are_valid_and_accept_the_sample_sandbox() -> None:
+    from laneway.core.kubernetes.manifests import crds
+
+    definitions = crds()
+    for crd in definitions:
+        kubernetes_validate.validate(crd, K8S_VERSION, strict=True)
+    schema = definitions[0]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    sample = yaml.safe_load((DATA / "sandbox.yaml").read_text())
+    jsonschema.validate(sample, schema)
+    sample["spec"]["forks"] = []
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(sample, schema)

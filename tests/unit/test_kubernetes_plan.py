@@ -56,7 +56,7 @@ def test_create_then_converge() -> None:
 def test_update_replaces_only_what_changed() -> None:
     cluster = apply(load_manifests(DATA), plan_sandbox(sandbox(), load_manifests(DATA), KEY, NOW))
     changed = sandbox()
-    changed["spec"]["forks"][0]["env"] = {"DISCOUNT": "30"}
+    changed["spec"]["forks"][0]["env"] = [{"name": "DISCOUNT", "value": "30"}]
     plan = plan_sandbox(changed, cluster, KEY, NOW)
     assert [(a.verb, a.name) for a in plan.actions] == [("replace", "pricing-lw-sb-a")]
     fewer = sandbox()

@@ -1,0 +1,116 @@
+"""The CustomResourceDefinitions of `laneway.dev/v1alpha1` (Sandbox, RouteGroup): OpenAPI v3
+schemas, status subresources and printer columns. `laneway k8s install --print` prints them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["GROUP", "VERSION", "crds"]
+
+GROUP = "laneway.dev"
+VERSION = "v1alpha1"
+_DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DURATION = "^([0-9]+(ms|s|m|h|d))+$"
+
+_CONDITIONS = {
+    "type": "array",
+    "items": {"type": "object", "required": ["type", "status"], "properties": {
+        "type": {"type": "string"}, "status": {"type": "string", "enum": ["True", "False",
+                                                                          "Unknown"]},
+        "reason": {"type": "string"}, "message": {"type": "string"},
+        "lastTransitionTime": {"type": "string", "format": "date-time"}}},
+}
+_LABELS = {"type": "object", "additionalProperties": {"type": "string", "maxLength": 63}}
+_ENV = {
+    "description": "environment variables merged over the container's",
+    "type": "array",
+    "items": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string", "minLength": 1}, "value": {"type": "string"}}},
+}
+
+SANDBOX_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "spec": {
+            "type": "object",
+            "required": ["forks"],
+            "properties": {
+                "labels": _LABELS,
+                "ttl": {"type": "string", "pattern": _DURATION,
+                        "description": "delete the sandbox this long after creation (2h, 1d)"},
+                "forks": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "required": ["workload"], "properties": {
+                        "workload": {"type": "object", "required": ["name"], "properties": {
+                            "kind": {"type": "string", "enum": ["Deployment"]},
+                            "name": {"type": "string", "pattern": _DNS_LABEL},
+                            "namespace": {"type": "string", "pattern": _DNS_LABEL}}},
+                        "image": {"type": "string", "description": "the fork's image"},
+                        "container": {"type": "string",
+                                      "description": "which container (default: the first)"},
+                        "env": _ENV}}},
+            },
+        },
+        "status": {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": True,
+            "properties": {"routingKey": {"type": "string", "pattern": "^[a-z0-9]{12}$"},
+                           "conditions": _CONDITIONS},
+        },
+    },
+}
+
+ROUTE_GROUP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "spec": {"type": "object", "required": ["match"], "properties": {
+            "labels": _LABELS,
+            "match": {"type": "object", "required": ["labels"], "properties": {
+                "labels": {"type": "object", "minProperties": 1,
+                           "additionalProperties": {"type": "string"},
+                           "description": "label globs a sandbox must all match"}}}}},
+        "status": {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": True,
+            "properties": {
+                "routingKey": {"type": "string", "pattern": "^[a-z0-9]{12}$"},
+                "sandboxes": {"type": "array", "items": {"type": "string"}},
+                "conflicts": {"type": "array", "items": {
+                    "type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                "conditions": _CONDITIONS},
+        },
+    },
+}
+
+
+def _crd(kind: str, plural: str, short: str, schema: dict[str, Any],
+         columns: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}",
+                     "labels": {"app.kubernetes.io/part-of": "laneway"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower(),
+                      "shortNames": [short], "categories": ["laneway"]},
+            "versions": [{
+                "name": VERSION, "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": schema},
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": columns,
+            }],
+        },
+    }
+
+
+def crds() -> list[dict[str, Any]]:
+    ready = {"name": "Ready", "type": "string",
+             "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}
+    key = {"name": "Key", "type": "string", "jsonPath": ".status.routingKey"}
+    age = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+    return [
+        _crd("Sandbox", "sandboxes", "lwsb", SANDBOX_SCHEMA,
+             [key, ready, {"name": "TTL", "type": "string", "jsonPath": ".spec.ttl"}, age]),
+        _crd("RouteGroup", "routegroups", "lwrg", ROUTE_GROUP_SCHEMA, [key, ready, age]),
+    ]
