@@ -1,0 +1,38 @@
+"""The operator's pass on an in-memory cluster (our own `Cluster` interface): it executes the
+plan, keeps the routing key in status, and converges; the kopf handlers import cleanly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from laneway.core.kubernetes import load_manifests
+from laneway.core.kubernetes.plan import FINALIZER
+from laneway.runtime.kubernetes.cluster import MemoryCluster
+from laneway.runtime.kubernetes.operator import reconcile
+
+DATA = Path(__file__).parents[1] / "data" / "k8s"
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def test_reconcile_creates_then_converges_and_keeps_the_key() -> None:
+    cluster = MemoryCluster(load_manifests(DATA))
+    body = yaml.safe_load((DATA / "sandbox.yaml").read_text())
+    body["metadata"].update(creationTimestamp="2026-11-23T11:00:00Z", finalizers=[FINALIZER])
+    plan, status = reconcile(body, cluster, NOW)
+    assert len(status["routingKey"]) == 12
+    assert ("create", "Deployment", "pricing-lw-sb-a") in cluster.log
+    body["status"] = status
+    cluster.log.clear()
+    plan, again = reconcile(body, cluster, NOW)
+    assert again["routingKey"] == status["routingKey"]
+    assert cluster.log == []
+    assert plan.conditions[0]["status"] == "True"
+
+
+def test_handlers_module_imports() -> None:
+    import laneway.runtime.kubernetes.handlers as handlers
+
+    assert callable(handlers.sandbox_changed)
