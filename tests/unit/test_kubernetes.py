@@ -195,3 +195,18 @@ def test_crds_are_valid_and_accept_the_sample_sandbox() -> None:
     sample["spec"]["forks"] = []
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(sample, schema)
+
+
+def test_install_manifests_are_valid_kubernetes() -> None:
+    from laneway.core.kubernetes.manifests import install_manifests
+
+    objects = install_manifests()
+    assert [o["kind"] for o in objects] == ["CustomResourceDefinition",
+                                            "CustomResourceDefinition", "Namespace",
+                                            "ServiceAccount", "ClusterRole",
+                                            "ClusterRoleBinding", "Deployment"]
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    role = next(o for o in objects if o["kind"] == "ClusterRole")
+    assert all("*" not in rule["verbs"] and "*" not in rule["resources"]
+               for rule in role["rules"])  # least privilege: nothing wildcarded

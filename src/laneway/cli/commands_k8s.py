@@ -53,3 +53,20 @@ def render(
                                                          explicit_start=True))
     if not routing_key:
         print(f"routing key: {key} (generated)", file=sys.stderr)
+
+
+@k8s_app.command("install")
+def install(
+    print_: Annotated[bool, typer.Option("--print", help="Print the manifests (for kubectl "
+                                         "apply -f - or GitOps)")] = False,
+    namespace: Annotated[str, typer.Option(help="Where the operator runs")] = "laneway-system",
+    image: Annotated[str, typer.Option(help="An image with `pip install laneway[kubernetes]`")]
+    = "laneway:dev",
+) -> None:
+    """The CRDs, least-privilege RBAC and the operator Deployment."""
+    from laneway.core.kubernetes.manifests import install_manifests
+
+    if not print_:
+        raise CliError("only --print is supported: pipe it to `kubectl apply -f -`")
+    sys.stdout.write(yaml.safe_dump_all(install_manifests(namespace, image), sort_keys=False,
+                                        explicit_start=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["GROUP", "VERSION", "crds"]
+__all__ = ["GROUP", "VERSION", "crds", "install_manifests"]
 
 GROUP = "laneway.dev"
 VERSION = "v1alpha1"
@@ -113,4 +113,63 @@ def crds() -> list[dict[str, Any]]:
         _crd("Sandbox", "sandboxes", "lwsb", SANDBOX_SCHEMA,
              [key, ready, {"name": "TTL", "type": "string", "jsonPath": ".spec.ttl"}, age]),
         _crd("RouteGroup", "routegroups", "lwrg", ROUTE_GROUP_SCHEMA, [key, ready, age]),
+    ]
+
+
+def install_manifests(namespace: str = "laneway-system",
+                      image: str = "laneway:dev") -> list[dict[str, Any]]:
+    """CRDs, least-privilege RBAC and the operator Deployment (`kopf run`, standalone)."""
+    labels = {"app.kubernetes.io/name": "laneway-operator", "app.kubernetes.io/part-of":
+              "laneway"}
+    rules = [
+        {"apiGroups": [GROUP], "resources": ["sandboxes", "routegroups"],
+         "verbs": ["get", "list", "watch", "patch", "delete"]},
+        {"apiGroups": [GROUP], "resources": ["sandboxes/status", "routegroups/status"],
+         "verbs": ["get", "patch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["services"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": ["networking.istio.io"], "resources": ["virtualservices"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+        # kopf discovers the resources it serves and the namespaces it watches.
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+         "verbs": ["list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+    ]
+    return [
+        *crds(),
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "laneway-operator", "namespace": namespace, "labels": labels}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "laneway-operator", "labels": labels}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "laneway-operator", "labels": labels},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "laneway-operator"},
+         "subjects": [{"kind": "ServiceAccount", "name": "laneway-operator",
+                       "namespace": namespace}]},
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "laneway-operator", "namespace": namespace, "labels": labels},
+         "spec": {
+             "replicas": 1,
+             "strategy": {"type": "Recreate"},  # one operator at a time (kopf --standalone)
+             "selector": {"matchLabels": labels},
+             "template": {"metadata": {"labels": labels}, "spec": {
+                 "serviceAccountName": "laneway-operator",
+                 "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
+                 "containers": [{
+                     "name": "operator",
+                     "image": image,
+                     "command": ["kopf", "run", "--standalone", "--all-namespaces", "-m",
+                                 "laneway.runtime.kubernetes.handlers"],
+                     "resources": {"requests": {"cpu": "50m", "memory": "128Mi"},
+                                   "limits": {"memory": "256Mi"}},
+                     "securityContext": {"allowPrivilegeEscalation": False,
+                                         "readOnlyRootFilesystem": True,
+                                         "capabilities": {"drop": ["ALL"]}},
+                 }]}},
+         }},
     ]
