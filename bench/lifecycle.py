@@ -41,7 +41,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> str:
-    return f"p50 {statistics.median(values):7.1f} ms   p95 {pct(values, 0.95):7.1f} ms"
+    return f"p50 {statistics.median(values):7.2f} ms   p95 {pct(values, 0.95):7.2f} ms"
 
 
 class Env:
@@ -118,6 +118,59 @@ def group3(count: int) -> dict[str, Any]:
               f"{'met' if pct(visible, 0.95) < 100 else 'NOT met'}")
         return {"overhead_p95": pct(overhead, 0.95), "visible_p95": pct(visible, 0.95)}
     finally:
+        env.close()
+
+
+def _latencies(url: str, headers: dict[str, str], count: int) -> list[float]:
+    out = []
+    with httpx.Client(timeout=10) as client:
+        for _ in range(20):
+            client.get(url, headers=headers)  # warm-up
+        for _ in range(count):
+            start = time.perf_counter()
+            client.get(url, headers=headers).raise_for_status()
+            out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def three_hops(count: int = 500) -> dict[str, float]:
+    """A request through a 3-service chain, each hop through laneway's router, against the same
+    chain wired directly (services calling each other's own ports) in the same run."""
+    env = Env(3)
+    direct: list[subprocess.Popen[bytes]] = []
+    try:
+        ports = [free_port() for _ in range(3)]
+        for i in reversed(range(3)):
+            extra = {"NEXT_URL": f"http://127.0.0.1:{ports[i + 1]}"} if i < 2 else {}
+            direct.append(subprocess.Popen(
+                [sys.executable, CHAIN], stdout=subprocess.DEVNULL,
+                env={**os.environ, "PORT": str(ports[i]), "LANEWAY_SERVICE": f"s{i}", **extra}))
+        for port in ports:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+        key = env.api.put("/v1/sandboxes/mid", params={"wait": 30}, json={"forks": [
+            {"service": "s1"}]}).json()["routingKey"]
+        ref = _latencies(f"http://127.0.0.1:{ports[0]}/", {}, count)
+        plain = _latencies(env.url("s0"), {}, count)
+        keyed = _latencies(env.url("s0"), {"baggage": f"laneway-key={key}"}, count)
+        print(f"\n   3-hop latency: {count} sequential GETs through s0 -> s1 -> s2 "
+              "(stdlib http.server services; each opens a new connection to the next hop)")
+        print(f"   direct (no router)  {summary(ref)}")
+        print(f"   via laneway, no key {summary(plain)}   "
+              f"(+{statistics.median(plain) - statistics.median(ref):.2f} ms p50, 3 routers)")
+        print(f"   via laneway, keyed  {summary(keyed)}   "
+              f"(+{statistics.median(keyed) - statistics.median(ref):.2f} ms p50, fork of s1)")
+        return {"direct_p50": statistics.median(ref), "keyed_p50": statistics.median(keyed)}
+    finally:
+        for proc in direct:
+            proc.terminate()
+            proc.wait()
         env.close()
 
 

@@ -30,6 +30,7 @@ def main() -> None:
         router_bench.main()
     if "3" in groups:
         lifecycle.group3(int(os.environ.get("BENCH_SANDBOXES", "100")))
+        lifecycle.three_hops()
     if "4" in groups:
         lifecycle.group4(int(os.environ.get("BENCH_DENSITY", "100")))
     if "5" in groups:
