@@ -20,10 +20,15 @@ NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 def test_reconcile_creates_then_converges_and_keeps_the_key() -> None:
     cluster = MemoryCluster(load_manifests(DATA))
     body = yaml.safe_load((DATA / "sandbox.yaml").read_text())
-    body["metadata"].update(creationTimestamp="2026-11-23T11:00:00Z", finalizers=[FINALIZER])
+    body["metadata"].update(creationTimestamp="2026-11-23T11:00:00Z", finalizers=[FINALIZER],
+                            uid="0b6f3c9e-1d2a-4e0b-9a51-5c7d2e8f1a20")
     plan, status = reconcile(body, cluster, NOW)
     assert len(status["routingKey"]) == 12
     assert ("create", "Deployment", "pricing-lw-sb-a") in cluster.log
+    fork = cluster.store[("Deployment", "shop", "pricing-lw-sb-a")]
+    assert fork["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
+    team_vs = cluster.store[("VirtualService", "shop", "pricing")]
+    assert "ownerReferences" not in team_vs["metadata"]
     body["status"] = status
     cluster.log.clear()
     plan, again = reconcile(body, cluster, NOW)

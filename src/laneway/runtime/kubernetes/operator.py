@@ -18,6 +18,14 @@ from laneway.runtime.kubernetes.cluster import Cluster
 __all__ = ["reconcile"]
 
 
+def _owner_reference(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    meta = body.get("metadata", {})
+    if not meta.get("uid"):
+        return None
+    return {"apiVersion": "laneway.dev/v1alpha1", "kind": "Sandbox", "name": meta["name"],
+            "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
 def reconcile(body: Mapping[str, Any], cluster: Cluster,
               now: datetime | None = None) -> tuple[SandboxPlan, dict[str, Any]]:
     """One pass for one Sandbox: plan, execute, and return the plan and the new status.
@@ -29,7 +37,13 @@ def reconcile(body: Mapping[str, Any], cluster: Cluster,
     status = dict(body.get("status") or {})
     key = status.get("routingKey") or new_routing_key()  # generated once, kept in status
     plan = plan_sandbox(body, cluster.objects(namespace), key, now or datetime.now(UTC))
+    owner = _owner_reference(body)
     for action in plan.actions:
         if action.kind in ("Deployment", "Service", "VirtualService"):
-            cluster.apply(action.verb, action.kind, action.namespace, action.name, action.body)
+            obj = action.body
+            if obj is not None and owner and action.kind != "VirtualService":
+                # Deleting the Sandbox cascades to its forks even if the operator is away;
+                # VirtualServices are shared with the team and cleaned by the finalizer.
+                obj = {**obj, "metadata": {**obj["metadata"], "ownerReferences": [owner]}}
+            cluster.apply(action.verb, action.kind, action.namespace, action.name, obj)
     return plan, {"routingKey": key, "conditions": plan.conditions}
