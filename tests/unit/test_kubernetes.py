@@ -210,3 +210,41 @@ def test_install_manifests_are_valid_kubernetes() -> None:
     role = next(o for o in objects if o["kind"] == "ClusterRole")
     assert all("*" not in rule["verbs"] and "*" not in rule["resources"]
                for rule in role["rules"])  # least privilege: nothing wildcarded
+
+
+def test_route_group_routes_and_conflicts() -> None:
+    from laneway.core.kubernetes.render import render_route_group
+
+    baseline = load_manifests(DATA)
+    first = yaml.safe_load((DATA / "sandbox.yaml").read_text())  # sb-a: pricing, currency
+    second = yaml.safe_load((DATA / "sandbox.yaml").read_text())
+    second["metadata"]["name"] = "sb-b"
+    second["spec"]["forks"] = second["spec"]["forks"][1:]  # currency only
+    cluster = list(baseline)
+    for sandbox, key in ((first, KEY), (second, "zzz000000000")):
+        rendered = render_sandbox(sandbox, cluster, key)
+        names = {(o["kind"], o["metadata"]["name"]) for o in rendered}
+        cluster = [o for o in cluster if (o["kind"], o["metadata"]["name"]) not in names]
+        cluster += rendered
+    group = {"apiVersion": "laneway.dev/v1alpha1", "kind": "RouteGroup",
+             "metadata": {"name": "pay", "namespace": "shop"},
+             "spec": {"match": {"labels": {"team": "pay"}}}}
+    objects, status = render_route_group(group, [first, second], cluster, "group0000000")
+    assert status["sandboxes"] == ["sb-a", "sb-b"]
+    assert status["conflicts"] == [{"service": "currency", "sandboxes": ["sb-a", "sb-b"]}]
+    crds = [d for d in yaml.safe_load_all(ISTIO.read_text()) if d]
+    crd = next(d for d in crds if d["spec"]["names"]["kind"] == "VirtualService")
+    schema = next(v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]
+                  if v["name"] == "v1")
+    by_name = {o["metadata"]["name"]: o for o in objects}
+    for vs in objects:
+        jsonschema.validate(vs, schema)
+    pricing = by_name["pricing"]["spec"]["http"]
+    assert pricing[0]["name"] == "laneway-rg-pay"
+    assert pricing[0]["route"][0]["destination"]["host"] == \
+        "pricing-lw-sb-a.shop.svc.cluster.local"
+    assert [r["name"] for r in pricing[1:]] == ["laneway-sb-a", "canary-by-header", "default"]
+    currency = by_name["laneway-currency"]["spec"]["http"][0]
+    assert currency["directResponse"]["status"] == 503
+    assert envoy_match(currency["match"][0]["headers"]["baggage"]["regex"],
+                       ["laneway-key=group0000000"])

@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 from laneway.core.duration import parse_duration
 from laneway.core.kubernetes.render import (
-    ROUTE_PREFIX,
     SANDBOX_LABEL,
     RenderError,
     render_sandbox,
+    route_name,
 )
 
 __all__ = ["Action", "SandboxPlan", "plan_sandbox"]
@@ -56,14 +56,13 @@ def _owned_by(obj: Mapping[str, Any], sandbox: str) -> bool:
 
 
 def _routes_of(vs: Mapping[str, Any], sandbox: str) -> list[dict[str, Any]]:
-    return [r for r in vs.get("spec", {}).get("http", [])
-            if str(r.get("name", "")).startswith(ROUTE_PREFIX + sandbox)]
+    return [r for r in vs.get("spec", {}).get("http", []) if r.get("name") == route_name(sandbox)]
 
 
 def _without_routes(vs: Mapping[str, Any], sandbox: str) -> dict[str, Any]:
     out = copy.deepcopy(dict(vs))
     out["spec"]["http"] = [r for r in vs["spec"].get("http", [])
-                           if not str(r.get("name", "")).startswith(ROUTE_PREFIX + sandbox)]
+                           if r.get("name") != route_name(sandbox)]
     return out
 
 

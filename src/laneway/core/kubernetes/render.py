@@ -10,6 +10,7 @@ Service never sends them traffic; the fork's own Service selects exactly them.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,7 +23,7 @@ from laneway.core.kubernetes.regex import baggage_regex, tracestate_regex
 from laneway.core.spec import DNS_LABEL_RE
 
 __all__ = ["MANAGED_BY", "ROUTE_PREFIX", "SANDBOX_LABEL", "RenderError", "load_manifests",
-           "render_sandbox"]
+           "render_route_group", "render_sandbox", "route_name"]
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "laneway"}
 SANDBOX_LABEL = "laneway.dev/sandbox"
@@ -172,9 +173,14 @@ def _fork_service(base: dict[str, Any], sandbox: str, pod_labels: Mapping[str, s
     }
 
 
+def route_name(sandbox: str) -> str:
+    """The name of a sandbox's VirtualService route (exact: no prefix of another's)."""
+    return _name(ROUTE_PREFIX.rstrip("-"), sandbox)
+
+
 def _laneway_route(sandbox: str, key: str, host: str) -> dict[str, Any]:
     return {
-        "name": _name(ROUTE_PREFIX.rstrip("-"), sandbox),
+        "name": route_name(sandbox),
         "match": [{"headers": {"baggage": {"regex": baggage_regex(key)}}},
                   {"headers": {"tracestate": {"regex": tracestate_regex(key)}}}],
         "route": [{"destination": {"host": host}}],
@@ -260,10 +266,77 @@ def render_sandbox(doc: Mapping[str, Any], baseline: list[dict[str, Any]],
         merged.pop("status", None)
         merged["metadata"] = _clean_metadata(merged.get("metadata", {}))
         spec = merged.setdefault("spec", {})
-        theirs = [r for r in spec.get("http", []) if not str(r.get("name", "")).startswith(
-            ROUTE_PREFIX + sandbox)]
+        mine = route_name(sandbox)
+        theirs = [r for r in spec.get("http", []) if r.get("name") != mine]
         # laneway's routes first (most specific), then every route of theirs, unchanged and in
         # order; laneway-owned routes carry the `laneway-` prefix.
         spec["http"] = routes_by_vs[ident] + theirs
         out.append(merged)
     return out
+
+
+def _labels_of(doc: Mapping[str, Any]) -> dict[str, str]:
+    spec_labels = (doc.get("spec") or {}).get("labels") or {}
+    return {**(doc.get("metadata", {}).get("labels") or {}), **spec_labels}
+
+
+def render_route_group(group: Mapping[str, Any], sandboxes: list[Mapping[str, Any]],
+                       cluster: list[dict[str, Any]], routing_key: str) -> tuple[
+                           list[dict[str, Any]], dict[str, Any]]:
+    """VirtualService routes that send a route group's key to the forks of every matching
+    sandbox, and the group's status (members, conflicts). Two members forking the same service
+    get an explicit 503 for the group's key there (as the local router answers), never a guess.
+    """
+    meta = group.get("metadata") or {}
+    name = str(meta.get("name"))
+    match = ((group.get("spec") or {}).get("match") or {}).get("labels") or {}
+    if not match:
+        raise RenderError("spec.match.labels: must name at least one label (KEY: GLOB)")
+    members = sorted((s for s in sandboxes if all(
+        fnmatch.fnmatchcase(_labels_of(s).get(k, ""), glob) and k in _labels_of(s)
+        for k, glob in match.items())), key=lambda s: str(s["metadata"]["name"]))
+    owners: dict[tuple[str, str], list[str]] = {}
+    for sandbox in members:
+        sb_name = str(sandbox["metadata"]["name"])
+        default_ns = str(sandbox["metadata"].get("namespace") or "default")
+        for fork in (sandbox.get("spec") or {}).get("forks") or []:
+            workload = fork.get("workload") or {}
+            namespace = str(workload.get("namespace") or default_ns)
+            base = _find(cluster, "Deployment", str(workload.get("name")), namespace)
+            if base is None:
+                continue
+            labels = base["spec"]["template"]["metadata"].get("labels", {})
+            for svc in _services_for(cluster, labels, namespace):
+                owners.setdefault((namespace, svc["metadata"]["name"]), []).append(sb_name)
+    route_name = _name("laneway-rg", name)
+    out: list[dict[str, Any]] = []
+    conflicts = []
+    for (namespace, svc_name), owned in sorted(owners.items()):
+        route: dict[str, Any] = {
+            "name": route_name,
+            "match": [{"headers": {"baggage": {"regex": baggage_regex(routing_key)}}},
+                      {"headers": {"tracestate": {"regex": tracestate_regex(routing_key)}}}]}
+        if len(owned) == 1:
+            host = f"{_name(svc_name, 'lw', owned[0])}.{namespace}.svc.cluster.local"
+            route["route"] = [{"destination": {"host": host}}]
+        else:
+            conflicts.append({"service": svc_name, "sandboxes": owned})
+            route["directResponse"] = {"status": 503, "body": {"string": (
+                f"route group {name}: service {svc_name} is forked by {', '.join(owned)}; "
+                "narrow match.labels so one sandbox forks it")}}
+        vs = next((o for o in cluster if o.get("kind") == "VirtualService"
+                   and _namespace(o, "default") == namespace
+                   and set(o.get("spec", {}).get("hosts", [])) & _hosts_of(svc_name, namespace)),
+                  None)
+        if vs is None:
+            raise RenderError(f"service {svc_name}: no VirtualService for it yet; apply the "
+                              "member sandboxes first (they create one)")
+        merged = copy.deepcopy(vs)
+        merged.pop("status", None)
+        merged["metadata"] = _clean_metadata(merged.get("metadata", {}))
+        rest = [r for r in merged["spec"].get("http", []) if r.get("name") != route_name]
+        merged["spec"]["http"] = [route, *rest]
+        out.append(merged)
+    status = {"routingKey": routing_key, "sandboxes": [m["metadata"]["name"] for m in members],
+              "conflicts": conflicts}
+    return out, status
