@@ -42,27 +42,17 @@ class ApiClient:
 
     def request(self, method: str, path: str, *, source: str | None = None,
                 **kwargs: Any) -> Any:
-        try:
-            resp = self._http.request(method, path, **kwargs)
-        except httpx.ConnectError as exc:
-            raise CliError(f"cannot reach the control plane at {self.url}: is laneway running? "
-                           "(`laneway up`)") from exc
-        except httpx.TimeoutException as exc:
-            raise CliError(f"the control plane at {self.url} did not answer in time") from exc
-        if resp.status_code >= 400:
-            raise _api_error(resp, source)
-        if resp.headers.get("content-type", "").startswith("application/json"):
-            return resp.json()
-        return resp.text
+        return _decode(self.raw(method, path, source=source, **kwargs))
 
-    def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def raw(self, method: str, path: str, *, source: str | None = None,
+            **kwargs: Any) -> httpx.Response:
         """The response itself (for headers and bytes); errors as for `request`."""
         try:
             resp = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise CliError(f"cannot reach the control plane at {self.url}: {exc}") from exc
+            raise _unreachable(self.url, exc) from exc
         if resp.status_code >= 400:
-            raise _api_error(resp, None)
+            raise _api_error(resp, source)
         return resp
 
     def stream(self, path: str, **params: Any) -> Iterator[str]:
@@ -73,12 +63,28 @@ class ApiClient:
                     resp.read()
                     raise _api_error(resp, None)
                 yield from resp.iter_text()
-        except httpx.ConnectError as exc:
-            raise CliError(f"cannot reach the control plane at {self.url}") from exc
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from exc
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items()
                                                  if v is not None})
+
+
+def _unreachable(url: str, exc: httpx.TransportError) -> CliError:
+    """Transport failures of both clients, in one wording."""
+    if isinstance(exc, httpx.TimeoutException):
+        return CliError(f"the control plane at {url} did not answer in time")
+    if isinstance(exc, httpx.ConnectError):
+        return CliError(f"cannot reach the control plane at {url}: is laneway running? "
+                        "(`laneway up` in the folder of laneway.yaml)")
+    return CliError(f"cannot reach the control plane at {url}: {exc}")
+
+
+def _decode(resp: httpx.Response) -> Any:
+    if resp.headers.get("content-type", "").startswith("application/json"):
+        return resp.json()
+    return resp.text
 
 
 def _api_error(resp: httpx.Response, source: str | None) -> CliError:
@@ -142,16 +148,11 @@ class AsyncApiClient:
             kwargs["params"] = {k: v for k, v in kwargs["params"].items() if v is not None}
         try:
             resp = await self._http.request(method, path, **kwargs)
-        except httpx.ConnectError as exc:
-            raise CliError(f"cannot reach the laneway control plane at {self.url}: is it "
-                           "running? (`laneway up` in the project folder)") from exc
-        except httpx.TimeoutException as exc:
-            raise CliError(f"the control plane at {self.url} did not answer in time") from exc
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from exc
         if resp.status_code >= 400:
             raise _api_error(resp, None)
-        if resp.headers.get("content-type", "").startswith("application/json"):
-            return resp.json()
-        return resp.text
+        return _decode(resp)
 
     async def get(self, path: str, **params: Any) -> Any:
         return await self.request("GET", path, params=params)

@@ -45,6 +45,18 @@ def _invalid(exc: SpecError) -> Invalid:
     return Invalid(exc.render(), field=first[0], errors=exc.issues)
 
 
+def _named(data: Mapping[str, Any], name: str | None) -> dict[str, Any]:
+    """The body with the URL's name in it; a body naming something else is refused."""
+    body = dict(data)
+    if name is not None:
+        if body.get("name", name) != name:
+            raise Invalid(f"name: the body names {body.get('name')!r} but the URL names "
+                          f"{name!r}", field="name",
+                          errors=[("name", "must match the name in the URL")])
+        body["name"] = name
+    return body
+
+
 class ControlPlane:
     def __init__(self, project: ProjectSpec, store: Store, runtime: Runtime,
                  feed: RoutesBroadcaster, hops: HopLog) -> None:
@@ -125,13 +137,7 @@ class ControlPlane:
     def apply_sandbox(self, data: Mapping[str, Any], *, name: str | None = None,
                       principal: str = "local") -> tuple[dict[str, Any], bool]:
         """Create or update a sandbox by name; returns (view, created)."""
-        data = dict(data)
-        if name is not None:
-            if data.get("name", name) != name:
-                raise Invalid(f"name: the body names {data.get('name')!r} but the URL names "
-                              f"{name!r}", field="name",
-                              errors=[("name", "must match the name in the URL")])
-            data["name"] = name
+        data = _named(data, name)
         try:
             spec = parse_sandbox(data)
             check_sandbox_against_project(spec, self.project)
@@ -216,12 +222,7 @@ class ControlPlane:
 
     def apply_route_group(self, data: Mapping[str, Any], *, name: str | None = None,
                           principal: str = "local") -> tuple[dict[str, Any], bool]:
-        data = dict(data)
-        if name is not None:
-            if data.get("name", name) != name:
-                raise Invalid("name: must match the name in the URL", field="name",
-                              errors=[("name", "must match the name in the URL")])
-            data["name"] = name
+        data = _named(data, name)
         try:
             spec = parse_route_group(data)
         except SpecError as exc:
