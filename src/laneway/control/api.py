@@ -29,6 +29,7 @@ from laneway.control.plane import ControlPlane
 from laneway.control.runs import RunManager, RunSpec
 from laneway.core.duration import parse_duration
 from laneway.core.hops import Hop
+from laneway.core.logs import stamped_at
 from laneway.core.routes import RouteTable
 from laneway.core.runs import find_leaks, render_markdown
 from laneway.core.spec import RouteGroupSpec, SandboxSpec, format_loc
@@ -298,9 +299,6 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return data
 
 
-_STAMP_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z ")
-
-
 def _since(value: str | None) -> float | None:
     """`since` as users give it: a duration back from now (`5m`), epoch seconds, or ISO 8601."""
     if value is None or value == "":
@@ -323,9 +321,8 @@ def _filter(lines: list[str], since: float | None, grep: str | None) -> list[str
     if since is not None:
         kept, keep = [], False
         for line in lines:
-            match = _STAMP_RE.match(line)
-            if match:
-                at = datetime.fromisoformat(match.group(1)).replace(tzinfo=UTC).timestamp()
+            at = stamped_at(line)
+            if at is not None:  # unstamped lines belong with the line before
                 keep = at >= since
             if keep:
                 kept.append(line)

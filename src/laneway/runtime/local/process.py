@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import json
 import os
-import re
 import signal
 import socket
 import sys
@@ -21,12 +20,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from laneway.core.logs import stamp, unstamped
 from laneway.core.runtime import ProcessSpec, UnitState
 from laneway.runtime.local.health import check_health
 
-__all__ = ["SupervisedProcess", "copy_output", "free_port", "stamp", "tail_lines"]
-
-_STAMP_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
+__all__ = ["SupervisedProcess", "copy_output", "free_port", "tail_lines"]
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
@@ -41,12 +39,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def stamp(at: float) -> bytes:
-    """The prefix of every log line: when laneway read it (UTC, milliseconds)."""
-    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))
-            + f".{int(at * 1000) % 1000:03d}Z ").encode()
-
-
 def tail_lines(path: Path, count: int = 10, max_bytes: int = 8192) -> list[str]:
     """The last lines a process wrote, without timestamps or laneway's own marker lines."""
     try:
@@ -57,7 +49,7 @@ def tail_lines(path: Path, count: int = 10, max_bytes: int = 8192) -> list[str]:
             data = fh.read()
     except OSError:
         return []
-    lines = [_STAMP_RE.sub("", ln) for ln in data.decode("utf-8", "replace").splitlines()]
+    lines = [unstamped(ln) for ln in data.decode("utf-8", "replace").splitlines()]
     return [ln for ln in lines if not ln.startswith("--- laneway:")][-count:]
 
 
