@@ -212,18 +212,14 @@ def send_request(client: ApiClient, method: str, url: str, *, sandbox: str | Non
     trace_id = secrets.token_hex(16)
     sent.setdefault("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01")
     try:
-        resp = httpx.request(method.upper(), url, content=data_bytes(body), headers=sent,
-                             timeout=60)
+        content = body.encode() if body is not None else None
+        resp = httpx.request(method.upper(), url, content=content, headers=sent, timeout=60)
     except httpx.HTTPError as exc:
         raise CliError(f"{method.upper()} {url}: {exc}") from exc
     hops = wait_for_hops(client, trace_id)
     return {"status": resp.status_code, "headers": dict(resp.headers), "body": resp.text,
             "trace_id": trace_id, "routing_key": key, "hops": hops,
             "path": path_of(hops)}
-
-
-def data_bytes(body: str | None) -> bytes | None:
-    return body.encode() if body is not None else None
 
 
 def wait_for_hops(client: ApiClient, trace_id: str, settle: float = 0.3,

@@ -24,17 +24,13 @@ from typing import Any
 
 import redis
 
-from laneway.propagation.context import routing_key_from_headers, use_routing_key
+from laneway.propagation.context import _text, routing_key_from_headers, use_routing_key
 from laneway.propagation.routes import RoutesView
 
 __all__ = ["Handler", "StreamConsumer"]
 
 Handler = Callable[[str, dict[str, str], str | None], None]
 CLAIM_TTL = 7 * 86400
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _message_time(message_id: str) -> float:

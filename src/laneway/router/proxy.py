@@ -124,9 +124,6 @@ class Exchange:
         self.started = 0.0
         self.tunnel_data = b""
 
-    def loop_time(self) -> float:
-        return time.monotonic()
-
     def describe(self) -> str:
         if self.destination == "baseline":
             return f"baseline service {self.conn.ctx.name}"
@@ -439,7 +436,7 @@ class ClientConnection(asyncio.Protocol):
     # response side (called by UpstreamConnection)
 
     def response_head(self, ex: Exchange, status: int, reason: bytes,
-                      headers: list[tuple[bytes, bytes]], upstream_keep_alive: bool) -> None:
+                      headers: list[tuple[bytes, bytes]]) -> None:
         if ex.done:
             return
         informational = 100 <= status < 200 and status != 101
@@ -568,9 +565,6 @@ class ClientConnection(asyncio.Protocol):
         self.parsing = None
         self._paused_for_upgrade = False
         self._sync_reading()
-
-    def write_raw(self, data: bytes) -> None:
-        self.write(data)
 
     # bookkeeping
 

@@ -9,6 +9,7 @@ response has no body.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -83,14 +84,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
-            self.tunnel.write_raw(data)
+            self.tunnel.write(data)
             return
         ex = self.exchange
         if ex is None or self.parser is None:
             # Bytes from an idle upstream: it is not speaking HTTP as we expect; drop it.
             self.close()
             return
-        self.last_activity = ex.loop_time()
+        self.last_activity = time.monotonic()
         try:
             self.parser.feed_data(data)
             if self.completed:
@@ -133,7 +134,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
         self.completed = False
         ex.upstream_conn = self
-        self.last_activity = ex.loop_time()
+        self.last_activity = time.monotonic()
         pending = ex.pending
         ex.pending = None
         self.transport.write(ex.head if not pending else ex.head + b"".join(pending))
@@ -170,7 +171,7 @@ class UpstreamConnection(asyncio.Protocol):
         headers, self._headers = self._headers, []
         reason, self._reason = self._reason, b""
         self.keep_alive = self.parser.should_keep_alive()
-        ex.conn.response_head(ex, status, reason, headers, self.parser.should_keep_alive())
+        ex.conn.response_head(ex, status, reason, headers)
 
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
