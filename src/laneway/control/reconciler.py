@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 
 from laneway.control.plane import ControlPlane
 from laneway.core.plan import build_routes, plan_actions
@@ -54,11 +55,14 @@ class Reconciler:
     async def reconcile_once(self) -> None:
         control = self.control
         self._expire()
+        sandboxes = control.desired_sandboxes()
         if control.resources is not None:
             running = {st.sandbox for st in control.runtime.states().values() if st.sandbox}
-            control.resources.reconcile(
-                ((sb.spec, sb.routing_key) for sb in control.desired_sandboxes()), running)
-        sandboxes = control.desired_sandboxes()
+            control.resources.reconcile(((sb.spec, sb.routing_key) for sb in sandboxes),
+                                        running)
+            # Creates may have just begun: the planner sees the resources as they are now.
+            sandboxes = [replace(sb, resources=control.resources.views(sb.spec.name))
+                         for sb in sandboxes]
         groups = control.desired_groups()
         plan = plan_actions(control.project, sandboxes, control.runtime.states())
         for spec in plan.start:
