@@ -66,6 +66,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 ThreadingHTTPServer.daemon_threads = True
-server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+HOST = os.environ.get("HOST", "127.0.0.1")  # a fork "pod" at its Service's loopback address
+server = ThreadingHTTPServer((HOST, int(os.environ["PORT"])), Handler)
 print(f"{NAME} {VERSION} listening on {os.environ['PORT']}", flush=True)
 server.serve_forever()

@@ -248,3 +248,146 @@ def test_route_group_routes_and_conflicts() -> None:
     assert currency["directResponse"]["status"] == 503
     assert envoy_match(currency["match"][0]["headers"]["baggage"]["regex"],
                        ["laneway-key=group0000000"])
+
+
+# Router mode: the laneway router as a sidecar in front of the baseline's pods.
+
+MULTI_PORT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: orders, namespace: shop}
+spec:
+  selector: {matchLabels: {app: orders}}
+  template:
+    metadata: {labels: {app: orders}}
+    spec:
+      containers:
+        - name: orders
+          image: registry.example/orders:3
+          ports: [{name: web, containerPort: 9000}, {name: admin, containerPort: 9001}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: orders, namespace: shop}
+spec:
+  selector: {app: orders}
+  ports: [{name: http, port: 80, targetPort: web}, {name: admin, port: 9001}]
+"""
+
+
+@pytest.fixture(scope="module")
+def rendered_router() -> list[dict[str, Any]]:
+    doc = yaml.safe_load((DATA / "sandbox.yaml").read_text())
+    return render_sandbox(doc, load_manifests(DATA), KEY, mode="router")
+
+
+def test_router_mode_objects_are_valid_kubernetes(
+    rendered_router: list[dict[str, Any]],
+) -> None:
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in rendered_router) == [
+        ("Deployment", "currency"), ("Deployment", "currency-lw-sb-a"),
+        ("Deployment", "pricing"), ("Deployment", "pricing-lw-sb-a"),
+        ("Service", "currency"), ("Service", "currency-lw-sb-a"),
+        ("Service", "pricing"), ("Service", "pricing-lw-sb-a")]  # and no VirtualService
+    for obj in rendered_router:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_router_mode_puts_the_router_in_front_of_the_baseline(
+    rendered_router: list[dict[str, Any]],
+) -> None:
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in rendered_router}
+    service = objects[("Service", "pricing")]
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": 15080}]
+    assert service["spec"]["selector"] == {"app": "pricing"}  # the same pods as before
+    assert service["metadata"]["labels"]["laneway.dev/router"] == "on"
+    assert service["metadata"]["annotations"]["laneway.dev/target-ports"] == '{"8080": 8080}'
+    pod = objects[("Deployment", "pricing")]["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["pricing", "sidecar-metrics",
+                                                      "laneway-router"]
+    router = pod["containers"][-1]
+    assert router["command"] == ["python", "-m", "laneway.router"]
+    assert router["args"][router["args"].index("--listen") + 1] == "pricing.shop=15080"
+    assert "http://laneway-operator.laneway-system.svc:8790/v1/routes" in router["args"]
+    token = pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["audience"] == "laneway-routes"
+    assert pod["containers"][0]["image"] == "registry.example/pricing:1.4.0"  # unchanged
+    # The fork carries no router (keyed requests reach it routed) and its Service goes
+    # straight to the application's port.
+    fork_pod = objects[("Deployment", "pricing-lw-sb-a")]["spec"]["template"]["spec"]
+    assert "laneway-router" not in [c["name"] for c in fork_pod["containers"]]
+    assert "volumes" not in fork_pod
+    fork_svc = objects[("Service", "pricing-lw-sb-a")]
+    assert fork_svc["spec"]["ports"][0]["targetPort"] == 8080
+    assert fork_svc["metadata"]["labels"]["laneway.dev/fork-of"] == "pricing"
+
+
+def _merged(baseline: list[dict[str, Any]], rendered: list[dict[str, Any]]) -> list[
+        dict[str, Any]]:
+    """The cluster after applying `rendered`: objects of the same kind and name replaced."""
+    names = {(o["kind"], o["metadata"]["name"]) for o in rendered}
+    return [o for o in baseline if (o["kind"], o["metadata"]["name"]) not in names] + rendered
+
+
+def test_router_injection_is_idempotent_and_forks_copy_the_original(
+    rendered_router: list[dict[str, Any]],
+) -> None:
+    doc = yaml.safe_load((DATA / "sandbox.yaml").read_text())
+    cluster = _merged(load_manifests(DATA), rendered_router)
+    again = render_sandbox(doc, cluster, KEY, mode="router")
+    assert again == rendered_router  # one router, the original targetPorts kept
+
+
+def test_router_mode_resolves_named_ports_and_serves_each_service_port() -> None:
+    baseline = list(yaml.safe_load_all(MULTI_PORT))
+    doc = {"kind": "Sandbox", "metadata": {"name": "sb-o", "namespace": "shop"},
+           "spec": {"forks": [{"workload": {"name": "orders"}}]}}
+    objects = {(o["kind"], o["metadata"]["name"]): o
+               for o in render_sandbox(doc, baseline, KEY, mode="router")}
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    service = objects[("Service", "orders")]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [15080, 15081]
+    assert service["metadata"]["annotations"]["laneway.dev/target-ports"] == \
+        '{"80": 9000, "9001": 9001}'
+    args = objects[("Deployment", "orders")]["spec"]["template"]["spec"]["containers"][-1][
+        "args"]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--listen"] == [
+        "orders.shop:http=15080", "orders.shop:admin=15081"]
+    fork_svc = objects[("Service", "orders-lw-sb-o")]
+    assert [p["targetPort"] for p in fork_svc["spec"]["ports"]] == [9000, 9001]
+
+
+def test_router_mode_errors_name_the_field() -> None:
+    baseline = list(yaml.safe_load_all(MULTI_PORT))
+    baseline[1]["spec"]["ports"][0]["targetPort"] = "missing"
+    doc = {"kind": "Sandbox", "metadata": {"name": "sb-o", "namespace": "shop"},
+           "spec": {"forks": [{"workload": {"name": "orders"}}]}}
+    with pytest.raises(RenderError, match="targetPort 'missing' names no container port"):
+        render_sandbox(doc, baseline, KEY, mode="router")
+    doc["spec"]["forks"][0]["workload"]["namespace"] = "other"
+    with pytest.raises(RenderError, match=r"spec.forks\[0\].workload.namespace"):
+        render_sandbox(doc, baseline, KEY, mode="router")
+    baseline = list(yaml.safe_load_all(MULTI_PORT))
+    baseline[0]["spec"]["template"]["spec"]["containers"][0]["ports"].append(
+        {"containerPort": 15080})
+    doc["spec"]["forks"][0]["workload"].pop("namespace")
+    with pytest.raises(RenderError, match="already listens on 15080"):
+        render_sandbox(doc, baseline, KEY, mode="router")
+
+
+def test_install_router_mode_adds_the_feed_service_and_token_reviews() -> None:
+    from laneway.core.kubernetes.manifests import install_manifests
+
+    objects = install_manifests(mode="router", image="registry.example/laneway:0.1.0")
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    feed = next(o for o in objects if o["kind"] == "Service")
+    assert feed["metadata"]["name"] == "laneway-operator"
+    assert feed["spec"]["ports"][0]["port"] == 8790
+    role = next(o for o in objects if o["kind"] == "ClusterRole")
+    assert {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+            "verbs": ["create"]} in role["rules"]
+    env = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"][0]["env"]
+    assert {"name": "LANEWAY_ROUTING_MODE", "value": "router"} in env

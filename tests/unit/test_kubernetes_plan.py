@@ -101,3 +101,94 @@ def test_first_pass_adds_the_finalizer() -> None:
     plan = plan_sandbox(doc, load_manifests(DATA), KEY, NOW)
     assert plan.actions[0].verb == "add-finalizer"
     assert render_sandbox(doc, load_manifests(DATA), KEY)  # same objects either way
+
+
+def with_server_defaults(cluster: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What an API server hands back: the same objects with defaults filled in."""
+    out = copy.deepcopy(cluster)
+    for obj in out:
+        if obj["kind"] == "Deployment":
+            obj["spec"].setdefault("strategy", {"type": "RollingUpdate"})
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                container.setdefault("imagePullPolicy", "IfNotPresent")
+                container.setdefault("terminationMessagePath", "/dev/termination-log")
+            obj["metadata"]["uid"] = "8d1c7f1e-0000-4000-8000-000000000001"
+        if obj["kind"] == "Service":
+            obj["spec"].setdefault("clusterIP", "10.96.0.12")
+            obj["spec"].setdefault("sessionAffinity", "None")
+    return out
+
+
+def test_server_defaults_cause_no_changes_in_either_mode() -> None:
+    for mode in ("istio", "router"):
+        cluster = load_manifests(DATA)
+        cluster = apply(cluster, plan_sandbox(sandbox(), cluster, KEY, NOW, mode))
+        again = plan_sandbox(sandbox(), with_server_defaults(cluster), KEY, NOW, mode)
+        assert again.actions == [], mode
+
+
+def test_router_mode_injects_the_baseline_once_and_leaves_it_on_deletion() -> None:
+    cluster = load_manifests(DATA)
+    plan = plan_sandbox(sandbox(), cluster, KEY, NOW, "router")
+    assert sorted((a.verb, a.kind, a.name) for a in plan.actions) == [
+        ("create", "Deployment", "currency-lw-sb-a"), ("create", "Deployment", "pricing-lw-sb-a"),
+        ("create", "Service", "currency-lw-sb-a"), ("create", "Service", "pricing-lw-sb-a"),
+        ("replace", "Deployment", "currency"), ("replace", "Deployment", "pricing"),
+        ("replace", "Service", "currency"), ("replace", "Service", "pricing")]
+    cluster = apply(cluster, plan)
+    other = sandbox(name="sb-b")
+    plan_b = plan_sandbox(other, cluster, "bbbbbbbbbbbb", NOW, "router")
+    assert all(a.verb == "create" for a in plan_b.actions)  # the router is there already
+    cluster = apply(cluster, plan_b)
+    gone = plan_sandbox(sandbox(deletionTimestamp="2026-11-23T12:00:00Z"), cluster, KEY, NOW,
+                        "router")
+    assert sorted((a.verb, a.name) for a in gone.actions if a.kind != "Sandbox") == [
+        ("delete", "currency-lw-sb-a"), ("delete", "currency-lw-sb-a"),
+        ("delete", "pricing-lw-sb-a"), ("delete", "pricing-lw-sb-a")]
+    # Removing the router would restart the baseline's pods: it stays for the next sandbox.
+
+
+def test_route_group_plan_routes_conflicts_stale_routes_and_deletion() -> None:
+    from laneway.core.kubernetes.plan import plan_route_group
+
+    cluster = load_manifests(DATA)
+    first = sandbox()
+    second = sandbox(name="sb-b")
+    second["spec"]["forks"] = second["spec"]["forks"][:1]  # pricing only
+    cluster = apply(cluster, plan_sandbox(first, cluster, KEY, NOW))
+    cluster = apply(cluster, plan_sandbox(second, cluster, "bbbbbbbbbbbb", NOW))
+    group = {"kind": "RouteGroup", "metadata": {"name": "pay", "namespace": "shop",
+                                                "finalizers": [FINALIZER]},
+             "spec": {"match": {"labels": {"team": "pay"}}}}
+    plan, status = plan_route_group(group, [first, second], cluster, "group0000000")
+    assert status["sandboxes"] == ["sb-a", "sb-b"]
+    assert status["conflicts"] == [{"service": "pricing", "sandboxes": ["sb-a", "sb-b"]}]
+    assert plan.conditions[0]["reason"] == "Conflict"
+    cluster = apply(cluster, plan)
+    routes = {vs["metadata"]["name"]: vs["spec"]["http"] for vs in cluster
+              if vs["kind"] == "VirtualService"}
+    assert routes["pricing"][0]["name"] == "laneway-rg-pay"
+    assert routes["pricing"][0]["directResponse"]["status"] == 503
+    currency_route = next(r for r in routes["laneway-currency"] if r["name"] == "laneway-rg-pay")
+    assert currency_route["route"][0]["destination"]["host"].startswith("currency-lw-sb-a.")
+    assert plan_route_group(group, [first, second], cluster, "group0000000")[0].actions == []
+
+    # sb-a leaves the group: its currency fork no longer takes the group's key.
+    first["spec"]["labels"] = {"team": "other"}
+    plan, status = plan_route_group(group, [first, second], cluster, "group0000000")
+    assert status["sandboxes"] == ["sb-b"]
+    assert plan.conditions[0]["reason"] == "Reconciled"
+    cluster = apply(cluster, plan)
+    assert not [r for vs in cluster if vs["kind"] == "VirtualService"
+                for r in vs["spec"]["http"] if r["name"] == "laneway-rg-pay"
+                and vs["metadata"]["name"] != "pricing"]
+    # Deleting the group takes its routes out and leaves everyone else's.
+    group["metadata"]["deletionTimestamp"] = "2026-11-23T12:00:00Z"
+    plan, _ = plan_route_group(group, [first, second], cluster, "group0000000")
+    assert ("remove-finalizer", "RouteGroup") in [(a.verb, a.kind) for a in plan.actions]
+    cluster = apply(cluster, plan)
+    names = [r["name"] for vs in cluster if vs["kind"] == "VirtualService"
+             for r in vs["spec"]["http"]]
+    assert "laneway-rg-pay" not in names
+    assert names.count("canary-by-header") == 1
+    assert "laneway-sb-a" in names

@@ -12,6 +12,7 @@ import yaml
 from laneway.client import CliError
 from laneway.core.keys import is_routing_key, new_routing_key
 from laneway.core.kubernetes import RenderError, load_manifests, render_sandbox
+from laneway.core.kubernetes.render import DEFAULT_IMAGE, RouterSidecar
 
 __all__ = ["k8s_app"]
 
@@ -25,12 +26,19 @@ def render(
     baseline: Annotated[Path, typer.Option(help="Folder of the baseline's manifests")],
     routing_key: Annotated[str | None, typer.Option(help="Keep this key (default: a new one)")]
     = None,
-    mode: Annotated[str, typer.Option(help="Routing mode: istio")] = "istio",
+    mode: Annotated[str, typer.Option(help="Routing mode: istio (VirtualService routes) or "
+                                      "router (the laneway router as a sidecar)")] = "istio",
+    image: Annotated[str, typer.Option(help="Router mode: the sidecar's image")]
+    = DEFAULT_IMAGE,
+    operator_namespace: Annotated[str, typer.Option(
+        help="Router mode: where the operator (and its routes feed) runs")] = "laneway-system",
 ) -> None:
-    """Print, as multi-document YAML, the forked Deployments, their Services and the Istio
-    VirtualServices (merged into the team's own) for one sandbox, for review and GitOps."""
-    if mode != "istio":
-        raise CliError(f"--mode {mode}: only istio can be rendered yet (router mode is planned)")
+    """Print, as multi-document YAML, every object the operator would create or patch for one
+    sandbox: the forked Deployments and their Services, and either the Istio VirtualServices
+    (merged into the team's own) or the baseline Deployments and Services with the router
+    sidecar put in front (router mode), for review and GitOps."""
+    if mode not in ("istio", "router"):
+        raise CliError(f"--mode {mode}: must be istio or router")
     if routing_key is not None and not is_routing_key(routing_key):
         raise CliError("--routing-key: must be 12 characters of a-z and 0-9")
     try:
@@ -44,10 +52,12 @@ def render(
     key = routing_key or new_routing_key()
     try:
         objects = render_sandbox(doc if isinstance(doc, dict) else {}, load_manifests(baseline),
-                                 key)
+                                 key, "router" if mode == "router" else "istio",
+                                 RouterSidecar(image, operator_namespace))
     except RenderError as exc:
         raise CliError(f"{file}: {exc}") from exc
-    header = f"# laneway k8s render: sandbox {doc['metadata']['name']}, routing key {key}" + (
+    header = (f"# laneway k8s render: sandbox {doc['metadata']['name']}, routing key {key}, "
+              f"mode {mode}") + (
         "" if routing_key else " (new: pass --routing-key to keep it)")
     sys.stdout.write(header + "\n" + yaml.safe_dump_all(objects, sort_keys=False,
                                                          explicit_start=True))
@@ -60,13 +70,19 @@ def install(
     print_: Annotated[bool, typer.Option("--print", help="Print the manifests (for kubectl "
                                          "apply -f - or GitOps)")] = False,
     namespace: Annotated[str, typer.Option(help="Where the operator runs")] = "laneway-system",
-    image: Annotated[str, typer.Option(help="An image with `pip install laneway[kubernetes]`")]
-    = "laneway:dev",
+    image: Annotated[str, typer.Option(help="An image with `pip install laneway[kubernetes]` "
+                                       "(the operator's, and in router mode the sidecars')")]
+    = DEFAULT_IMAGE,
+    mode: Annotated[str, typer.Option(help="Routing mode: istio or router")] = "istio",
 ) -> None:
-    """The CRDs, least-privilege RBAC and the operator Deployment."""
+    """The CRDs, least-privilege RBAC and the operator Deployment (and in router mode the
+    Service of its routes feed)."""
     from laneway.core.kubernetes.manifests import install_manifests
 
     if not print_:
         raise CliError("only --print is supported: pipe it to `kubectl apply -f -`")
-    sys.stdout.write(yaml.safe_dump_all(install_manifests(namespace, image), sort_keys=False,
-                                        explicit_start=True))
+    if mode not in ("istio", "router"):
+        raise CliError(f"--mode {mode}: must be istio or router")
+    sys.stdout.write(yaml.safe_dump_all(
+        install_manifests(namespace, image, "router" if mode == "router" else "istio"),
+        sort_keys=False, explicit_start=True))

@@ -28,9 +28,9 @@ from laneway.control.errors import ControlError, Invalid, NotFound
 from laneway.control.plane import ControlPlane
 from laneway.control.runs import RunManager, RunSpec
 from laneway.core.duration import parse_duration
+from laneway.core.feed import update_to_json
 from laneway.core.hops import Hop
 from laneway.core.logs import stamped_at
-from laneway.core.routes import RouteTable
 from laneway.core.runs import find_leaks, render_markdown
 from laneway.core.spec import RouteGroupSpec, SandboxSpec, format_loc
 
@@ -194,11 +194,7 @@ def create_app(control: ControlPlane, token: str,
         """The routes feed for remote routers: a snapshot, or the changes after `since`."""
         update = await control.feed.next_update(since, wait) if wait else \
             control.feed.changes_since(since)
-        if update is None:
-            return {"version": control.feed.version, "changes": []}
-        if isinstance(update, RouteTable):
-            return {"version": update.version, "snapshot": update.to_json()}
-        return {"version": update[-1].version, "changes": [c.to_json() for c in update]}
+        return update_to_json(update, control.feed.version)
 
     def _runs() -> RunManager:
         if runs is None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections import deque
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from laneway.core.routes import RouteChanges, RouteTable, diff_tables
 
-__all__ = ["FeedUpdate", "RoutesBroadcaster", "RoutesFeed"]
+__all__ = ["FeedUpdate", "RoutesBroadcaster", "RoutesFeed", "update_from_json", "update_to_json"]
 
 FeedUpdate = RouteTable | list[RouteChanges]
 
@@ -25,8 +26,11 @@ class RoutesFeed(Protocol):
 
 
 class RoutesBroadcaster:
-    def __init__(self, history: int = 256) -> None:
-        self._table = RouteTable(version=0)
+    def __init__(self, history: int = 256, first_version: int = 0) -> None:
+        # A feed that may restart while its routers keep running (the operator's) starts from a
+        # version above any it served before (a clock reading), so a router's `since` from the
+        # old run never names a version of the new history: it gets a snapshot.
+        self._table = RouteTable(version=first_version)
         self._changes: deque[RouteChanges] = deque(maxlen=history)
         self._changed = asyncio.Event()
 
@@ -70,3 +74,19 @@ class RoutesBroadcaster:
         except TimeoutError:
             return None
         return self.changes_since(since)
+
+
+def update_to_json(update: FeedUpdate | None, version: int) -> dict[str, Any]:
+    """The feed's wire format (GET /v1/routes): a snapshot, the changes, or nothing new."""
+    if update is None:
+        return {"version": version, "changes": []}
+    if isinstance(update, RouteTable):
+        return {"version": update.version, "snapshot": update.to_json()}
+    return {"version": update[-1].version, "changes": [c.to_json() for c in update]}
+
+
+def update_from_json(data: Mapping[str, Any]) -> FeedUpdate | None:
+    if "snapshot" in data:
+        return RouteTable.from_json(data["snapshot"])
+    changes = [RouteChanges.from_json(c) for c in data.get("changes", [])]
+    return changes or None

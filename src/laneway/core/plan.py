@@ -40,6 +40,7 @@ __all__ = [
     "desired_baseline",
     "desired_forks",
     "fork_blockers",
+    "labels_match",
     "plan_actions",
 ]
 
@@ -253,7 +254,7 @@ def _fork_route(
     return ForkRoute(spec.service, name, None, False, _why_not_ready(current, fork), spec.unit)
 
 
-def _labels_match(match: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+def labels_match(match: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(k in labels and fnmatch.fnmatchcase(labels[k], glob) for k, glob in match.items())
 
 
@@ -330,7 +331,7 @@ def build_routes(
     group_statuses: dict[str, RouteGroupStatus] = {}
     ordered = sorted(sandboxes, key=lambda s: s.spec.name)
     for group in groups:
-        members = [s for s in ordered if _labels_match(group.spec.match.labels, s.spec.labels)]
+        members = [s for s in ordered if labels_match(group.spec.match.labels, s.spec.labels)]
         by_service: dict[str, list[str]] = {}
         for member in members:
             for service in routes_by_sandbox[member.spec.name]:

@@ -1,6 +1,6 @@
-"""`python -m laneway.router --service S --port P --routes URL --token T`: one router for one
-service, outside the daemon (as a sidecar would run), fed by the control plane's routes feed.
-It keeps serving its last table while the control plane is away."""
+"""`python -m laneway.router --listen SERVICE=PORT ... --routes URL`: routers outside the daemon
+(as the Kubernetes sidecar runs them), fed by a routes feed over HTTP. They keep serving their
+last table while the feed is away."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import asyncio
 import os
 import signal
 import sys
+from pathlib import Path
 
 import uvloop
 
@@ -16,17 +17,26 @@ from laneway.router.feed_http import HttpRoutesFeed
 from laneway.router.server import Router, RouterError, RouterSettings
 
 
+def _listen(value: str) -> tuple[str, int]:
+    service, sep, port = value.rpartition("=")
+    if not sep or not service or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected SERVICE=PORT, e.g. orders=15080")
+    return service, int(port)
+
+
 async def main(args: argparse.Namespace) -> int:
-    feed = HttpRoutesFeed(args.routes, args.token)
+    feed = HttpRoutesFeed(args.routes, args.token, args.token_file)
     router = Router(RouterSettings(host=args.host))
     try:
-        port = await router.listen(args.service, args.port)
+        ports = [(service, await router.listen(service, port)) for service, port in args.listen]
     except RouterError as exc:
         print(f"Error: {exc}", file=sys.stderr)  # noqa: T201
+        await router.close()
         await feed.aclose()
         return 1
     router.follow(feed)
-    print(f"laneway router for {args.service} on {args.host}:{port}", flush=True)  # noqa: T201
+    for service, port in ports:
+        print(f"laneway router for {service} on {args.host}:{port}", flush=True)  # noqa: T201
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -38,14 +48,19 @@ async def main(args: argparse.Namespace) -> int:
 
 
 parser = argparse.ArgumentParser(prog="python -m laneway.router")
-parser.add_argument("--service", required=True)
-parser.add_argument("--port", type=int, required=True)
-parser.add_argument("--host", default="127.0.0.1")
+parser.add_argument("--listen", type=_listen, action="append", required=True,
+                    metavar="SERVICE=PORT", help="serve SERVICE on PORT (repeat for several)")
+parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
 parser.add_argument("--routes", default=os.environ.get("LANEWAY_ROUTES_URL", ""),
                     help="the routes feed URL (default: $LANEWAY_ROUTES_URL)")
 parser.add_argument("--token", default=os.environ.get("LANEWAY_ROUTES_TOKEN", ""),
-                    help="a token for it (default: $LANEWAY_ROUTES_TOKEN)")
+                    help="a bearer token for it (default: $LANEWAY_ROUTES_TOKEN)")
+parser.add_argument("--token-file", type=Path, default=None,
+                    help="read the bearer token from this file before every request "
+                         "(a projected ServiceAccount token in Kubernetes)")
 arguments = parser.parse_args()
 if not arguments.routes:
     parser.error("--routes (or LANEWAY_ROUTES_URL) is required")
+if arguments.token_file is not None and not arguments.token_file.is_file():
+    parser.error(f"--token-file {arguments.token_file}: no such file")
 sys.exit(uvloop.run(main(arguments)))

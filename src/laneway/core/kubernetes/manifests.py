@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from laneway.core.kubernetes.render import DEFAULT_IMAGE, FEED_PORT, Mode
+
 __all__ = ["GROUP", "VERSION", "crds", "install_manifests"]
 
 GROUP = "laneway.dev"
@@ -116,9 +118,10 @@ def crds() -> list[dict[str, Any]]:
     ]
 
 
-def install_manifests(namespace: str = "laneway-system",
-                      image: str = "laneway:dev") -> list[dict[str, Any]]:
-    """CRDs, least-privilege RBAC and the operator Deployment (`kopf run`, standalone)."""
+def install_manifests(namespace: str = "laneway-system", image: str = DEFAULT_IMAGE,
+                      mode: Mode = "istio") -> list[dict[str, Any]]:
+    """CRDs, least-privilege RBAC and the operator Deployment (`kopf run`, standalone); in
+    router mode also the Service of the operator's routes feed, which the sidecars follow."""
     labels = {"app.kubernetes.io/name": "laneway-operator", "app.kubernetes.io/part-of":
               "laneway"}
     rules = [
@@ -138,6 +141,19 @@ def install_manifests(namespace: str = "laneway-system",
          "verbs": ["list", "watch"]},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     ]
+    if mode == "router":
+        # The feed checks each sidecar's ServiceAccount token (audience laneway-routes).
+        rules.append({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+                      "verbs": ["create"]})
+    env = [{"name": "LANEWAY_ROUTING_MODE", "value": mode},
+           {"name": "LANEWAY_ROUTER_IMAGE", "value": image},
+           {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {
+               "fieldPath": "metadata.namespace"}}}]
+    feed: list[dict[str, Any]] = [] if mode != "router" else [
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "laneway-operator", "namespace": namespace, "labels": labels},
+         "spec": {"selector": labels, "ports": [{"name": "routes", "port": FEED_PORT,
+                                                 "targetPort": FEED_PORT}]}}]
     return [
         *crds(),
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
@@ -165,6 +181,9 @@ def install_manifests(namespace: str = "laneway-system",
                      "image": image,
                      "command": ["kopf", "run", "--standalone", "--all-namespaces", "-m",
                                  "laneway.runtime.kubernetes.handlers"],
+                     "env": env,
+                     "ports": [{"name": "routes", "containerPort": FEED_PORT}]
+                     if mode == "router" else [],
                      "resources": {"requests": {"cpu": "50m", "memory": "128Mi"},
                                    "limits": {"memory": "256Mi"}},
                      "securityContext": {"allowPrivilegeEscalation": False,
@@ -172,4 +191,5 @@ def install_manifests(namespace: str = "laneway-system",
                                          "capabilities": {"drop": ["ALL"]}},
                  }]}},
          }},
+        *feed,
     ]

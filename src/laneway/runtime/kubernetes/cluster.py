@@ -1,21 +1,34 @@
 """The one interface the operator uses to read and change a cluster, with an in-memory
-implementation (for tests of the executor) and the real one on the official Kubernetes client.
+implementation (for tests of the executor; it allocates cluster IPs as the API server does) and
+the real one on the official Kubernetes client.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Mapping
 from typing import Any, Protocol
+
+from laneway.core.kubernetes.render import ROUTER_LABEL, SANDBOX_LABEL
 
 __all__ = ["Cluster", "KubernetesCluster", "MemoryCluster"]
 
 _ISTIO = ("networking.istio.io", "v1", "virtualservices")
+_LANEWAY = ("laneway.dev", "v1alpha1")
+PLURALS = {"Sandbox": "sandboxes", "RouteGroup": "routegroups"}
 
 
 class Cluster(Protocol):
     def objects(self, namespace: str) -> list[dict[str, Any]]:
         """Deployments, Services and VirtualServices of a namespace."""
+
+    def custom(self, kind: str) -> list[dict[str, Any]]:
+        """Every `Sandbox` or `RouteGroup`, in all namespaces."""
+
+    def routed(self) -> list[dict[str, Any]]:
+        """What router mode's table is made of, in all namespaces: Services behind the router
+        (`laneway.dev/router=on`) and the forks' Deployments and Services."""
 
     def apply(self, verb: str, kind: str, namespace: str, name: str,
               body: Mapping[str, Any] | None) -> None: ...
@@ -26,21 +39,37 @@ def _key(kind: str, namespace: str, name: str) -> tuple[str, str, str]:
 
 
 class MemoryCluster:
-    def __init__(self, objects: list[dict[str, Any]]) -> None:
+    def __init__(self, objects: list[dict[str, Any]], service_ips: str = "10.96.0.") -> None:
         self.store = {_key(o["kind"], o["metadata"].get("namespace", "default"),
                            o["metadata"]["name"]): copy.deepcopy(o) for o in objects}
         self.log: list[tuple[str, str, str]] = []
+        self._ips = (f"{service_ips}{n}" for n in itertools.count(10))
 
     def objects(self, namespace: str) -> list[dict[str, Any]]:
-        return [copy.deepcopy(o) for (_, ns, _), o in self.store.items() if ns == namespace]
+        return [copy.deepcopy(o) for (kind, ns, _), o in self.store.items()
+                if ns == namespace and kind not in PLURALS]
+
+    def custom(self, kind: str) -> list[dict[str, Any]]:
+        return [copy.deepcopy(o) for (k, _, _), o in self.store.items() if k == kind]
+
+    def routed(self) -> list[dict[str, Any]]:
+        return [copy.deepcopy(o) for (kind, _, _), o in self.store.items()
+                if kind in ("Deployment", "Service")
+                and ({ROUTER_LABEL, SANDBOX_LABEL} & set(o["metadata"].get("labels") or {}))]
 
     def apply(self, verb: str, kind: str, namespace: str, name: str,
               body: Mapping[str, Any] | None) -> None:
         self.log.append((verb, kind, name))
+        key = _key(kind, namespace, name)
         if verb == "delete":
-            self.store.pop(_key(kind, namespace, name), None)
+            self.store.pop(key, None)
         elif body is not None:
-            self.store[_key(kind, namespace, name)] = copy.deepcopy(dict(body))
+            obj = copy.deepcopy(dict(body))
+            if kind == "Service":  # the API server allocates a Service's address once
+                spec = obj.setdefault("spec", {})
+                spec["clusterIP"] = self.store.get(key, {}).get("spec", {}).get(
+                    "clusterIP") or spec.get("clusterIP") or next(self._ips)
+            self.store[key] = obj
 
 
 class KubernetesCluster:  # pragma: no cover - needs a cluster; the executor is tested in memory
@@ -56,24 +85,47 @@ class KubernetesCluster:  # pragma: no cover - needs a cluster; the executor is 
         # Typed loosely on purpose: bodies are plain dicts, as the API server takes them.
         self.apps: Any = client.AppsV1Api()
         self.core: Any = client.CoreV1Api()
-        self.custom: Any = client.CustomObjectsApi()
+        self.custom_api: Any = client.CustomObjectsApi()
+        self.auth: Any = client.AuthenticationV1Api()
         self.api: Any = client.ApiClient()
 
+    def _plain(self, kind: str, api_version: str, items: Any) -> list[dict[str, Any]]:
+        return [{"apiVersion": api_version, "kind": kind,
+                 **self.api.sanitize_for_serialization(item)} for item in items]
+
     def objects(self, namespace: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for item in self.apps.list_namespaced_deployment(namespace).items:
-            out.append({"apiVersion": "apps/v1", "kind": "Deployment",
-                        **self.api.sanitize_for_serialization(item)})
-        for item in self.core.list_namespaced_service(namespace).items:
-            out.append({"apiVersion": "v1", "kind": "Service",
-                        **self.api.sanitize_for_serialization(item)})
+        out = self._plain("Deployment", "apps/v1",
+                          self.apps.list_namespaced_deployment(namespace).items)
+        out += self._plain("Service", "v1", self.core.list_namespaced_service(namespace).items)
         group, version, plural = _ISTIO
         try:
-            found = self.custom.list_namespaced_custom_object(group, version, namespace, plural)
+            found = self.custom_api.list_namespaced_custom_object(group, version, namespace,
+                                                                  plural)
             out += [dict(item) for item in found.get("items", [])]
         except Exception:  # noqa: S110 - no Istio in this cluster: nothing to merge into
             pass
         return out
+
+    def custom(self, kind: str) -> list[dict[str, Any]]:
+        found = self.custom_api.list_cluster_custom_object(*_LANEWAY, PLURALS[kind])
+        return [dict(item) for item in found.get("items", [])]
+
+    def routed(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for selector in (f"{ROUTER_LABEL}=on", SANDBOX_LABEL):
+            out += self._plain("Service", "v1", self.core.list_service_for_all_namespaces(
+                label_selector=selector).items)
+        out += self._plain("Deployment", "apps/v1", self.apps.list_deployment_for_all_namespaces(
+            label_selector=SANDBOX_LABEL).items)
+        return out
+
+    def review_token(self, token: str, audience: str) -> bool:
+        """Whether the API server vouches for `token` with `audience` (a TokenReview)."""
+        review = self.auth.create_token_review({"apiVersion": "authentication.k8s.io/v1",
+                                                "kind": "TokenReview",
+                                                "spec": {"token": token,
+                                                         "audiences": [audience]}})
+        return bool(review.status.authenticated) and audience in (review.status.audiences or [])
 
     def apply(self, verb: str, kind: str, namespace: str, name: str,
               body: Mapping[str, Any] | None) -> None:
@@ -89,10 +141,10 @@ class KubernetesCluster:  # pragma: no cover - needs a cluster; the executor is 
         else:
             group, version, plural = _ISTIO
             ops = {
-                "create": lambda: self.custom.create_namespaced_custom_object(
+                "create": lambda: self.custom_api.create_namespaced_custom_object(
                     group, version, namespace, plural, body),
-                "patch": lambda: self.custom.patch_namespaced_custom_object(
+                "patch": lambda: self.custom_api.patch_namespaced_custom_object(
                     group, version, namespace, plural, name, {"spec": dict(body or {})["spec"]}),
-                "delete": lambda: self.custom.delete_namespaced_custom_object(
+                "delete": lambda: self.custom_api.delete_namespaced_custom_object(
                     group, version, namespace, plural, name)}
         ops[verb]()

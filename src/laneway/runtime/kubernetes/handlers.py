@@ -1,21 +1,51 @@
-"""kopf handlers for `Sandbox`: each runs `operator.reconcile` and reports through kopf, with
-explicit retry delays instead of kopf's 60 s default. Needs a cluster (not exercised in tests;
-`reconcile` and the plans it executes are)."""
+"""kopf handlers for `Sandbox` and `RouteGroup`: each runs a pass of `operator` and reports
+through kopf, with explicit retry delays instead of kopf's 60 s default. In router mode the
+operator also serves the routes feed for the router sidecars (port 8790) and republishes the
+table every two seconds and after every pass.
+
+Settings come from the operator Deployment's environment: `LANEWAY_ROUTING_MODE` (istio or
+router), `LANEWAY_ROUTER_IMAGE` (the sidecar's image), `POD_NAMESPACE` (where the feed's
+Service is). Needs a cluster (not exercised in tests; the passes and plans they run are).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Generator
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+import uvicorn
 
-from laneway.core.kubernetes.plan import FINALIZER
+from laneway.core.kubernetes.plan import FINALIZER, RETRY_ERROR_S
+from laneway.core.kubernetes.render import FEED_PORT, RouterSidecar
 from laneway.runtime.kubernetes.cluster import KubernetesCluster
-from laneway.runtime.kubernetes.operator import reconcile
+from laneway.runtime.kubernetes.feed import TokenReviews, feed_app
+from laneway.runtime.kubernetes.operator import (
+    OperatorSettings,
+    RoutesPublisher,
+    reconcile,
+    reconcile_route_group,
+)
 
 __all__: list[str] = []
 
+log = logging.getLogger("laneway.operator")
+
+_mode = os.environ.get("LANEWAY_ROUTING_MODE", "istio")
+if _mode not in ("istio", "router"):
+    raise SystemExit(f"LANEWAY_ROUTING_MODE={_mode!r}: must be istio or router")
+SETTINGS = OperatorSettings(
+    mode="router" if _mode == "router" else "istio",
+    sidecar=RouterSidecar(image=os.environ.get("LANEWAY_ROUTER_IMAGE", "laneway:dev"),
+                          operator_namespace=os.environ.get("POD_NAMESPACE", "laneway-system")))
 _clusters: list[KubernetesCluster] = []
+_publisher = RoutesPublisher()
+_changed = asyncio.Event()
 
 
 def _api() -> KubernetesCluster:  # pragma: no cover - needs a cluster
@@ -24,30 +54,88 @@ def _api() -> KubernetesCluster:  # pragma: no cover - needs a cluster
     return _clusters[0]
 
 
+async def _publish_forever() -> None:  # pragma: no cover - needs a cluster
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_changed.wait(), 2.0)
+        _changed.clear()
+        try:
+            _publisher.publish(await asyncio.to_thread(_publisher.build, _api()))
+        except Exception:  # the API server is away: the routers keep their last table
+            log.warning("routes table not rebuilt; trying again", exc_info=True)
+            await asyncio.sleep(2.0)
+
+
+class _FeedServer(uvicorn.Server):  # pragma: no cover
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # kopf owns signal handling
+
+
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:  # pragma: no cover
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo,
+                    **_: Any) -> None:  # pragma: no cover
     settings.persistence.finalizer = FINALIZER
     settings.batching.error_delays = [1, 2, 5, 10, 10, 30]
+    if SETTINGS.mode != "router":
+        return
+    app = feed_app(_publisher.feed, TokenReviews(_api().review_token))
+    server = _FeedServer(uvicorn.Config(app, host="0.0.0.0", port=FEED_PORT,
+                                        log_level="warning", lifespan="off"))
+    memo.tasks = [asyncio.create_task(server.serve()), asyncio.create_task(_publish_forever())]
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:  # pragma: no cover
+    for task in getattr(memo, "tasks", []):
+        task.cancel()
 
 
 @kopf.on.resume("laneway.dev", "v1alpha1", "sandboxes")
 @kopf.on.create("laneway.dev", "v1alpha1", "sandboxes")
 @kopf.on.update("laneway.dev", "v1alpha1", "sandboxes")
 @kopf.timer("laneway.dev", "v1alpha1", "sandboxes", interval=30.0)
-def sandbox_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:  # pragma: no cover
-    plan, status = reconcile(body, _api())
+async def sandbox_changed(body: kopf.Body, patch: kopf.Patch,
+                          **_: Any) -> None:  # pragma: no cover
+    # The official client blocks: each pass runs in a thread, off the operator's loop.
+    plan, status = await asyncio.to_thread(reconcile, body, _api(), None, SETTINGS)
     patch.status.update(status)
+    _changed.set()
     if any(a.verb == "delete-sandbox" for a in plan.actions):
-        _api().custom.delete_namespaced_custom_object(
+        await asyncio.to_thread(
+            _api().custom_api.delete_namespaced_custom_object,
             "laneway.dev", "v1alpha1", str(body.metadata.namespace), "sandboxes",
             str(body.metadata.name))
     if plan.conditions and plan.conditions[0]["reason"] == "RenderFailed":
         raise kopf.TemporaryError(plan.conditions[0]["message"],
-                                  delay=plan.requeue_after or 10)
+                                  delay=plan.requeue_after or RETRY_ERROR_S)
 
 
 @kopf.on.delete("laneway.dev", "v1alpha1", "sandboxes")
-def sandbox_deleted(body: kopf.Body, **_: Any) -> None:  # pragma: no cover
+async def sandbox_deleted(body: kopf.Body, **_: Any) -> None:  # pragma: no cover
     deleting = {**body, "metadata": {**body["metadata"],
                                      "deletionTimestamp": datetime.now(UTC).isoformat()}}
-    reconcile(deleting, _api())
+    await asyncio.to_thread(reconcile, deleting, _api(), None, SETTINGS)
+    _changed.set()
+
+
+@kopf.on.resume("laneway.dev", "v1alpha1", "routegroups")
+@kopf.on.create("laneway.dev", "v1alpha1", "routegroups")
+@kopf.on.update("laneway.dev", "v1alpha1", "routegroups")
+@kopf.timer("laneway.dev", "v1alpha1", "routegroups", interval=10.0)
+async def route_group_changed(body: kopf.Body, patch: kopf.Patch,
+                              **_: Any) -> None:  # pragma: no cover
+    plan, status = await asyncio.to_thread(reconcile_route_group, body, _api(), SETTINGS)
+    patch.status.update(status)
+    _changed.set()
+    if plan.conditions and plan.conditions[0]["reason"] == "RenderFailed":
+        raise kopf.TemporaryError(plan.conditions[0]["message"],
+                                  delay=plan.requeue_after or RETRY_ERROR_S)
+
+
+@kopf.on.delete("laneway.dev", "v1alpha1", "routegroups")
+async def route_group_deleted(body: kopf.Body, **_: Any) -> None:  # pragma: no cover
+    deleting = {**body, "metadata": {**body["metadata"],
+                                     "deletionTimestamp": datetime.now(UTC).isoformat()}}
+    await asyncio.to_thread(reconcile_route_group, deleting, _api(), SETTINGS)
+    _changed.set()

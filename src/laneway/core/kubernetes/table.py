@@ -1,0 +1,131 @@
+"""Router mode's routing table, from what the cluster holds (pure).
+
+The operator publishes it on its routes feed; the router sidecars follow it. Every fact comes
+from objects the operator made or marked, so the table is level-triggered like the rest:
+
+- baseline: each Service port marked `laneway.dev/router=on` is served by the sidecar in its
+  pods, which forwards to the application beside it (127.0.0.1, the original targetPort);
+- forks: each Sandbox with a routing key, through its fork Services (`laneway.dev/fork-of`)
+  at their cluster IP (no DNS lookup on the request path), ready once the fork Deployment has an
+  available replica (before that, 503 with the reason; never the baseline);
+- route groups: the group's key to the one member forking a service, or a 503 naming the
+  members when several fork it (as the local router answers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from laneway.core.kubernetes.render import (
+    FORK_OF_LABEL,
+    ROUTER_LABEL,
+    SANDBOX_LABEL,
+    RenderError,
+    group_members,
+    original_target_ports,
+    table_service,
+)
+from laneway.core.routes import ForkRoute, RouteTable, Upstream
+
+__all__ = ["build_route_table"]
+
+
+def _ns(obj: Mapping[str, Any]) -> str:
+    return str(obj.get("metadata", {}).get("namespace") or "default")
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return obj.get("metadata", {}).get("labels") or {}
+
+
+def _key_of(obj: Mapping[str, Any]) -> str | None:
+    key = (obj.get("status") or {}).get("routingKey")
+    return str(key) if key and not obj.get("metadata", {}).get("deletionTimestamp") else None
+
+
+def _fork_routes(sandbox: Mapping[str, Any], objects: list[Mapping[str, Any]],
+                 injected: Mapping[tuple[str, str], Mapping[str, Any]]) -> dict[str, ForkRoute]:
+    name = str(sandbox["metadata"]["name"])
+    routes: dict[str, ForkRoute] = {}
+    mine = [o for o in objects
+            if _labels(o).get(SANDBOX_LABEL) == name and _ns(o) == _ns(sandbox)]
+    deployments = [o for o in mine if o.get("kind") == "Deployment"]
+    for svc in (o for o in mine if o.get("kind") == "Service"):
+        base = injected.get((_ns(svc), str(_labels(svc).get(FORK_OF_LABEL))))
+        if base is None:
+            continue  # not behind a router (yet): nothing reads a route for it
+        selector = svc.get("spec", {}).get("selector") or {}
+        dep = next((d for d in deployments if _ns(d) == _ns(svc) and all(
+            d["spec"]["template"]["metadata"].get("labels", {}).get(k) == v
+            for k, v in selector.items())), None)
+        available = int(((dep or {}).get("status") or {}).get("availableReplicas") or 0)
+        cluster_ip = svc.get("spec", {}).get("clusterIP")
+        fork = str(dep["metadata"]["name"]) if dep else ""
+        reason = ""
+        if dep is None:
+            reason = f"sandbox {name}: the fork Deployment of {svc['metadata']['name']} is gone"
+        elif not available:
+            reason = f"sandbox {name}: fork {fork} has no available pod yet"
+        elif not cluster_ip or cluster_ip == "None":
+            reason = f"sandbox {name}: Service {svc['metadata']['name']} has no cluster IP yet"
+        base_ports = {int(p["port"]): p for p in base["spec"].get("ports") or []}
+        for port in svc.get("spec", {}).get("ports") or []:
+            base_port = base_ports.get(int(port["port"]))
+            if base_port is None:
+                continue
+            service = table_service(base, base_port)
+            upstream = Upstream(str(cluster_ip), int(port["port"])) if not reason else None
+            routes[service] = ForkRoute(service, name, upstream, not reason, reason, fork)
+    return routes
+
+
+def build_route_table(sandboxes: Iterable[Mapping[str, Any]],
+                      route_groups: Iterable[Mapping[str, Any]],
+                      objects: Iterable[Mapping[str, Any]]) -> RouteTable:
+    """The table for every router sidecar of the cluster (version left to the feed)."""
+    objects = list(objects)
+    table = RouteTable()
+    injected: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for svc in objects:
+        if svc.get("kind") != "Service" or _labels(svc).get(ROUTER_LABEL) != "on":
+            continue
+        injected[(_ns(svc), str(svc["metadata"]["name"]))] = svc
+        try:
+            targets = original_target_ports(svc, None)
+        except (RenderError, ValueError):
+            continue  # an annotation edited by hand: the Service is left out, not guessed
+        for port in svc.get("spec", {}).get("ports") or []:
+            name = table_service(svc, port)
+            table.baseline[name] = Upstream("127.0.0.1", targets.get(int(port["port"]),
+                                                                     int(port["port"])))
+            table.forks.setdefault(name, {})
+    by_sandbox: dict[tuple[str, str], dict[str, ForkRoute]] = {}
+    keyed = [s for s in sandboxes if _key_of(s)]
+    for sandbox in keyed:
+        routes = _fork_routes(sandbox, objects, injected)
+        by_sandbox[(_ns(sandbox), str(sandbox["metadata"]["name"]))] = routes
+        for service, route in routes.items():
+            table.forks[service][str(_key_of(sandbox))] = route
+    for group in route_groups:
+        key = _key_of(group)
+        if not key:
+            continue
+        try:
+            members = [m for m in group_members(group, keyed) if _ns(m) == _ns(group)]
+        except RenderError:
+            continue
+        owners: dict[str, list[str]] = {}
+        for member in members:
+            for service in by_sandbox[(_ns(member), str(member["metadata"]["name"]))]:
+                owners.setdefault(service, []).append(str(member["metadata"]["name"]))
+        group_name = str(group["metadata"]["name"])
+        for service, names in owners.items():
+            if len(names) == 1:
+                table.forks[service][key] = by_sandbox[(_ns(group), names[0])][service]
+            else:
+                table.forks[service][key] = ForkRoute(
+                    service, group_name, None, False,
+                    f"route group {group_name}: service {service} is forked by "
+                    f"{', '.join(names)}; narrow match.labels so one sandbox forks it")
+    return table
