@@ -36,3 +36,24 @@ def test_render_generates_a_key_and_reports_bad_input(tmp_path: Path) -> None:
     empty = render("--baseline", str(tmp_path))
     assert "no .yaml files there" in empty.stderr
     assert "Traceback" not in empty.stderr + bad.stderr
+
+
+def test_render_router_mode_and_install_print() -> None:
+    result = render("--baseline", str(DATA), "--routing-key", "abc123def456", "--mode",
+                    "router", "--image", "registry.example/laneway:0.1.0",
+                    "--operator-namespace", "lw")
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert "VirtualService" not in [d["kind"] for d in docs]
+    pricing = next(d for d in docs if d["kind"] == "Deployment"
+                   and d["metadata"]["name"] == "pricing")
+    router = pricing["spec"]["template"]["spec"]["containers"][-1]
+    assert router["image"] == "registry.example/laneway:0.1.0"
+    assert "http://laneway-operator.lw.svc:8790/v1/routes" in router["args"]
+    bad = render("--baseline", str(DATA), "--mode", "linkerd")
+    assert bad.returncode == 1
+    assert "--mode linkerd: must be istio or router" in bad.stderr
+    installed = subprocess.run([LANEWAY, "k8s", "install", "--print", "--mode", "router"],
+                               capture_output=True, text=True, check=True, timeout=60)
+    kinds = [d["kind"] for d in yaml.safe_load_all(installed.stdout) if d]
+    assert kinds[-1] == "Service"  # the routes feed the sidecars follow

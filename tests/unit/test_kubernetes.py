@@ -354,6 +354,8 @@ def test_router_mode_resolves_named_ports_and_serves_each_service_port() -> None
         "args"]
     assert [args[i + 1] for i, a in enumerate(args) if a == "--listen"] == [
         "orders.shop:http=15080", "orders.shop:admin=15081"]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--baseline"] == [
+        "orders.shop:http=127.0.0.1:9000", "orders.shop:admin=127.0.0.1:9001"]
     fork_svc = objects[("Service", "orders-lw-sb-o")]
     assert [p["targetPort"] for p in fork_svc["spec"]["ports"]] == [9000, 9001]
 

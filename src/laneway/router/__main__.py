@@ -13,8 +13,18 @@ from pathlib import Path
 
 import uvloop
 
+from laneway.core.routes import RouteTable, Upstream
 from laneway.router.feed_http import HttpRoutesFeed
 from laneway.router.server import Router, RouterError, RouterSettings
+
+
+def _baseline(value: str) -> tuple[str, Upstream]:
+    service, sep, address = value.rpartition("=")
+    host, colon, port = address.rpartition(":")
+    if not sep or not service or not colon or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected SERVICE=HOST:PORT, e.g. orders=127.0.0.1:8080")
+    return service, Upstream(host, int(port))
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -34,6 +44,8 @@ async def main(args: argparse.Namespace) -> int:
         await router.close()
         await feed.aclose()
         return 1
+    if args.baseline:
+        router.apply(RouteTable(version=0, baseline=dict(args.baseline)))
     router.follow(feed)
     for service, port in ports:
         print(f"laneway router for {service} on {args.host}:{port}", flush=True)  # noqa: T201
@@ -50,6 +62,10 @@ async def main(args: argparse.Namespace) -> int:
 parser = argparse.ArgumentParser(prog="python -m laneway.router")
 parser.add_argument("--listen", type=_listen, action="append", required=True,
                     metavar="SERVICE=PORT", help="serve SERVICE on PORT (repeat for several)")
+parser.add_argument("--baseline", type=_baseline, action="append", default=[],
+                    metavar="SERVICE=HOST:PORT",
+                    help="where SERVICE's baseline is until the routes feed says otherwise, so "
+                         "unkeyed traffic flows before the first table arrives (repeatable)")
 parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
 parser.add_argument("--routes", default=os.environ.get("LANEWAY_ROUTES_URL", ""),
                     help="the routes feed URL (default: $LANEWAY_ROUTES_URL)")

@@ -341,7 +341,11 @@ def _inject(objects: list[dict[str, Any]], services: list[dict[str, Any]], names
                     raise RenderError(f"Service {key[0]}: its pods come from Deployments "
                                       "selected by different Services; the router cannot "
                                       "listen on one port for all of them")
-                listeners += ["--listen", f"{table_service(svc, port)}={number}"]
+                # The baseline is on the command line too, so that a pod serves its own
+                # traffic from its first moment, before (or without) the operator's feed.
+                app_port = original_target_ports(svc, dep)[key[1]]
+                listeners += ["--listen", f"{table_service(svc, port)}={number}",
+                              "--baseline", f"{table_service(svc, port)}=127.0.0.1:{app_port}"]
                 ports.append({"name": f"lw-{number}", "containerPort": number})
         out.append(_with_router(dep, listeners, ports, sidecar))
     for svc in services:

@@ -81,7 +81,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo,
         return
     app = feed_app(_publisher.feed, TokenReviews(_api().review_token))
     server = _FeedServer(uvicorn.Config(app, host="0.0.0.0", port=FEED_PORT,
-                                        log_level="warning", lifespan="off"))
+                                        log_level="warning", lifespan="off",
+                                        timeout_graceful_shutdown=2))
     memo.tasks = [asyncio.create_task(server.serve()), asyncio.create_task(_publish_forever())]
 
 
