@@ -129,10 +129,15 @@ class KubernetesCluster:  # pragma: no cover - needs a cluster; the executor is 
 
     def apply(self, verb: str, kind: str, namespace: str, name: str,
               body: Mapping[str, Any] | None) -> None:
+        # A fork's Deployment is laneway's alone: replaced whole, so an env var taken out of
+        # the Sandbox goes too. A baseline Deployment (the router's injection) is the team's:
+        # patched (strategic merge), so only what laneway adds changes.
+        forked = SANDBOX_LABEL in ((body or {}).get("metadata", {}).get("labels") or {})
         if kind == "Deployment":
             ops = {"create": lambda: self.apps.create_namespaced_deployment(namespace, body),
-                   "replace": lambda: self.apps.patch_namespaced_deployment(name, namespace,
-                                                                            body),
+                   "replace": lambda: (
+                       self.apps.replace_namespaced_deployment if forked
+                       else self.apps.patch_namespaced_deployment)(name, namespace, body),
                    "delete": lambda: self.apps.delete_namespaced_deployment(name, namespace)}
         elif kind == "Service":
             ops = {"create": lambda: self.core.create_namespaced_service(namespace, body),
