@@ -154,7 +154,7 @@ async def test_router_mode_end_to_end(tmp_path: Path) -> None:
         "spec": {"labels": {"team": "pay"}, "ttl": "1h", "forks": [
             {"workload": {"name": "pricing"}, "env": [{"name": "VERSION", "value": "fork"}]}]}}
     plan, status = reconcile(sandbox, cluster, now, ROUTER)
-    assert plan.conditions[0]["reason"] == "Reconciled"
+    assert plan.conditions[0]["reason"] == "ForksStarting"
     key = status["routingKey"]
     sandbox["status"] = status
     cluster.apply("replace", "Sandbox", "shop", "sb-a", sandbox)
@@ -211,8 +211,10 @@ async def run_with_the_operator(http: httpx.AsyncClient, get: Any, answers: Any,
     assert await answers(None, "baseline")
 
     # The kubelet reports the fork ready; the operator's next table routes the key.
-    fork["status"] = {"availableReplicas": 1}
+    fork["status"] = {"availableReplicas": 1, "updatedReplicas": 1}
     cluster.apply("replace", "Deployment", "shop", "pricing-lw-sb-a", fork)
+    plan, _status = reconcile(sandbox, cluster, None, ROUTER)  # as the Deployment event does
+    assert plan.conditions[0]["reason"] == "ForksReady"
     assert publisher.publish(publisher.build(cluster))
     await eventually(lambda: answers(key, "fork"))
     resp = await get(key)

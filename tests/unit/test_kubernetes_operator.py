@@ -22,7 +22,7 @@ def test_reconcile_creates_then_converges_and_keeps_the_key() -> None:
     body = yaml.safe_load((DATA / "sandbox.yaml").read_text())
     body["metadata"].update(creationTimestamp="2026-11-23T11:00:00Z", finalizers=[FINALIZER],
                             uid="0b6f3c9e-1d2a-4e0b-9a51-5c7d2e8f1a20")
-    plan, status = reconcile(body, cluster, NOW)
+    _plan, status = reconcile(body, cluster, NOW)
     assert len(status["routingKey"]) == 12
     assert ("create", "Deployment", "pricing-lw-sb-a") in cluster.log
     fork = cluster.store[("Deployment", "shop", "pricing-lw-sb-a")]
@@ -31,10 +31,29 @@ def test_reconcile_creates_then_converges_and_keeps_the_key() -> None:
     assert "ownerReferences" not in team_vs["metadata"]
     body["status"] = status
     cluster.log.clear()
-    plan, again = reconcile(body, cluster, NOW)
+    _plan, again = reconcile(body, cluster, NOW)
     assert again["routingKey"] == status["routingKey"]
     assert cluster.log == []
-    assert plan.conditions[0]["status"] == "True"
+    starting = again["conditions"][0]
+    assert (starting["reason"], starting["status"]) == ("ForksStarting", "False")
+    assert starting["lastTransitionTime"] == "2026-11-23T12:00:00Z"
+    assert again["baggage"] == f"laneway-key={status['routingKey']}"
+
+    # The forks become available: Ready turns True, and its transition time moves.
+    for (kind, _, name), obj in cluster.store.items():
+        if kind == "Deployment" and name.endswith("-lw-sb-a"):
+            obj["status"] = {"availableReplicas": 1, "updatedReplicas": 1}
+    body["status"] = again
+    body["metadata"]["generation"] = 4
+    later = NOW.replace(minute=5)
+    _, ready = reconcile(body, cluster, later)
+    condition = ready["conditions"][0]
+    assert (condition["reason"], condition["status"]) == ("ForksReady", "True")
+    assert condition["lastTransitionTime"] == "2026-11-23T12:05:00Z"
+    assert condition["observedGeneration"] == 4
+    body["status"] = ready
+    _, still = reconcile(body, cluster, NOW.replace(minute=9))
+    assert still["conditions"][0]["lastTransitionTime"] == "2026-11-23T12:05:00Z"  # unchanged
 
 
 def test_handlers_module_imports() -> None:

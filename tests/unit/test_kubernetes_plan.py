@@ -45,20 +45,57 @@ def test_create_then_converge() -> None:
     assert verbs == [("create", "Deployment"), ("create", "Deployment"), ("create", "Service"),
                      ("create", "Service"), ("create", "VirtualService"),
                      ("patch", "VirtualService")]
-    assert plan.conditions[-1]["status"] == "True"
+    assert plan.conditions[-1]["reason"] == "ForksStarting"
     cluster = apply(cluster, plan)
     again = plan_sandbox(sandbox(), cluster, KEY, NOW)
     assert again.actions == []  # idempotent
-    assert again.requeue_after is not None
-    assert again.requeue_after <= 3600  # the TTL (2h) is watched
+    assert again.conditions[-1]["status"] == "False"  # no fork has a pod yet
+    assert again.conditions[-1]["message"] == (
+        "waiting for pricing-lw-sb-a, currency-lw-sb-a to have an available pod")
+    assert again.requeue_after == 3.0  # looked at again soon while forks start
+    for obj in cluster:
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] == "pricing-lw-sb-a":
+            obj["status"] = {"availableReplicas": 1, "updatedReplicas": 1}
+    partly = plan_sandbox(sandbox(), cluster, KEY, NOW)
+    assert partly.conditions[-1]["message"] == (
+        "waiting for currency-lw-sb-a to have an available pod")
+    cluster = available(cluster)
+    ready = plan_sandbox(sandbox(), cluster, KEY, NOW)
+    assert ready.actions == []
+    assert ready.conditions[-1]["reason"] == "ForksReady"
+    assert ready.requeue_after is not None
+    assert ready.requeue_after <= 3600  # the TTL (2h) is watched
+
+
+def available(cluster: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the Deployment controller reports once every fork has rolled out."""
+    for obj in cluster:
+        if obj["kind"] == "Deployment" and "laneway.dev/sandbox" in obj["metadata"].get(
+                "labels", {}):
+            obj["metadata"]["generation"] = 2
+            obj["status"] = {"observedGeneration": 2, "availableReplicas": 1,
+                             "updatedReplicas": 1}
+    return cluster
 
 
 def test_update_replaces_only_what_changed() -> None:
-    cluster = apply(load_manifests(DATA), plan_sandbox(sandbox(), load_manifests(DATA), KEY, NOW))
+    cluster = available(apply(load_manifests(DATA),
+                              plan_sandbox(sandbox(), load_manifests(DATA), KEY, NOW)))
     changed = sandbox()
     changed["spec"]["forks"][0]["env"] = [{"name": "DISCOUNT", "value": "30"}]
     plan = plan_sandbox(changed, cluster, KEY, NOW)
     assert [(a.verb, a.name) for a in plan.actions] == [("replace", "pricing-lw-sb-a")]
+    # Not Ready until the controller has rolled the new spec out.
+    assert plan.conditions[-1]["message"] == (
+        "waiting for pricing-lw-sb-a to have an available pod")
+    rolled = apply(cluster, plan)
+    fork = next(o for o in rolled if o["metadata"]["name"] == "pricing-lw-sb-a"
+                and o["kind"] == "Deployment")
+    fork["metadata"]["generation"] = 3  # the old pod is still the available one
+    fork["status"] = {"observedGeneration": 2, "availableReplicas": 1, "updatedReplicas": 1}
+    assert plan_sandbox(changed, rolled, KEY, NOW).conditions[-1]["reason"] == "ForksStarting"
+    fork["status"]["observedGeneration"] = 3
+    assert plan_sandbox(changed, rolled, KEY, NOW).conditions[-1]["reason"] == "ForksReady"
     fewer = sandbox()
     fewer["spec"]["forks"] = fewer["spec"]["forks"][:1]
     plan = plan_sandbox(fewer, cluster, KEY, NOW)

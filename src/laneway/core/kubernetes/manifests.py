@@ -20,7 +20,8 @@ _CONDITIONS = {
         "type": {"type": "string"}, "status": {"type": "string", "enum": ["True", "False",
                                                                           "Unknown"]},
         "reason": {"type": "string"}, "message": {"type": "string"},
-        "lastTransitionTime": {"type": "string", "format": "date-time"}}},
+        "lastTransitionTime": {"type": "string", "format": "date-time"},
+        "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0}}},
 }
 _LABELS = {"type": "object", "additionalProperties": {"type": "string", "maxLength": 63}}
 _ENV = {
@@ -56,6 +57,8 @@ SANDBOX_SCHEMA: dict[str, Any] = {
             "type": "object",
             "x-kubernetes-preserve-unknown-fields": True,
             "properties": {"routingKey": {"type": "string", "pattern": "^[a-z0-9]{12}$"},
+                           "baggage": {"type": "string",
+                                       "description": "the header value that selects it"},
                            "conditions": _CONDITIONS},
         },
     },
@@ -109,12 +112,15 @@ def _crd(kind: str, plural: str, short: str, schema: dict[str, Any],
 def crds() -> list[dict[str, Any]]:
     ready = {"name": "Ready", "type": "string",
              "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}
+    reason = {"name": "Reason", "type": "string",
+              "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}
     key = {"name": "Key", "type": "string", "jsonPath": ".status.routingKey"}
     age = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
     return [
         _crd("Sandbox", "sandboxes", "lwsb", SANDBOX_SCHEMA,
-             [key, ready, {"name": "TTL", "type": "string", "jsonPath": ".spec.ttl"}, age]),
-        _crd("RouteGroup", "routegroups", "lwrg", ROUTE_GROUP_SCHEMA, [key, ready, age]),
+             [key, ready, reason, {"name": "TTL", "type": "string", "jsonPath": ".spec.ttl"},
+              age]),
+        _crd("RouteGroup", "routegroups", "lwrg", ROUTE_GROUP_SCHEMA, [key, ready, reason, age]),
     ]
 
 

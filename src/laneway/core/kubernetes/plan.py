@@ -34,6 +34,7 @@ FINALIZER = "laneway.dev/cleanup"
 RETRY_ERROR_S = 10.0  # explicit, instead of kopf's default of 60 s
 RESYNC_S = 300.0
 GROUP_RESYNC_S = 10.0
+STARTING_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,11 +164,31 @@ def plan_sandbox(sandbox: Mapping[str, Any], cluster: Sequence[Mapping[str, Any]
         if ident not in wanted and ident[0] in ("Deployment", "Service") and \
                 _owned_by(existing, name):
             plan.actions.append(Action("delete", *ident))  # a fork removed from the spec
-    plan.conditions.append(_condition("True", "Reconciled",
-                                      f"{len(wanted)} objects for routing key {routing_key}"))
+    changed = {(a.kind, a.namespace, a.name) for a in plan.actions}
+    forks = [o for o in desired if o["kind"] == "Deployment" and _owned_by(o, name)]
+    starting = [_ident(o)[2] for o in forks
+                if _ident(o) in changed or not _available(current[_ident(o)])]
+    if starting:
+        # Ready means "send your requests now": not before every fork has a pod serving the
+        # wanted version. Look again soon rather than at the next resync.
+        plan.conditions.append(_condition("False", "ForksStarting", (
+            f"waiting for {', '.join(starting)} to have an available pod")))
+        plan.requeue_after = STARTING_S
+    else:
+        plan.conditions.append(_condition("True", "ForksReady", (
+            f"{len(forks)} forks ready for routing key {routing_key}")))
     if plan.requeue_after is None:
         plan.requeue_after = RESYNC_S
     return plan
+
+
+def _available(deployment: Mapping[str, Any]) -> bool:
+    """Rolled out: the controller has seen the current spec and an updated pod is available."""
+    status = deployment.get("status") or {}
+    generation = deployment.get("metadata", {}).get("generation")
+    seen = generation is None or int(status.get("observedGeneration") or 0) >= int(generation)
+    updated = status.get("updatedReplicas", status.get("availableReplicas"))
+    return seen and int(status.get("availableReplicas") or 0) >= 1 and int(updated or 0) >= 1
 
 
 def plan_route_group(group: Mapping[str, Any], sandboxes: Sequence[Mapping[str, Any]],

@@ -22,7 +22,7 @@ import kopf
 import uvicorn
 
 from laneway.core.kubernetes.plan import FINALIZER, RETRY_ERROR_S
-from laneway.core.kubernetes.render import FEED_PORT, RouterSidecar
+from laneway.core.kubernetes.render import FEED_PORT, SANDBOX_LABEL, RouterSidecar
 from laneway.runtime.kubernetes.cluster import KubernetesCluster
 from laneway.runtime.kubernetes.feed import TokenReviews, feed_app
 from laneway.runtime.kubernetes.operator import (
@@ -110,6 +110,27 @@ async def sandbox_changed(body: kopf.Body, patch: kopf.Patch,
     if plan.conditions and plan.conditions[0]["reason"] == "RenderFailed":
         raise kopf.TemporaryError(plan.conditions[0]["message"],
                                   delay=plan.requeue_after or RETRY_ERROR_S)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={SANDBOX_LABEL: kopf.PRESENT})
+async def fork_deployment_event(namespace: str | None, labels: kopf.Labels,
+                                **_: Any) -> None:  # pragma: no cover
+    """A fork's Deployment changed (a pod became available, or went away): pass over its
+    Sandbox now, so `Ready` turns True when the forks serve, not at the next resync."""
+    api = _api()
+    try:
+        sandbox = await asyncio.to_thread(
+            api.custom_api.get_namespaced_custom_object, "laneway.dev", "v1alpha1",
+            namespace, "sandboxes", labels[SANDBOX_LABEL])
+    except Exception:  # gone, or the API server is away: the Sandbox's own handlers cope
+        return
+    if sandbox.get("metadata", {}).get("deletionTimestamp"):
+        return
+    _plan, status = await asyncio.to_thread(reconcile, sandbox, api, None, SETTINGS)
+    await asyncio.to_thread(
+        api.custom_api.patch_namespaced_custom_object_status, "laneway.dev", "v1alpha1",
+        namespace, "sandboxes", labels[SANDBOX_LABEL], {"status": status})
+    _changed.set()
 
 
 @kopf.on.delete("laneway.dev", "v1alpha1", "sandboxes")

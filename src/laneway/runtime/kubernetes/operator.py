@@ -53,6 +53,25 @@ def _execute(plan: SandboxPlan, cluster: Cluster, owner: dict[str, Any] | None,
         cluster.apply(action.verb, action.kind, action.namespace, action.name, obj)
 
 
+def _stamped(conditions: list[dict[str, str]], body: Mapping[str, Any],
+             now: datetime) -> list[dict[str, Any]]:
+    """Conditions as Kubernetes conventions have them: `lastTransitionTime` moves only when
+    the status changes, and `observedGeneration` says which spec they describe."""
+    before = {c.get("type"): c for c in (body.get("status") or {}).get("conditions") or []}
+    generation = body.get("metadata", {}).get("generation")
+    out: list[dict[str, Any]] = []
+    for condition in conditions:
+        previous = before.get(condition["type"])
+        since = previous.get("lastTransitionTime") if previous and previous.get(
+            "status") == condition["status"] else None
+        stamped: dict[str, Any] = {**condition, "lastTransitionTime": since or now.strftime(
+            "%Y-%m-%dT%H:%M:%SZ")}
+        if generation is not None:
+            stamped["observedGeneration"] = int(generation)
+        out.append(stamped)
+    return out
+
+
 def reconcile(body: Mapping[str, Any], cluster: Cluster, now: datetime | None = None,
               settings: OperatorSettings | None = None) -> tuple[SandboxPlan, dict[str, Any]]:
     """One pass for one Sandbox: plan, execute, and return the plan and the new status."""
@@ -61,10 +80,12 @@ def reconcile(body: Mapping[str, Any], cluster: Cluster, now: datetime | None = 
     namespace = str(meta.get("namespace", "default"))
     status = dict(body.get("status") or {})
     key = status.get("routingKey") or new_routing_key()  # generated once, kept in status
-    plan = plan_sandbox(body, cluster.objects(namespace), key, now or datetime.now(UTC),
-                        settings.mode, settings.sidecar)
+    now = now or datetime.now(UTC)
+    plan = plan_sandbox(body, cluster.objects(namespace), key, now, settings.mode,
+                        settings.sidecar)
     _execute(plan, cluster, _owner_reference(body, "Sandbox"), str(meta.get("name")))
-    return plan, {"routingKey": key, "conditions": plan.conditions}
+    return plan, {"routingKey": key, "baggage": f"laneway-key={key}",
+                  "conditions": _stamped(plan.conditions, body, now)}
 
 
 def reconcile_route_group(body: Mapping[str, Any], cluster: Cluster,
@@ -77,7 +98,7 @@ def reconcile_route_group(body: Mapping[str, Any], cluster: Cluster,
     plan, status = plan_route_group(body, cluster.custom("Sandbox"), cluster.objects(namespace),
                                     key, settings.mode)
     _execute(plan, cluster, None, None)
-    return plan, status
+    return plan, {**status, "conditions": _stamped(plan.conditions, body, datetime.now(UTC))}
 
 
 class RoutesPublisher:
