@@ -264,14 +264,16 @@ spec:
       containers:
         - name: orders
           image: registry.example/orders:3
-          ports: [{name: web, containerPort: 9000}, {name: admin, containerPort: 9001}]
+          ports: [{name: web, containerPort: 9000}, {name: admin, containerPort: 9001},
+                  {name: grpc, containerPort: 9090}]
 ---
 apiVersion: v1
 kind: Service
 metadata: {name: orders, namespace: shop}
 spec:
   selector: {app: orders}
-  ports: [{name: http, port: 80, targetPort: web}, {name: admin, port: 9001}]
+  ports: [{name: http, port: 80, targetPort: web}, {name: http-admin, port: 9001},
+          {name: grpc, port: 9090, targetPort: grpc}]
 """
 
 
@@ -347,17 +349,27 @@ def test_router_mode_resolves_named_ports_and_serves_each_service_port() -> None
     for obj in objects.values():
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     service = objects[("Service", "orders")]
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == [15080, 15081]
+    # The gRPC port is not HTTP/1.1: it keeps going straight to the application.
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [15080, 15081, "grpc"]
     assert service["metadata"]["annotations"]["laneway.dev/target-ports"] == \
         '{"80": 9000, "9001": 9001}'
     args = objects[("Deployment", "orders")]["spec"]["template"]["spec"]["containers"][-1][
         "args"]
     assert [args[i + 1] for i, a in enumerate(args) if a == "--listen"] == [
-        "orders.shop:http=15080", "orders.shop:admin=15081"]
+        "orders.shop:http=15080", "orders.shop:http-admin=15081"]
     assert [args[i + 1] for i, a in enumerate(args) if a == "--baseline"] == [
-        "orders.shop:http=127.0.0.1:9000", "orders.shop:admin=127.0.0.1:9001"]
+        "orders.shop:http=127.0.0.1:9000", "orders.shop:http-admin=127.0.0.1:9001"]
     fork_svc = objects[("Service", "orders-lw-sb-o")]
-    assert [p["targetPort"] for p in fork_svc["spec"]["ports"]] == [9000, 9001]
+    assert [p["targetPort"] for p in fork_svc["spec"]["ports"]] == [9000, 9001, 9090]
+
+    from laneway.core.kubernetes.table import build_route_table
+
+    injected = [dict(o, metadata={**o["metadata"], "namespace": "shop"})
+                for o in objects.values() if o["kind"] == "Service"]
+    table = build_route_table([], [], injected)
+    assert sorted(table.baseline) == ["orders.shop:http", "orders.shop:http-admin"]
+    first = render_sandbox(doc, baseline, KEY, mode="router")
+    assert render_sandbox(doc, _merged(baseline, first), KEY, mode="router") == first
 
 
 def test_router_mode_errors_name_the_field() -> None:
@@ -376,6 +388,15 @@ def test_router_mode_errors_name_the_field() -> None:
     doc["spec"]["forks"][0]["workload"].pop("namespace")
     with pytest.raises(RenderError, match="already listens on 15080"):
         render_sandbox(doc, baseline, KEY, mode="router")
+    baseline = list(yaml.safe_load_all(MULTI_PORT))
+    baseline[1]["spec"]["clusterIP"] = "None"
+    with pytest.raises(RenderError, match="Service orders is headless"):
+        render_sandbox(doc, baseline, KEY, mode="router")
+    baseline[1]["spec"].pop("clusterIP")
+    baseline[1]["spec"]["ports"] = [{"name": "grpc", "port": 9090}]
+    with pytest.raises(RenderError, match="Service orders has no HTTP/1.1 port"):
+        render_sandbox(doc, baseline, KEY, mode="router")
+    assert len(render_sandbox(doc, baseline, KEY, mode="istio")) == 3  # Istio routes gRPC
 
 
 def test_install_router_mode_adds_the_feed_service_and_token_reviews() -> None:

@@ -214,16 +214,18 @@ def original_target_ports(service: Mapping[str, Any],
     the router was put in front (kept in an annotation), a named targetPort resolved against
     the Deployment's containers, or the port itself when no targetPort is given."""
     kept = (service.get("metadata", {}).get("annotations") or {}).get(TARGET_PORTS_ANNOTATION)
-    if kept:
-        return {int(k): int(v) for k, v in json.loads(kept).items()}
+    out = {int(k): int(v) for k, v in json.loads(kept).items()} if kept else {}
     named = {str(p["name"]): int(p["containerPort"])
              for c in (_containers(deployment) if deployment else [])
              for p in c.get("ports") or [] if p.get("name")}
-    out: dict[int, int] = {}
     for port in service.get("spec", {}).get("ports") or []:
+        if int(port["port"]) in out:
+            continue  # behind the router: where it pointed before
         target = port.get("targetPort", port["port"])
         if isinstance(target, str) and not target.isdigit():
             if target not in named:
+                if deployment is None:
+                    continue
                 raise RenderError(f"Service {service['metadata']['name']}: targetPort "
                                   f"{target!r} names no container port of the Deployment")
             target = named[target]
@@ -303,11 +305,37 @@ def _baseline_deployments(objects: Iterable[dict[str, Any]], service: Mapping[st
                 .get(k) == v for k, v in selector.items())]
 
 
+def speaks_http1(port: Mapping[str, Any]) -> bool:
+    """Whether a Service port carries HTTP/1.1, by the convention Istio users know: an
+    `appProtocol` of `http`, or a name `http` / `http-*`. Other named ports (grpc, http2, tcp,
+    redis-…) are left alone; an unnamed TCP port is taken for HTTP, the common case."""
+    if port.get("protocol", "TCP") != "TCP":
+        return False
+    protocol = str(port.get("appProtocol") or "").lower()
+    if protocol:
+        return protocol == "http"
+    name = str(port.get("name") or "").lower()
+    return not name or name == "http" or name.startswith("http-")
+
+
+def _check_routable(service: Mapping[str, Any]) -> None:
+    name = service["metadata"]["name"]
+    if service.get("spec", {}).get("clusterIP") == "None":
+        raise RenderError(f"Service {name} is headless (clusterIP: None): its callers reach "
+                          "pods directly, so router mode cannot stand in front of it")
+    if not any(speaks_http1(p) for p in service.get("spec", {}).get("ports") or []):
+        raise RenderError(f"Service {name} has no HTTP/1.1 port (name it http or http-*, or set "
+                          "appProtocol: http): router mode routes HTTP/1.1")
+
+
 def _inject(objects: list[dict[str, Any]], services: list[dict[str, Any]], namespace: str,
             sidecar: RouterSidecar) -> list[dict[str, Any]]:
-    """The baseline Services of `services` pointed at the router, and every Deployment they
-    select carrying it, listening for every injected Service that selects its pods. Ports are
-    given by position among all Services selecting the pods, so they never move."""
+    """The baseline Services of `services` pointed at the router (their HTTP/1.1 ports), and
+    every Deployment they select carrying it, listening for every injected Service that selects
+    its pods. Ports are given by position among all ports of the Services selecting the pods,
+    so they never move."""
+    for svc in services:
+        _check_routable(svc)
     injected = {svc["metadata"]["name"] for svc in services} | {
         o["metadata"]["name"] for o in objects
         if o.get("kind") == "Service" and _namespace(o, "default") == namespace
@@ -331,7 +359,7 @@ def _inject(objects: list[dict[str, Any]], services: list[dict[str, Any]], names
             for port in svc.get("spec", {}).get("ports") or []:
                 number = ROUTER_FIRST_PORT + slot
                 slot += 1
-                if svc["metadata"]["name"] not in injected:
+                if svc["metadata"]["name"] not in injected or not speaks_http1(port):
                     continue
                 if number in taken:
                     raise RenderError(f"Deployment {dep_name}: a container already listens on "
@@ -347,18 +375,26 @@ def _inject(objects: list[dict[str, Any]], services: list[dict[str, Any]], names
                 listeners += ["--listen", f"{table_service(svc, port)}={number}",
                               "--baseline", f"{table_service(svc, port)}=127.0.0.1:{app_port}"]
                 ports.append({"name": f"lw-{number}", "containerPort": number})
-        out.append(_with_router(dep, listeners, ports, sidecar))
+        if ports:
+            out.append(_with_router(dep, listeners, ports, sidecar))
     for svc in services:
         selected = _baseline_deployments(objects, svc, namespace)
-        targets = original_target_ports(svc, selected[0] if selected else None)
+        if not selected:
+            raise RenderError(f"Service {svc['metadata']['name']}: no Deployment has the pods "
+                              "it selects; router mode puts the router in their pods")
+        targets = original_target_ports(svc, selected[0])
         patched = copy.deepcopy(svc)
         patched.pop("status", None)
         meta = patched["metadata"] = _clean_metadata(patched.get("metadata", {}))
         meta["labels"] = {**(meta.get("labels") or {}), ROUTER_LABEL: "on"}
+        routed = {int(p["port"]) for p in patched["spec"].get("ports") or []
+                  if speaks_http1(p)}
         meta["annotations"] = {**(meta.get("annotations") or {}), TARGET_PORTS_ANNOTATION:
-                               json.dumps({str(k): v for k, v in sorted(targets.items())})}
+                               json.dumps({str(k): v for k, v in sorted(targets.items())
+                                           if k in routed})}
         for port in patched["spec"].get("ports") or []:
-            port["targetPort"] = router_ports[(meta["name"], int(port["port"]))]
+            if int(port["port"]) in routed:
+                port["targetPort"] = router_ports[(meta["name"], int(port["port"]))]
         out.append(patched)
     return out
 
@@ -381,9 +417,11 @@ def _with_router(dep: dict[str, Any], listeners: list[str], ports: list[dict[str
                            "periodSeconds": 5},
         "resources": {"requests": {"cpu": "20m", "memory": "48Mi"},
                       "limits": {"memory": "128Mi"}},
+        # Fits the "restricted" Pod Security Standard.
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "runAsNonRoot": True, "runAsUser": 10001,
-                            "capabilities": {"drop": ["ALL"]}},
+                            "capabilities": {"drop": ["ALL"]},
+                            "seccompProfile": {"type": "RuntimeDefault"}},
         "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}],
     })
     # A ServiceAccount token for the feed, bound to its audience and rotated by the kubelet;

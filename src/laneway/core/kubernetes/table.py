@@ -14,16 +14,17 @@ from objects the operator made or marked, so the table is level-triggered like t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from laneway.core.kubernetes.render import (
     FORK_OF_LABEL,
     ROUTER_LABEL,
     SANDBOX_LABEL,
+    TARGET_PORTS_ANNOTATION,
     RenderError,
     group_members,
-    original_target_ports,
     table_service,
 )
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
@@ -45,7 +46,8 @@ def _key_of(obj: Mapping[str, Any]) -> str | None:
 
 
 def _fork_routes(sandbox: Mapping[str, Any], objects: list[Mapping[str, Any]],
-                 injected: Mapping[tuple[str, str], Mapping[str, Any]]) -> dict[str, ForkRoute]:
+                 injected: Mapping[tuple[str, str], Mapping[str, Any]],
+                 routed: Collection[str]) -> dict[str, ForkRoute]:
     name = str(sandbox["metadata"]["name"])
     routes: dict[str, ForkRoute] = {}
     mine = [o for o in objects
@@ -75,6 +77,8 @@ def _fork_routes(sandbox: Mapping[str, Any], objects: list[Mapping[str, Any]],
             if base_port is None:
                 continue
             service = table_service(base, base_port)
+            if service not in routed:
+                continue  # a port the router does not stand in front of
             upstream = Upstream(str(cluster_ip), int(port["port"])) if not reason else None
             routes[service] = ForkRoute(service, name, upstream, not reason, reason, fork)
     return routes
@@ -92,18 +96,20 @@ def build_route_table(sandboxes: Iterable[Mapping[str, Any]],
             continue
         injected[(_ns(svc), str(svc["metadata"]["name"]))] = svc
         try:
-            targets = original_target_ports(svc, None)
-        except (RenderError, ValueError):
+            kept = svc["metadata"].get("annotations", {}).get(TARGET_PORTS_ANNOTATION, "{}")
+            targets = {int(k): int(v) for k, v in json.loads(kept).items()}
+        except (AttributeError, TypeError, ValueError):
             continue  # an annotation edited by hand: the Service is left out, not guessed
         for port in svc.get("spec", {}).get("ports") or []:
+            if int(port["port"]) not in targets:
+                continue  # a port the router does not stand in front of (not HTTP/1.1)
             name = table_service(svc, port)
-            table.baseline[name] = Upstream("127.0.0.1", targets.get(int(port["port"]),
-                                                                     int(port["port"])))
+            table.baseline[name] = Upstream("127.0.0.1", targets[int(port["port"])])
             table.forks.setdefault(name, {})
     by_sandbox: dict[tuple[str, str], dict[str, ForkRoute]] = {}
     keyed = [s for s in sandboxes if _key_of(s)]
     for sandbox in keyed:
-        routes = _fork_routes(sandbox, objects, injected)
+        routes = _fork_routes(sandbox, objects, injected, table.baseline.keys())
         by_sandbox[(_ns(sandbox), str(sandbox["metadata"]["name"]))] = routes
         for service, route in routes.items():
             table.forks[service][str(_key_of(sandbox))] = route
