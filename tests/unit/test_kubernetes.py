@@ -394,7 +394,7 @@ def test_router_mode_errors_name_the_field() -> None:
         render_sandbox(doc, baseline, KEY, mode="router")
     baseline[1]["spec"].pop("clusterIP")
     baseline[1]["spec"]["ports"] = [{"name": "grpc", "port": 9090}]
-    with pytest.raises(RenderError, match="Service orders has no HTTP/1.1 port"):
+    with pytest.raises(RenderError, match=r"Service orders has no HTTP/1\.1 port"):
         render_sandbox(doc, baseline, KEY, mode="router")
     assert len(render_sandbox(doc, baseline, KEY, mode="istio")) == 3  # Istio routes gRPC
 

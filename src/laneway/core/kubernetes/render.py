@@ -460,12 +460,20 @@ def _virtual_service_routes(out: list[dict[str, Any]], baseline: list[dict[str, 
         merged.pop("status", None)
         merged["metadata"] = _clean_metadata(merged.get("metadata", {}))
         spec = merged.setdefault("spec", {})
-        mine = route_name(sandbox)
-        theirs = [r for r in spec.get("http", []) if r.get("name") != mine]
-        # laneway's routes first (most specific), then every route of theirs, unchanged and in
-        # order; laneway-owned routes carry the `laneway-` prefix.
-        spec["http"] = routes_by_vs[ident] + theirs
+        spec["http"] = _merge_routes(spec.get("http", []), routes_by_vs[ident])
         out.append(merged)
+
+
+def _merge_routes(existing: list[dict[str, Any]], mine: list[dict[str, Any]]) -> list[
+        dict[str, Any]]:
+    """laneway's keyed routes first, sorted by name (so the passes of sandboxes and route
+    groups agree on one order and never undo each other), then every other route, unchanged
+    and in order: the team's, and the default of a laneway-owned VirtualService."""
+    names = {r["name"] for r in mine}
+    keyed = [r for r in existing if str(r.get("name", "")).startswith(ROUTE_PREFIX)
+             and r.get("name") != "laneway-default" and r.get("name") not in names]
+    rest = [r for r in existing if r not in keyed and r.get("name") not in names]
+    return sorted([*keyed, *mine], key=lambda r: str(r["name"])) + rest
 
 
 def _virtual_service_of(objects: Iterable[dict[str, Any]], svc_name: str,
@@ -599,8 +607,7 @@ def render_route_group(group: Mapping[str, Any], sandboxes: Iterable[Mapping[str
         merged = copy.deepcopy(vs)
         merged.pop("status", None)
         merged["metadata"] = _clean_metadata(merged.get("metadata", {}))
-        rest = [r for r in merged["spec"].get("http", []) if r.get("name") != route_name]
-        merged["spec"]["http"] = [route, *rest]
+        merged["spec"]["http"] = _merge_routes(merged["spec"].get("http", []), [route])
         out.append(merged)
     status = {"routingKey": routing_key, "sandboxes": [m["metadata"]["name"] for m in members],
               "conflicts": conflicts}

@@ -30,8 +30,16 @@ class Cluster(Protocol):
         """What router mode's table is made of, in all namespaces: Services behind the router
         (`laneway.dev/router=on`) and the forks' Deployments and Services."""
 
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One `Sandbox` or `RouteGroup`, or None when there is none."""
+
+    def patch_status(self, kind: str, namespace: str, name: str,
+                     status: Mapping[str, Any]) -> None: ...
+
     def apply(self, verb: str, kind: str, namespace: str, name: str,
-              body: Mapping[str, Any] | None) -> None: ...
+              body: Mapping[str, Any] | None) -> None:
+        """create/replace/patch/delete a Deployment, Service or VirtualService; delete a
+        Sandbox (an expired one)."""
 
 
 def _key(kind: str, namespace: str, name: str) -> tuple[str, str, str]:
@@ -51,6 +59,17 @@ class MemoryCluster:
 
     def custom(self, kind: str) -> list[dict[str, Any]]:
         return [copy.deepcopy(o) for (k, _, _), o in self.store.items() if k == kind]
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.store.get(_key(kind, namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
+    def patch_status(self, kind: str, namespace: str, name: str,
+                     status: Mapping[str, Any]) -> None:
+        self.log.append(("patch-status", kind, name))
+        found = self.store.get(_key(kind, namespace, name))
+        if found is not None:
+            found["status"] = {**(found.get("status") or {}), **copy.deepcopy(dict(status))}
 
     def routed(self) -> list[dict[str, Any]]:
         return [copy.deepcopy(o) for (kind, _, _), o in self.store.items()
@@ -119,6 +138,22 @@ class KubernetesCluster:  # pragma: no cover - needs a cluster; the executor is 
             label_selector=SANDBOX_LABEL).items)
         return out
 
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return dict(self.custom_api.get_namespaced_custom_object(
+                *_LANEWAY, namespace, PLURALS[kind], name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_status(self, kind: str, namespace: str, name: str,
+                     status: Mapping[str, Any]) -> None:
+        self.custom_api.patch_namespaced_custom_object_status(
+            *_LANEWAY, namespace, PLURALS[kind], name, {"status": dict(status)})
+
     def review_token(self, token: str, audience: str) -> bool:
         """Whether the API server vouches for `token` with `audience` (a TokenReview)."""
         review = self.auth.create_token_review({"apiVersion": "authentication.k8s.io/v1",
@@ -133,7 +168,10 @@ class KubernetesCluster:  # pragma: no cover - needs a cluster; the executor is 
         # the Sandbox goes too. A baseline Deployment (the router's injection) is the team's:
         # patched (strategic merge), so only what laneway adds changes.
         forked = SANDBOX_LABEL in ((body or {}).get("metadata", {}).get("labels") or {})
-        if kind == "Deployment":
+        if kind in PLURALS:
+            ops = {"delete": lambda: self.custom_api.delete_namespaced_custom_object(
+                *_LANEWAY, namespace, PLURALS[kind], name)}
+        elif kind == "Deployment":
             ops = {"create": lambda: self.apps.create_namespaced_deployment(namespace, body),
                    "replace": lambda: (
                        self.apps.replace_namespaced_deployment if forked

@@ -23,7 +23,7 @@ import uvicorn
 
 from laneway.core.kubernetes.plan import FINALIZER, RETRY_ERROR_S
 from laneway.core.kubernetes.render import FEED_PORT, SANDBOX_LABEL, RouterSidecar
-from laneway.runtime.kubernetes.cluster import KubernetesCluster
+from laneway.runtime.kubernetes.cluster import Cluster, KubernetesCluster
 from laneway.runtime.kubernetes.feed import TokenReviews, feed_app
 from laneway.runtime.kubernetes.operator import (
     OperatorSettings,
@@ -43,13 +43,13 @@ SETTINGS = OperatorSettings(
     mode="router" if _mode == "router" else "istio",
     sidecar=RouterSidecar(image=os.environ.get("LANEWAY_ROUTER_IMAGE", "laneway:dev"),
                           operator_namespace=os.environ.get("POD_NAMESPACE", "laneway-system")))
-_clusters: list[KubernetesCluster] = []
+_clusters: list[Cluster] = []  # the cluster, made on first use (tests put their own here)
 _publisher = RoutesPublisher()
 _changed = asyncio.Event()
 
 
-def _api() -> KubernetesCluster:  # pragma: no cover - needs a cluster
-    if not _clusters:
+def _api() -> Cluster:
+    if not _clusters:  # pragma: no cover - needs a cluster
         _clusters.append(KubernetesCluster())
     return _clusters[0]
 
@@ -79,7 +79,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo,
     settings.batching.error_delays = [1, 2, 5, 10, 10, 30]
     if SETTINGS.mode != "router":
         return
-    app = feed_app(_publisher.feed, TokenReviews(_api().review_token))
+    cluster = _api()
+    assert isinstance(cluster, KubernetesCluster)
+    app = feed_app(_publisher.feed, TokenReviews(cluster.review_token))
     server = _FeedServer(uvicorn.Config(app, host="0.0.0.0", port=FEED_PORT,
                                         log_level="warning", lifespan="off",
                                         timeout_graceful_shutdown=2))
@@ -97,16 +99,14 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:  # pragma: no cover
 @kopf.on.update("laneway.dev", "v1alpha1", "sandboxes")
 @kopf.timer("laneway.dev", "v1alpha1", "sandboxes", interval=30.0)
 async def sandbox_changed(body: kopf.Body, patch: kopf.Patch,
-                          **_: Any) -> None:  # pragma: no cover
+                          **_: Any) -> None:
     # The official client blocks: each pass runs in a thread, off the operator's loop.
     plan, status = await asyncio.to_thread(reconcile, body, _api(), None, SETTINGS)
     patch.status.update(status)
     _changed.set()
-    if any(a.verb == "delete-sandbox" for a in plan.actions):
-        await asyncio.to_thread(
-            _api().custom_api.delete_namespaced_custom_object,
-            "laneway.dev", "v1alpha1", str(body.metadata.namespace), "sandboxes",
-            str(body.metadata.name))
+    if any(a.verb == "delete-sandbox" for a in plan.actions):  # its TTL has passed
+        await asyncio.to_thread(_api().apply, "delete", "Sandbox", str(body.metadata.namespace),
+                                str(body.metadata.name), None)
     if plan.conditions and plan.conditions[0]["reason"] == "RenderFailed":
         raise kopf.TemporaryError(plan.conditions[0]["message"],
                                   delay=plan.requeue_after or RETRY_ERROR_S)
@@ -114,27 +114,25 @@ async def sandbox_changed(body: kopf.Body, patch: kopf.Patch,
 
 @kopf.on.event("apps", "v1", "deployments", labels={SANDBOX_LABEL: kopf.PRESENT})
 async def fork_deployment_event(namespace: str | None, labels: kopf.Labels,
-                                **_: Any) -> None:  # pragma: no cover
+                                **_: Any) -> None:
     """A fork's Deployment changed (a pod became available, or went away): pass over its
     Sandbox now, so `Ready` turns True when the forks serve, not at the next resync."""
     api = _api()
+    name = labels[SANDBOX_LABEL]
     try:
-        sandbox = await asyncio.to_thread(
-            api.custom_api.get_namespaced_custom_object, "laneway.dev", "v1alpha1",
-            namespace, "sandboxes", labels[SANDBOX_LABEL])
-    except Exception:  # gone, or the API server is away: the Sandbox's own handlers cope
+        sandbox = await asyncio.to_thread(api.get, "Sandbox", str(namespace), name)
+    except Exception:  # the API server is away: the Sandbox's own handlers cope
+        log.warning("sandbox %s/%s not read", namespace, name, exc_info=True)
         return
-    if sandbox.get("metadata", {}).get("deletionTimestamp"):
+    if sandbox is None or sandbox.get("metadata", {}).get("deletionTimestamp"):
         return
     _plan, status = await asyncio.to_thread(reconcile, sandbox, api, None, SETTINGS)
-    await asyncio.to_thread(
-        api.custom_api.patch_namespaced_custom_object_status, "laneway.dev", "v1alpha1",
-        namespace, "sandboxes", labels[SANDBOX_LABEL], {"status": status})
+    await asyncio.to_thread(api.patch_status, "Sandbox", str(namespace), name, status)
     _changed.set()
 
 
 @kopf.on.delete("laneway.dev", "v1alpha1", "sandboxes")
-async def sandbox_deleted(body: kopf.Body, **_: Any) -> None:  # pragma: no cover
+async def sandbox_deleted(body: kopf.Body, **_: Any) -> None:
     deleting = {**body, "metadata": {**body["metadata"],
                                      "deletionTimestamp": datetime.now(UTC).isoformat()}}
     await asyncio.to_thread(reconcile, deleting, _api(), None, SETTINGS)
@@ -146,7 +144,7 @@ async def sandbox_deleted(body: kopf.Body, **_: Any) -> None:  # pragma: no cove
 @kopf.on.update("laneway.dev", "v1alpha1", "routegroups")
 @kopf.timer("laneway.dev", "v1alpha1", "routegroups", interval=10.0)
 async def route_group_changed(body: kopf.Body, patch: kopf.Patch,
-                              **_: Any) -> None:  # pragma: no cover
+                              **_: Any) -> None:
     plan, status = await asyncio.to_thread(reconcile_route_group, body, _api(), SETTINGS)
     patch.status.update(status)
     _changed.set()
@@ -156,7 +154,7 @@ async def route_group_changed(body: kopf.Body, patch: kopf.Patch,
 
 
 @kopf.on.delete("laneway.dev", "v1alpha1", "routegroups")
-async def route_group_deleted(body: kopf.Body, **_: Any) -> None:  # pragma: no cover
+async def route_group_deleted(body: kopf.Body, **_: Any) -> None:
     deleting = {**body, "metadata": {**body["metadata"],
                                      "deletionTimestamp": datetime.now(UTC).isoformat()}}
     await asyncio.to_thread(reconcile_route_group, deleting, _api(), SETTINGS)
