@@ -112,3 +112,12 @@ async def test_route_group_handlers(cluster: MemoryCluster) -> None:
         "http"]]
     assert "laneway-rg-pay" not in routes
     assert "laneway-sb-a" in routes
+
+
+async def test_startup_sets_explicit_retry_delays() -> None:
+    settings = kopf.OperatorSettings()
+    assert settings.execution.default_backoff == 60  # kopf's own, which laneway replaces
+    await handlers.configure(settings=settings, memo=kopf.Memo())
+    assert settings.execution.default_backoff == 10.0
+    assert max(settings.queueing.error_delays) == 30  # a broken watch: back within seconds
+    assert settings.persistence.finalizer == FINALIZER

@@ -5,7 +5,8 @@ table every two seconds and after every pass.
 
 Settings come from the operator Deployment's environment: `LANEWAY_ROUTING_MODE` (istio or
 router), `LANEWAY_ROUTER_IMAGE` (the sidecar's image), `POD_NAMESPACE` (where the feed's
-Service is). Needs a cluster (not exercised in tests; the passes and plans they run are).
+Service is). Tests call the handlers over the in-memory cluster; kopf's dispatch, the feed
+server's start and the official client need a cluster.
 """
 
 from __future__ import annotations
@@ -73,13 +74,15 @@ class _FeedServer(uvicorn.Server):  # pragma: no cover
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo,
-                    **_: Any) -> None:  # pragma: no cover
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
-    settings.batching.error_delays = [1, 2, 5, 10, 10, 30]
+    # A handler that fails (the API server refused a write, say) runs again after 10 s, not
+    # kopf's 60 s; a broken watch stream is retried within seconds.
+    settings.execution.default_backoff = RETRY_ERROR_S
+    settings.queueing.error_delays = [1, 2, 5, 10, 10, 30]
     if SETTINGS.mode != "router":
         return
-    cluster = _api()
+    cluster = _api()  # pragma: no cover - router mode serves the feed of a real cluster
     assert isinstance(cluster, KubernetesCluster)
     app = feed_app(_publisher.feed, TokenReviews(cluster.review_token))
     server = _FeedServer(uvicorn.Config(app, host="0.0.0.0", port=FEED_PORT,
@@ -94,10 +97,10 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:  # pragma: no cover
         task.cancel()
 
 
-@kopf.on.resume("laneway.dev", "v1alpha1", "sandboxes")
-@kopf.on.create("laneway.dev", "v1alpha1", "sandboxes")
-@kopf.on.update("laneway.dev", "v1alpha1", "sandboxes")
-@kopf.timer("laneway.dev", "v1alpha1", "sandboxes", interval=30.0)
+@kopf.on.resume("laneway.dev", "v1alpha1", "sandboxes", backoff=RETRY_ERROR_S)
+@kopf.on.create("laneway.dev", "v1alpha1", "sandboxes", backoff=RETRY_ERROR_S)
+@kopf.on.update("laneway.dev", "v1alpha1", "sandboxes", backoff=RETRY_ERROR_S)
+@kopf.timer("laneway.dev", "v1alpha1", "sandboxes", interval=30.0, backoff=RETRY_ERROR_S)
 async def sandbox_changed(body: kopf.Body, patch: kopf.Patch,
                           **_: Any) -> None:
     # The official client blocks: each pass runs in a thread, off the operator's loop.
@@ -131,7 +134,7 @@ async def fork_deployment_event(namespace: str | None, labels: kopf.Labels,
     _changed.set()
 
 
-@kopf.on.delete("laneway.dev", "v1alpha1", "sandboxes")
+@kopf.on.delete("laneway.dev", "v1alpha1", "sandboxes", backoff=RETRY_ERROR_S)
 async def sandbox_deleted(body: kopf.Body, **_: Any) -> None:
     deleting = {**body, "metadata": {**body["metadata"],
                                      "deletionTimestamp": datetime.now(UTC).isoformat()}}
@@ -139,10 +142,10 @@ async def sandbox_deleted(body: kopf.Body, **_: Any) -> None:
     _changed.set()
 
 
-@kopf.on.resume("laneway.dev", "v1alpha1", "routegroups")
-@kopf.on.create("laneway.dev", "v1alpha1", "routegroups")
-@kopf.on.update("laneway.dev", "v1alpha1", "routegroups")
-@kopf.timer("laneway.dev", "v1alpha1", "routegroups", interval=10.0)
+@kopf.on.resume("laneway.dev", "v1alpha1", "routegroups", backoff=RETRY_ERROR_S)
+@kopf.on.create("laneway.dev", "v1alpha1", "routegroups", backoff=RETRY_ERROR_S)
+@kopf.on.update("laneway.dev", "v1alpha1", "routegroups", backoff=RETRY_ERROR_S)
+@kopf.timer("laneway.dev", "v1alpha1", "routegroups", interval=10.0, backoff=RETRY_ERROR_S)
 async def route_group_changed(body: kopf.Body, patch: kopf.Patch,
                               **_: Any) -> None:
     plan, status = await asyncio.to_thread(reconcile_route_group, body, _api(), SETTINGS)
@@ -153,7 +156,7 @@ async def route_group_changed(body: kopf.Body, patch: kopf.Patch,
                                   delay=plan.requeue_after or RETRY_ERROR_S)
 
 
-@kopf.on.delete("laneway.dev", "v1alpha1", "routegroups")
+@kopf.on.delete("laneway.dev", "v1alpha1", "routegroups", backoff=RETRY_ERROR_S)
 async def route_group_deleted(body: kopf.Body, **_: Any) -> None:
     deleting = {**body, "metadata": {**body["metadata"],
                                      "deletionTimestamp": datetime.now(UTC).isoformat()}}
