@@ -1,7 +1,8 @@
 """`make bench`: every benchmark group, with the machine it ran on.
 
 Groups 1-2 (router vs HAProxy and nginx, routing scale) are in router_bench.py, groups 3-5
-(lifecycle, density, control plane) in lifecycle.py. BENCH_GROUPS=1,3 runs a subset.
+(lifecycle, density, control plane) in lifecycle.py, group 6 (the Kubernetes operator's passes)
+in k8s_operator.py. BENCH_GROUPS=1,3 runs a subset.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import k8s_operator
 import lifecycle
 import peers
 import router_bench
 
 
 def main() -> None:
-    groups = set(os.environ.get("BENCH_GROUPS", "1,2,3,4,5").split(","))
+    groups = set(os.environ.get("BENCH_GROUPS", "1,2,3,4,5,6").split(","))
     cpu = next((ln.split(":", 1)[1].strip() for ln in
                 Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
                platform.processor())
@@ -35,6 +37,8 @@ def main() -> None:
         lifecycle.group4(int(os.environ.get("BENCH_DENSITY", "100")))
     if "5" in groups:
         lifecycle.group5(int(os.environ.get("BENCH_STORED", "1000")))
+    if "6" in groups:
+        k8s_operator.main()
 
 
 if __name__ == "__main__":

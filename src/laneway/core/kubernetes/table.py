@@ -45,13 +45,12 @@ def _key_of(obj: Mapping[str, Any]) -> str | None:
     return str(key) if key and not obj.get("metadata", {}).get("deletionTimestamp") else None
 
 
-def _fork_routes(sandbox: Mapping[str, Any], objects: list[Mapping[str, Any]],
+def _fork_routes(sandbox: Mapping[str, Any], mine: list[Mapping[str, Any]],
                  injected: Mapping[tuple[str, str], Mapping[str, Any]],
                  routed: Collection[str]) -> dict[str, ForkRoute]:
+    """The routes of one sandbox, from its own objects (`mine`)."""
     name = str(sandbox["metadata"]["name"])
     routes: dict[str, ForkRoute] = {}
-    mine = [o for o in objects
-            if _labels(o).get(SANDBOX_LABEL) == name and _ns(o) == _ns(sandbox)]
     deployments = [o for o in mine if o.get("kind") == "Deployment"]
     for svc in (o for o in mine if o.get("kind") == "Service"):
         base = injected.get((_ns(svc), str(_labels(svc).get(FORK_OF_LABEL))))
@@ -91,6 +90,10 @@ def build_route_table(sandboxes: Iterable[Mapping[str, Any]],
     objects = list(objects)
     table = RouteTable()
     injected: dict[tuple[str, str], Mapping[str, Any]] = {}
+    owned: dict[tuple[str, str], list[Mapping[str, Any]]] = {}  # one pass, not one per sandbox
+    for obj in objects:
+        if SANDBOX_LABEL in _labels(obj):
+            owned.setdefault((_ns(obj), str(_labels(obj)[SANDBOX_LABEL])), []).append(obj)
     for svc in objects:
         if svc.get("kind") != "Service" or _labels(svc).get(ROUTER_LABEL) != "on":
             continue
@@ -109,8 +112,9 @@ def build_route_table(sandboxes: Iterable[Mapping[str, Any]],
     by_sandbox: dict[tuple[str, str], dict[str, ForkRoute]] = {}
     keyed = [s for s in sandboxes if _key_of(s)]
     for sandbox in keyed:
-        routes = _fork_routes(sandbox, objects, injected, table.baseline.keys())
-        by_sandbox[(_ns(sandbox), str(sandbox["metadata"]["name"]))] = routes
+        ident = (_ns(sandbox), str(sandbox["metadata"]["name"]))
+        routes = _fork_routes(sandbox, owned.get(ident, []), injected, table.baseline.keys())
+        by_sandbox[ident] = routes
         for service, route in routes.items():
             table.forks[service][str(_key_of(sandbox))] = route
     for group in route_groups:

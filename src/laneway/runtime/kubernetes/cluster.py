@@ -20,8 +20,10 @@ PLURALS = {"Sandbox": "sandboxes", "RouteGroup": "routegroups"}
 
 
 class Cluster(Protocol):
-    def objects(self, namespace: str) -> list[dict[str, Any]]:
-        """Deployments, Services and VirtualServices of a namespace."""
+    def objects(self, namespace: str, sandbox: str | None = None) -> list[dict[str, Any]]:
+        """What a pass reads in a namespace: its Deployments and Services that belong to no
+        sandbox (the baseline), those of `sandbox`, and its VirtualServices. Never the other
+        sandboxes' forks: a pass costs the same with 10 sandboxes or 1,000."""
 
     def custom(self, kind: str) -> list[dict[str, Any]]:
         """Every `Sandbox` or `RouteGroup`, in all namespaces."""
@@ -53,9 +55,10 @@ class MemoryCluster:
         self.log: list[tuple[str, str, str]] = []
         self._ips = (f"{service_ips}{n}" for n in itertools.count(10))
 
-    def objects(self, namespace: str) -> list[dict[str, Any]]:
+    def objects(self, namespace: str, sandbox: str | None = None) -> list[dict[str, Any]]:
         return [copy.deepcopy(o) for (kind, ns, _), o in self.store.items()
-                if ns == namespace and kind not in PLURALS]
+                if ns == namespace and kind not in PLURALS
+                and (o["metadata"].get("labels") or {}).get(SANDBOX_LABEL) in (None, sandbox)]
 
     def custom(self, kind: str) -> list[dict[str, Any]]:
         return [copy.deepcopy(o) for (k, _, _), o in self.store.items() if k == kind]
@@ -112,10 +115,14 @@ class KubernetesCluster:  # pragma: no cover - needs a cluster; the executor is 
         return [{"apiVersion": api_version, "kind": kind,
                  **self.api.sanitize_for_serialization(item)} for item in items]
 
-    def objects(self, namespace: str) -> list[dict[str, Any]]:
-        out = self._plain("Deployment", "apps/v1",
-                          self.apps.list_namespaced_deployment(namespace).items)
-        out += self._plain("Service", "v1", self.core.list_namespaced_service(namespace).items)
+    def objects(self, namespace: str, sandbox: str | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        selectors = [f"!{SANDBOX_LABEL}"] + ([f"{SANDBOX_LABEL}={sandbox}"] if sandbox else [])
+        for selector in selectors:
+            out += self._plain("Deployment", "apps/v1", self.apps.list_namespaced_deployment(
+                namespace, label_selector=selector).items)
+            out += self._plain("Service", "v1", self.core.list_namespaced_service(
+                namespace, label_selector=selector).items)
         from kubernetes.client.exceptions import ApiException
 
         group, version, plural = _ISTIO

@@ -1,7 +1,7 @@
 """kopf handlers for `Sandbox` and `RouteGroup`: each runs a pass of `operator` and reports
 through kopf, with explicit retry delays instead of kopf's 60 s default. In router mode the
 operator also serves the routes feed for the router sidecars (port 8790) and republishes the
-table every two seconds and after every pass.
+table after a pass that changed something, and every 30 s.
 
 Settings come from the operator Deployment's environment: `LANEWAY_ROUTING_MODE` (istio or
 router), `LANEWAY_ROUTER_IMAGE` (the sidecar's image), `POD_NAMESPACE` (where the feed's
@@ -15,14 +15,14 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 import uvicorn
 
-from laneway.core.kubernetes.plan import FINALIZER, RETRY_ERROR_S
+from laneway.core.kubernetes.plan import FINALIZER, RETRY_ERROR_S, SandboxPlan
 from laneway.core.kubernetes.render import FEED_PORT, SANDBOX_LABEL, RouterSidecar
 from laneway.runtime.kubernetes.cluster import Cluster, KubernetesCluster
 from laneway.runtime.kubernetes.feed import TokenReviews, feed_app
@@ -55,10 +55,20 @@ def _api() -> Cluster:
     return _clusters[0]
 
 
+def _note(plan: SandboxPlan, before: Mapping[str, Any] | None, status: Mapping[str, Any]) -> None:
+    """Rebuild the routes table soon if this pass changed anything (objects or status)."""
+    before = before or {}
+    if plan.actions or any(before.get(k) != v for k, v in status.items()):
+        _changed.set()
+
+
 async def _publish_forever() -> None:  # pragma: no cover - needs a cluster
+    # On a change (a little later, so that a burst of passes makes one rebuild), and every
+    # 30 s in any case: the table is level-triggered like the passes.
     while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(_changed.wait(), 2.0)
+            await asyncio.wait_for(_changed.wait(), 30.0)
+        await asyncio.sleep(0.2)
         _changed.clear()
         try:
             _publisher.publish(await asyncio.to_thread(_publisher.build, _api()))
@@ -106,7 +116,7 @@ async def sandbox_changed(body: kopf.Body, patch: kopf.Patch,
     # The official client blocks: each pass runs in a thread, off the operator's loop.
     plan, status = await asyncio.to_thread(reconcile, body, _api(), None, SETTINGS)
     patch.status.update(status)
-    _changed.set()
+    _note(plan, body.get("status"), status)
     if any(a.verb == "delete-sandbox" for a in plan.actions):  # its TTL has passed
         await asyncio.to_thread(_api().apply, "delete", "Sandbox", str(body.metadata.namespace),
                                 str(body.metadata.name), None)
@@ -129,9 +139,9 @@ async def fork_deployment_event(namespace: str | None, labels: kopf.Labels,
         return
     if sandbox is None or sandbox.get("metadata", {}).get("deletionTimestamp"):
         return
-    _plan, status = await asyncio.to_thread(reconcile, sandbox, api, None, SETTINGS)
+    plan, status = await asyncio.to_thread(reconcile, sandbox, api, None, SETTINGS)
     await asyncio.to_thread(api.patch_status, "Sandbox", str(namespace), name, status)
-    _changed.set()
+    _note(plan, sandbox.get("status"), status)
 
 
 @kopf.on.delete("laneway.dev", "v1alpha1", "sandboxes", backoff=RETRY_ERROR_S)
@@ -150,7 +160,7 @@ async def route_group_changed(body: kopf.Body, patch: kopf.Patch,
                               **_: Any) -> None:
     plan, status = await asyncio.to_thread(reconcile_route_group, body, _api(), SETTINGS)
     patch.status.update(status)
-    _changed.set()
+    _note(plan, body.get("status"), status)
     if plan.conditions and plan.conditions[0]["reason"] == "RenderFailed":
         raise kopf.TemporaryError(plan.conditions[0]["message"],
                                   delay=plan.requeue_after or RETRY_ERROR_S)

@@ -81,8 +81,8 @@ def reconcile(body: Mapping[str, Any], cluster: Cluster, now: datetime | None = 
     status = dict(body.get("status") or {})
     key = status.get("routingKey") or new_routing_key()  # generated once, kept in status
     now = now or datetime.now(UTC)
-    plan = plan_sandbox(body, cluster.objects(namespace), key, now, settings.mode,
-                        settings.sidecar)
+    plan = plan_sandbox(body, cluster.objects(namespace, str(meta.get("name"))), key, now,
+                        settings.mode, settings.sidecar)
     _execute(plan, cluster, _owner_reference(body, "Sandbox"), str(meta.get("name")))
     return plan, {"routingKey": key, "baggage": f"laneway-key={key}",
                   "conditions": _stamped(plan.conditions, body, now)}
