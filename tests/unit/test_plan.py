@@ -140,6 +140,15 @@ def test_crashed_and_starting_forks_route_to_503_with_reason() -> None:
     assert "not started" in web.reason
     assert "currency" in table.baseline
     assert table.forks["currency"] == {}
+
+    # Restarted after the crash: still says why it went down, not merely "starting".
+    actual[units[0]] = state(units[0], "starting", message=(
+        "waiting for the health check; last time: exited with code 3"))
+    actual[units[0]].restarts = 2
+    table, _, _ = build_routes(2, PROJECT, [sb], [], actual)
+    assert table.forks["pricing"][sb.routing_key].reason == (
+        "fork pricing@sb-a is restarting (2), waiting for the health check; last time: "
+        "exited with code 3")
     assert statuses["sb-a"].forks[0]["phase"] == "crashed"
 
 

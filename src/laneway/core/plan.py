@@ -231,6 +231,8 @@ class RouteGroupStatus:
 def _why_not_ready(state: UnitState | None, fork: str) -> str:
     if state is None:
         return f"fork {fork} is not started yet"
+    if state.phase == "starting" and state.restarts:
+        return f"fork {fork} is restarting ({state.restarts}), {state.message}"
     if state.phase == "starting":
         return f"fork {fork} is starting and not healthy yet"
     detail = f": {state.message}" if state.message else ""

@@ -143,9 +143,13 @@ class SupervisedProcess:
             copy_output(proc.stdout, self.log_path), name=f"laneway-log-{self.spec.unit}")
         self._proc = proc
         self._write_pid(proc.pid)
-        self._set(phase="starting", port=port, pid=proc.pid, exit_code=None,
-                  message="waiting for the health check", started_at=time.time(), ready_at=None,
-                  log_tail=[])
+        # A restart keeps saying why the last run ended: a crash-looping fork is reported as
+        # such in its 503s and status, not as merely "starting".
+        crash = self.state.message.partition("; restarting in")[0] \
+            if self.state.phase == "crashed" else ""
+        waiting = "waiting for the health check" + (f"; last time: {crash}" if crash else "")
+        self._set(phase="starting", port=port, pid=proc.pid, exit_code=None, message=waiting,
+                  started_at=time.time(), ready_at=None, log_tail=[])
         waiter = asyncio.ensure_future(proc.wait())
         try:
             await self._await_health(proc, waiter, port)
