@@ -213,7 +213,7 @@ def test_install_manifests_are_valid_kubernetes() -> None:
 
 
 def test_route_group_routes_and_conflicts() -> None:
-    from laneway.core.kubernetes.render import render_route_group
+    from laneway.core.kubernetes.groups import render_route_group
 
     baseline = load_manifests(DATA)
     first = yaml.safe_load((DATA / "sandbox.yaml").read_text())  # sb-a: pricing, currency

@@ -12,7 +12,7 @@ import yaml
 from laneway.client import CliError
 from laneway.core.keys import is_routing_key, new_routing_key
 from laneway.core.kubernetes import RenderError, load_manifests, render_sandbox
-from laneway.core.kubernetes.render import DEFAULT_IMAGE, RouterSidecar
+from laneway.core.kubernetes.router_mode import DEFAULT_IMAGE, RouterSidecar
 
 __all__ = ["k8s_app"]
 

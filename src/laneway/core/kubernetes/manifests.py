@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from laneway.core.kubernetes.render import DEFAULT_IMAGE, FEED_PORT, Mode
+from laneway.core.kubernetes.objects import Mode
+from laneway.core.kubernetes.router_mode import DEFAULT_IMAGE, FEED_PORT
 
 __all__ = ["GROUP", "VERSION", "crds", "install_manifests"]
 

@@ -17,16 +17,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from laneway.core.duration import parse_duration
-from laneway.core.kubernetes.render import (
-    SANDBOX_LABEL,
-    Mode,
-    RenderError,
-    RouterSidecar,
-    group_route_name,
-    render_route_group,
-    render_sandbox,
-    route_name,
-)
+from laneway.core.kubernetes.groups import group_route_name, render_route_group
+from laneway.core.kubernetes.objects import SANDBOX_LABEL, Mode, RenderError
+from laneway.core.kubernetes.render import render_sandbox, route_name
+from laneway.core.kubernetes.router_mode import RouterSidecar
 
 __all__ = ["Action", "SandboxPlan", "covers", "plan_route_group", "plan_sandbox"]
 

@@ -18,13 +18,13 @@ import json
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from laneway.core.kubernetes.render import (
+from laneway.core.kubernetes.groups import group_members
+from laneway.core.kubernetes.objects import (
     FORK_OF_LABEL,
     ROUTER_LABEL,
     SANDBOX_LABEL,
     TARGET_PORTS_ANNOTATION,
     RenderError,
-    group_members,
     table_service,
 )
 from laneway.core.routes import ForkRoute, RouteTable, Upstream

@@ -10,7 +10,7 @@ import itertools
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from laneway.core.kubernetes.render import ROUTER_LABEL, SANDBOX_LABEL
+from laneway.core.kubernetes.objects import ROUTER_LABEL, SANDBOX_LABEL
 
 __all__ = ["Cluster", "KubernetesCluster", "MemoryCluster"]
 

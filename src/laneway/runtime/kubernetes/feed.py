@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from laneway.core.feed import RoutesBroadcaster, update_to_json
-from laneway.core.kubernetes.render import TOKEN_AUDIENCE
+from laneway.core.kubernetes.router_mode import TOKEN_AUDIENCE
 
 __all__ = ["Authenticator", "FixedToken", "TokenReviews", "feed_app"]
 

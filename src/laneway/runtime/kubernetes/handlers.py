@@ -22,8 +22,9 @@ from typing import Any
 import kopf
 import uvicorn
 
+from laneway.core.kubernetes.objects import SANDBOX_LABEL
 from laneway.core.kubernetes.plan import FINALIZER, RETRY_ERROR_S, SandboxPlan
-from laneway.core.kubernetes.render import FEED_PORT, SANDBOX_LABEL, RouterSidecar
+from laneway.core.kubernetes.router_mode import FEED_PORT, RouterSidecar
 from laneway.runtime.kubernetes.cluster import Cluster, KubernetesCluster
 from laneway.runtime.kubernetes.feed import TokenReviews, feed_app
 from laneway.runtime.kubernetes.operator import (

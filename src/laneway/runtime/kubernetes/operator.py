@@ -15,8 +15,9 @@ from typing import Any
 
 from laneway.core.feed import RoutesBroadcaster
 from laneway.core.keys import new_routing_key
+from laneway.core.kubernetes.objects import Mode
 from laneway.core.kubernetes.plan import SandboxPlan, plan_route_group, plan_sandbox
-from laneway.core.kubernetes.render import Mode, RouterSidecar
+from laneway.core.kubernetes.router_mode import RouterSidecar
 from laneway.core.kubernetes.table import build_route_table
 from laneway.core.routes import RouteTable
 from laneway.runtime.kubernetes.cluster import Cluster
