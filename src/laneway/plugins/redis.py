@@ -8,6 +8,9 @@ Two modes, with different trade-offs:
 - `db`: the sandbox gets a database number of its own (output `url` points at it), so the
   application needs no change; but a server has few databases (16 by default), Cluster has
   only one, and a database is claimed only while it is empty. Delete flushes that database.
+
+In both modes, delete also removes the consumer groups the sandbox's forks made on the
+baseline's streams (`GROUP@KEY`, see `laneway.propagation.streams`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,25 @@ class RedisPlugin:
     name = "redis"
     params_model = RedisParams
 
+    async def _destroy_fork_groups(self, url: str, routing_key: str) -> None:
+        """The consumer groups the sandbox's forks read the baseline's streams with
+        (`GROUP@KEY`, made by `laneway.propagation.StreamConsumer`). Resources are deleted after
+        the forks stop, and the key is the sandbox's alone, so no live reader loses its group.
+        """
+        suffix = f"@{routing_key}".encode()
+        client = await self._client(url)
+        try:
+            async for stream in client.scan_iter(count=1000, _type="stream"):
+                groups: Any = await client.xinfo_groups(stream)
+                for group in groups:
+                    name = group["name"] if isinstance(group["name"], bytes) else \
+                        str(group["name"]).encode()
+                    if name.endswith(suffix):
+                        await client.xgroup_destroy(stream, name)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
     async def _client(self, url: str) -> aioredis.Redis:
         client: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=5)
         try:
@@ -77,6 +99,7 @@ class RedisPlugin:
                           f"{params.url}; use mode: prefix, or delete other sandboxes")
 
     async def delete(self, ctx: ResourceContext, params: Any, state: dict[str, Any]) -> None:
+        await self._destroy_fork_groups(params.url, ctx.routing_key)
         if "db" in state:
             client = await self._client(_with_db(params.url, int(state["db"])))
             try:
