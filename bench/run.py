@@ -1,8 +1,8 @@
 """`make bench`: every benchmark group, with the machine it ran on.
 
 Groups 1-2 (router vs HAProxy and nginx, routing scale) are in router_bench.py, groups 3-5
-(lifecycle, density, control plane) in lifecycle.py, group 6 (the Kubernetes operator's passes)
-in k8s_operator.py. BENCH_GROUPS=1,3 runs a subset.
+(lifecycle, density, control plane) in lifecycle.py, group 6 (planning passes of the local
+reconciler and the Kubernetes operator) in planning.py. BENCH_GROUPS=1,3 runs a subset.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import k8s_operator
 import lifecycle
 import peers
+import planning
 import router_bench
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     if "5" in groups:
         lifecycle.group5(int(os.environ.get("BENCH_STORED", "1000")))
     if "6" in groups:
-        k8s_operator.main()
+        planning.main()
 
 
 if __name__ == "__main__":

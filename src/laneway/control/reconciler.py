@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 
 from laneway.control.plane import ControlPlane
-from laneway.core.plan import build_routes, plan_actions
+from laneway.core.plan import all_desired_forks, build_routes, plan_actions
 
 __all__ = ["Reconciler"]
 
@@ -64,12 +64,13 @@ class Reconciler:
             sandboxes = [replace(sb, resources=control.resources.views(sb.spec.name))
                          for sb in sandboxes]
         groups = control.desired_groups()
-        plan = plan_actions(control.project, sandboxes, control.runtime.states())
+        forks = all_desired_forks(control.project, sandboxes)
+        plan = plan_actions(control.project, sandboxes, control.runtime.states(), forks)
         for spec in plan.start:
             await control.runtime.start(spec)
         table, statuses, group_statuses = build_routes(
             control.feed.version + 1, control.project, sandboxes, groups,
-            control.runtime.states(),
+            control.runtime.states(), forks,
         )
         control.feed.publish(table)
         control.sandbox_status = statuses

@@ -36,6 +36,7 @@ __all__ = [
     "RouteGroupEntry",
     "RouteGroupStatus",
     "SandboxStatus",
+    "all_desired_forks",
     "build_routes",
     "desired_baseline",
     "desired_forks",
@@ -152,21 +153,42 @@ def desired_forks(project: ProjectSpec, sandbox: DesiredSandbox) -> dict[str, Pr
     return out
 
 
+ByFork = dict[tuple[str, str], list[UnitState]]
+
+
+def _by_fork(actual: Mapping[str, UnitState]) -> ByFork:
+    """Running fork units by (sandbox, service), built once per pass: looking each fork's
+    generations up in all units made a pass quadratic in the number of sandboxes."""
+    out: ByFork = {}
+    for state in actual.values():
+        if state.sandbox is not None:
+            out.setdefault((state.sandbox, state.service), []).append(state)
+    return out
+
+
 def _current_and_previous(
-    sandbox: str, service: str, wanted: str, actual: Mapping[str, UnitState]
+    sandbox: str, service: str, wanted: str, actual: Mapping[str, UnitState], by_fork: ByFork
 ) -> tuple[UnitState | None, list[UnitState]]:
     current = actual.get(wanted)
-    previous = [
-        st for unit, st in actual.items()
-        if unit != wanted and st.sandbox == sandbox and st.service == service
-    ]
+    previous = [st for st in by_fork.get((sandbox, service), ()) if st.unit != wanted]
     return current, previous
+
+
+ForksBySandbox = Mapping[str, dict[str, ProcessSpec]]
+
+
+def all_desired_forks(project: ProjectSpec,
+                      sandboxes: Sequence[DesiredSandbox]) -> dict[str, dict[str, ProcessSpec]]:
+    """`desired_forks` of every sandbox, by name: computed once per pass and given to both
+    `plan_actions` and `build_routes` (each spec costs an interpolation and a digest)."""
+    return {sb.spec.name: desired_forks(project, sb) for sb in sandboxes}
 
 
 def plan_actions(
     project: ProjectSpec,
     sandboxes: Sequence[DesiredSandbox],
     actual: Mapping[str, UnitState],
+    forks: ForksBySandbox | None = None,
 ) -> Plan:
     """Start what is wanted and missing; stop what is running and no longer wanted.
 
@@ -184,11 +206,13 @@ def plan_actions(
         if all(actual.get(baseline_unit(d)) and actual[baseline_unit(d)].phase == "ready"
                for d in deps):
             plan.start.append(spec)
+    by_fork = _by_fork(actual)
+    forks = forks if forks is not None else all_desired_forks(project, sandboxes)
     for sandbox in sandboxes:
-        for unit, spec in desired_forks(project, sandbox).items():
+        for unit, spec in forks[sandbox.spec.name].items():
             wanted.add(unit)
             current, previous = _current_and_previous(
-                sandbox.spec.name, spec.service, unit, actual
+                sandbox.spec.name, spec.service, unit, actual, by_fork
             )
             if current is None:
                 plan.start.append(spec)
@@ -240,11 +264,11 @@ def _why_not_ready(state: UnitState | None, fork: str) -> str:
 
 
 def _fork_route(
-    sandbox: DesiredSandbox, spec: ProcessSpec, actual: Mapping[str, UnitState]
+    sandbox: DesiredSandbox, spec: ProcessSpec, actual: Mapping[str, UnitState], by_fork: ByFork
 ) -> ForkRoute:
     name = sandbox.spec.name
     fork = f"{spec.service}@{name}"
-    current, previous = _current_and_previous(name, spec.service, spec.unit, actual)
+    current, previous = _current_and_previous(name, spec.service, spec.unit, actual, by_fork)
     serving: UnitState | None = None
     if current is not None and current.phase == "ready":
         serving = current
@@ -266,6 +290,7 @@ def build_routes(
     sandboxes: Sequence[DesiredSandbox],
     groups: Sequence[RouteGroupEntry],
     actual: Mapping[str, UnitState],
+    forks: ForksBySandbox | None = None,
 ) -> tuple[RouteTable, dict[str, SandboxStatus], dict[str, RouteGroupStatus]]:
     """The routing table and every sandbox's and route group's status, from the same facts."""
     table = RouteTable(version=version)
@@ -277,10 +302,12 @@ def build_routes(
         table.forks[name] = {}
     statuses: dict[str, SandboxStatus] = {}
     routes_by_sandbox: dict[str, dict[str, ForkRoute]] = {}
+    by_fork = _by_fork(actual)
+    forks = forks if forks is not None else all_desired_forks(project, sandboxes)
     for sandbox in sandboxes:
         routes: dict[str, ForkRoute] = {}
         forks_json = []
-        wanted = desired_forks(project, sandbox)
+        wanted = forks[sandbox.spec.name]
         for service, (reason, failed) in fork_blockers(sandbox).items():
             route = ForkRoute(service, sandbox.spec.name, None, False,
                               f"fork {service}@{sandbox.spec.name}: {reason}", "")
@@ -291,7 +318,7 @@ def build_routes(
                                "message": route.reason, "port": None, "pid": None,
                                "restarts": 0, "startedAt": None, "readyAt": None})
         for spec in wanted.values():
-            route = _fork_route(sandbox, spec, actual)
+            route = _fork_route(sandbox, spec, actual, by_fork)
             routes[spec.service] = route
             table.forks[spec.service][sandbox.routing_key] = route
             state = actual.get(spec.unit)

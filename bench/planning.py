@@ -1,11 +1,14 @@
-"""Group 6: the Kubernetes operator's own work, as pure functions over a cluster's objects.
+"""Group 6: planning passes, as pure work, at 100 and at 1,000 sandboxes, with the per-sandbox
+ratio between the two sizes (1.0: the cost per sandbox does not grow with their number).
 
-A namespace with 20 baseline services (Deployment + Service each) and N sandboxes forking two
-of them, in router mode. Measured: planning one converging Sandbox pass (nothing to do) from
-what the pass reads, and building the routes table (what the operator republishes after a
-change), at 100 and at 1,000 sandboxes, with the per-sandbox ratio between the two sizes (1.0
-means the cost per sandbox does not grow with the number of sandboxes). Reading the objects is
-left out: in a cluster the API server selects them by label.
+- The local reconciler's pass (`plan_actions` + `build_routes`): three services, every sandbox
+  forking two, all running.
+- The Kubernetes operator (router mode): a namespace with 20 baseline services and N sandboxes
+  forking two each; planning one converging Sandbox pass from what the pass reads, and building
+  the routes table (republished after a change). Reading the objects is left out: in a cluster
+  the API server selects them by label.
+
+Sizes are interleaved round by round, so the shared machine's drift falls on both alike.
 """
 
 from __future__ import annotations
@@ -19,6 +22,16 @@ from typing import Any
 
 from laneway.core.kubernetes.plan import plan_sandbox
 from laneway.core.kubernetes.table import build_route_table
+from laneway.core.plan import (
+    DesiredSandbox,
+    all_desired_forks,
+    build_routes,
+    desired_baseline,
+    desired_forks,
+    plan_actions,
+)
+from laneway.core.runtime import UnitState
+from laneway.core.spec import parse_project, parse_sandbox
 from laneway.runtime.kubernetes.cluster import MemoryCluster
 from laneway.runtime.kubernetes.operator import OperatorSettings, reconcile
 
@@ -70,6 +83,30 @@ def cluster_with(count: int) -> tuple[MemoryCluster, list[dict[str, Any]]]:
     return cluster, bodies
 
 
+def local_pass(count: int) -> Callable[[], object]:
+    project = parse_project({"name": "shop", "services": {
+        "currency": {"run": "python c.py", "port": 19404},
+        "pricing": {"run": "python p.py", "port": 19403},
+        "web": {"run": "python w.py", "port": 19401}}})
+    sandboxes = [DesiredSandbox(parse_sandbox({"name": f"sb{i}", "forks": [
+        {"service": "pricing"}, {"service": "web"}]}), f"k{i:011d}", 0.0)
+        for i in range(count)]
+    actual = {unit: UnitState(unit, spec.service, None, "ready", port=20000)
+              for unit, spec in desired_baseline(project).items()}
+    for sandbox in sandboxes:
+        for unit, spec in desired_forks(project, sandbox).items():
+            actual[unit] = UnitState(unit, spec.service, sandbox.spec.name, "ready", port=30000)
+
+    def work() -> object:
+        forks = all_desired_forks(project, sandboxes)
+        plan = plan_actions(project, sandboxes, actual, forks)
+        assert not plan.start, "a converged pass must start nothing"
+        assert not plan.stop, "a converged pass must stop nothing"
+        return build_routes(1, project, sandboxes, [], actual, forks)
+
+    return work
+
+
 def timed_ms(work: Callable[[], object]) -> float:
     start = time.perf_counter()
     work()
@@ -77,10 +114,11 @@ def timed_ms(work: Callable[[], object]) -> float:
 
 
 def main() -> None:
-    print("\n== 6. Kubernetes operator passes (router mode, pure work, one core) ==")
+    print("\n== 6. Planning passes (pure work, one core) ==")
     sizes = (100, 1000)
     plans: dict[int, Callable[[], object]] = {}
     tables: dict[int, Callable[[], object]] = {}
+    locals_: dict[int, Callable[[], object]] = {n: local_pass(n) for n in sizes}
     for count in sizes:
         cluster, bodies = cluster_with(count)
         probe = bodies[count // 2]
@@ -97,13 +135,21 @@ def main() -> None:
     # Rounds interleave the sizes, so the shared machine's drift falls on both alike.
     plan_ms: dict[int, list[float]] = {n: [] for n in sizes}
     table_ms: dict[int, list[float]] = {n: [] for n in sizes}
+    local_ms: dict[int, list[float]] = {n: [] for n in sizes}
     for _ in range(31):
         for count in sizes:
             plan_ms[count].append(timed_ms(plans[count]))
             table_ms[count].append(timed_ms(tables[count]))
+            local_ms[count].append(timed_ms(locals_[count]))
     gc.unfreeze()
     plan = {n: statistics.median(v) for n, v in plan_ms.items()}
     table = {n: statistics.median(v) for n, v in table_ms.items()}
+    local = {n: statistics.median(v) for n, v in local_ms.items()}
+    for count in sizes:
+        print(f"{count:>5} sandboxes: local reconciler pass p50 {local[count]:7.2f} ms")
+    print(f"1,000 vs 100 sandboxes: local pass x{(local[1000] / 1000) / (local[100] / 100):.2f} "
+          "per sandbox")
+    print("Kubernetes operator, router mode:")
     for count in sizes:
         print(f"{count:>5} sandboxes: plan one Sandbox p50 {plan[count]:6.2f} ms (a resync of "
               f"all: {plan[count] * count / 1000:5.2f} s), routes table p50 "
