@@ -130,21 +130,21 @@ async def test_redis_prefix_and_db_modes(redis_url: str, tmp_path: Path) -> None
 async def test_redis_delete_removes_the_forks_consumer_groups(redis_url: str,
                                                               tmp_path: Path) -> None:
     client = redis.Redis.from_url(redis_url)
-    client.xadd("orders", {"item": "book"})
-    client.xadd("audit", {"what": "x"})
-    for stream, group in (("orders", "workers"), ("orders", "workers@key000000001"),
-                          ("audit", "auditors@key000000001"),
-                          ("orders", "workers@key000000002")):
+    orders, audit = f"orders-{tmp_path.name}", f"audit-{tmp_path.name}"  # the server is shared
+    client.xadd(orders, {"item": "book"})
+    client.xadd(audit, {"what": "x"})
+    for stream, group in ((orders, "workers"), (orders, "workers@key000000001"),
+                          (audit, "auditors@key000000001"),
+                          (orders, "workers@key000000002")):
         client.xgroup_create(stream, group, id="0")
-    client.set("not-a-stream", "1")
+    client.set(f"not-a-stream-{tmp_path.name}", "1")
     plugin = RedisPlugin()
     params = plugin.params_model.model_validate({"url": redis_url})
     _, state = await plugin.create(ctx(tmp_path), params)  # routing key key000000001
     await plugin.delete(ctx(tmp_path), params, state)
-    left = {(s, g["name"].decode()) for s in ("orders", "audit")
-            for g in client.xinfo_groups(s)}
-    assert left == {("orders", "workers"), ("orders", "workers@key000000002")}
-    assert client.xlen("orders") == 1  # the streams themselves are the baseline's
+    left = {(s, g["name"].decode()) for s in (orders, audit) for g in client.xinfo_groups(s)}
+    assert left == {(orders, "workers"), (orders, "workers@key000000002")}
+    assert client.xlen(orders) == 1  # the streams themselves are the baseline's
     client.close()
 
 
