@@ -36,6 +36,7 @@ class RenderError(Exception):
 
 
 def object_name(*parts: str, limit: int = 63) -> str:
+    """`parts` joined by '-', cut to a DNS label with a digest that keeps it unique."""
     name = "-".join(parts)
     if len(name) <= limit:
         return name
@@ -63,11 +64,13 @@ def load_manifests(folder: Path) -> list[dict[str, Any]]:
 
 
 def namespace_of(obj: Mapping[str, Any], default: str) -> str:
+    """The object's namespace, or `default` when its manifest names none."""
     return str(obj.get("metadata", {}).get("namespace") or default)
 
 
 def find(objects: Iterable[dict[str, Any]], kind: str, name: str,
-          namespace: str) -> dict[str, Any] | None:
+         namespace: str) -> dict[str, Any] | None:
+    """The object of that kind, name and namespace, or None."""
     for obj in objects:
         meta = obj.get("metadata", {})
         if obj.get("kind") == kind and meta.get("name") == name and \
@@ -77,7 +80,8 @@ def find(objects: Iterable[dict[str, Any]], kind: str, name: str,
 
 
 def services_for(objects: Iterable[dict[str, Any]], labels: Mapping[str, str],
-                  namespace: str) -> list[dict[str, Any]]:
+                 namespace: str) -> list[dict[str, Any]]:
+    """The Services of `namespace` whose selector matches these pod labels."""
     found = []
     for obj in objects:
         selector = obj.get("spec", {}).get("selector") or {}
@@ -88,11 +92,14 @@ def services_for(objects: Iterable[dict[str, Any]], labels: Mapping[str, str],
 
 
 def hosts_of(service: str, namespace: str) -> set[str]:
+    """Every way a VirtualService's `hosts` may name a Service."""
     return {service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
             f"{service}.{namespace}.svc.cluster.local"}
 
 
 def clean_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata fit to write back: without what the API server owns (uid, resourceVersion,
+    managedFields, …) and the annotations of controllers and `kubectl apply`."""
     out = {k: copy.deepcopy(v) for k, v in meta.items() if k not in _DROP_METADATA}
     annotations = {k: v for k, v in (out.get("annotations") or {}).items()
                    if not k.startswith(("deployment.kubernetes.io/",
@@ -105,11 +112,13 @@ def clean_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def containers_of(dep: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The containers of a Deployment's pod template."""
     return list(dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [])
 
 
 def baseline_deployments(objects: Iterable[dict[str, Any]], service: Mapping[str, Any],
-                          namespace: str) -> list[dict[str, Any]]:
+                         namespace: str) -> list[dict[str, Any]]:
+    """The baseline's Deployments (not a sandbox's) whose pods `service` selects."""
     selector = service.get("spec", {}).get("selector") or {}
     return [o for o in objects if o.get("kind") == "Deployment"
             and namespace_of(o, "default") == namespace
@@ -154,7 +163,8 @@ def table_service(service: Mapping[str, Any], port: Mapping[str, Any]) -> str:
 
 
 def virtual_service_of(objects: Iterable[dict[str, Any]], svc_name: str,
-                        namespace: str) -> dict[str, Any] | None:
+                       namespace: str) -> dict[str, Any] | None:
+    """The VirtualService routing a Service's host, if the namespace has one."""
     return next((o for o in objects if o.get("kind") == "VirtualService"
                  and namespace_of(o, "default") == namespace
                  and set(o.get("spec", {}).get("hosts", [])) & hosts_of(svc_name, namespace)),

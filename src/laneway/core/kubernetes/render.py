@@ -175,8 +175,8 @@ def _virtual_service_routes(out: list[dict[str, Any]], baseline: list[dict[str, 
         out.append(merged)
 
 
-def merge_routes(existing: list[dict[str, Any]], mine: list[dict[str, Any]]) -> list[
-        dict[str, Any]]:
+def merge_routes(existing: list[dict[str, Any]],
+                 mine: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """laneway's keyed routes first, sorted by name (so the passes of sandboxes and route
     groups agree on one order and never undo each other), then every other route, unchanged
     and in order: the team's, and the default of a laneway-owned VirtualService."""
@@ -188,8 +188,8 @@ def merge_routes(existing: list[dict[str, Any]], mine: list[dict[str, Any]]) -> 
 
 
 def render_sandbox(doc: Mapping[str, Any], baseline: list[dict[str, Any]], routing_key: str,
-                   mode: Mode = "istio", sidecar: RouterSidecar | None = None) -> list[
-                       dict[str, Any]]:
+                   mode: Mode = "istio",
+                   sidecar: RouterSidecar | None = None) -> list[dict[str, Any]]:
     """Every object the operator would create or patch for the Sandbox `doc`."""
     if mode not in ("istio", "router"):
         raise RenderError(f"mode {mode!r}: must be istio or router")

@@ -89,8 +89,8 @@ def _check_routable(service: Mapping[str, Any]) -> None:
                           "appProtocol: http): router mode routes HTTP/1.1")
 
 
-def inject_router(objects: list[dict[str, Any]], services: list[dict[str, Any]], namespace: str,
-            sidecar: RouterSidecar) -> list[dict[str, Any]]:
+def inject_router(objects: list[dict[str, Any]], services: list[dict[str, Any]],
+                  namespace: str, sidecar: RouterSidecar) -> list[dict[str, Any]]:
     """The baseline Services of `services` pointed at the router (their HTTP/1.1 ports), and
     every Deployment they select carrying it, listening for every injected Service that selects
     its pods. Ports are given by position among all ports of the Services selecting the pods,
