@@ -2,7 +2,8 @@
 passes run against the in-memory `Cluster` (our interface; it hands out cluster IPs on
 127.0.0.0/8), the operator's routes feed is served over HTTP, and the router sidecar is started
 from the rendered container's own command line. Pods are processes: the baseline application
-on 127.0.0.1 (beside its sidecar), the fork at its Service's cluster IP.
+on 127.0.0.1 (beside its sidecar), the fork at its Service's cluster IP, and a caller that is
+not forked (and so has no sidecar) in front.
 
 Only what a pod network provides is substituted: the feed's address (a cluster DNS name), the
 listen address and port (loopback, a free port), and the token file (a projected token)."""
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -108,8 +110,6 @@ def processes(logs: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
 
 
 def pod_env(container: dict[str, Any], **extra: str) -> dict[str, str]:
-    import os
-
     env = {e["name"]: e["value"] for e in container.get("env", [])}
     return {"PATH": os.environ["PATH"], "LANEWAY_SERVICE": "pricing", **env, **extra}
 
@@ -143,7 +143,7 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> None:
 
 @pytest.mark.timeout(90)
 async def test_router_mode_end_to_end(tmp_path: Path) -> None:
-    app_port, service_port, feed_port, router_port = free_ports(4)
+    app_port, service_port, feed_port, router_port, web_port = free_ports(5)
     cluster = MemoryCluster(baseline(app_port, service_port), service_ips="127.0.0.")
     now = datetime.now(UTC)
     sandbox: dict[str, Any] = {
@@ -178,6 +178,13 @@ async def test_router_mode_end_to_end(tmp_path: Path) -> None:
                   pod_env(fork_app, PORT=str(service_port), HOST=fork_ip))
             router = start(sidecar_command(injected, feed_url, router_port, token_file))
             url = f"http://127.0.0.1:{router_port}/"
+            # A caller that is not forked needs no sidecar: its call to `pricing` (here the
+            # router's port, where kube-proxy sends the Service's traffic) carries the baggage
+            # it received, and pricing's sidecar routes it.
+            start([sys.executable, str(CHAIN)], pod_env(
+                {"env": [{"name": "VERSION", "value": "baseline"}]}, LANEWAY_SERVICE="web",
+                PORT=str(web_port), NEXT_URL=url))
+            web_url = f"http://127.0.0.1:{web_port}/"
 
             async def get(routing_key: str | None = None) -> httpx.Response:
                 headers = {"baggage": f"laneway-key={routing_key}"} if routing_key else {}
@@ -193,14 +200,14 @@ async def test_router_mode_end_to_end(tmp_path: Path) -> None:
             assert await answers(key, "baseline")  # no table yet: nothing is forked
             async with serving_feed(publisher, feed_port):
                 await run_with_the_operator(http, get, answers, cluster, publisher, key,
-                                            sandbox, fork, feed_url)
+                                            sandbox, fork, feed_url, web_url)
             assert router.poll() is None
 
 
 async def run_with_the_operator(http: httpx.AsyncClient, get: Any, answers: Any,
                                 cluster: MemoryCluster, publisher: RoutesPublisher, key: str,
                                 sandbox: dict[str, Any], fork: dict[str, Any],
-                                feed_url: str) -> None:
+                                feed_url: str, web_url: str) -> None:
     async def status_of(routing_key: str) -> bool:
         return bool((await get(routing_key)).status_code == 503)
 
@@ -221,6 +228,11 @@ async def run_with_the_operator(http: httpx.AsyncClient, get: Any, answers: Any,
     assert resp.headers["laneway-served-by"] == "pricing.shop@sb-a"
     assert await answers("zzzzzzzzzzzz", "baseline")  # an unknown key: the baseline
     assert await answers(None, "baseline")
+
+    # Two hops: the key reaches the fork behind a caller, and only the keyed request does.
+    through_web = await http.get(web_url, headers={"baggage": f"laneway-key={key}"})
+    assert through_web.json()["next"]["version"] == "fork"
+    assert (await http.get(web_url)).json()["next"]["version"] == "baseline"
 
     # A route group over the sandbox's labels routes its own key to the same fork.
     group: dict[str, Any] = {
