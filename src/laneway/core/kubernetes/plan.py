@@ -18,7 +18,13 @@ from typing import Any, Literal
 
 from laneway.core.duration import parse_duration
 from laneway.core.kubernetes.groups import group_route_name, render_route_group
-from laneway.core.kubernetes.objects import SANDBOX_LABEL, Mode, RenderError
+from laneway.core.kubernetes.objects import (
+    MANAGED_BY,
+    SANDBOX_LABEL,
+    Mode,
+    RenderError,
+    namespace_of,
+)
 from laneway.core.kubernetes.render import render_sandbox, route_name
 from laneway.core.kubernetes.router_mode import RouterSidecar
 
@@ -49,8 +55,7 @@ class SandboxPlan:
 
 
 def _ident(obj: Mapping[str, Any]) -> tuple[str, str, str]:
-    meta = obj["metadata"]
-    return obj["kind"], str(meta.get("namespace", "default")), str(meta["name"])
+    return obj["kind"], namespace_of(obj, "default"), str(obj["metadata"]["name"])
 
 
 def _owned_by(obj: Mapping[str, Any], sandbox: str) -> bool:
@@ -87,8 +92,8 @@ def _remove_routes(route: str, cluster: Sequence[Mapping[str, Any]]) -> list[Act
         if kind != "VirtualService" or not _routes_named(obj, route):
             continue
         rest = _without_route(obj, route)
-        laneway_owned = obj.get("metadata", {}).get("labels", {}).get(
-            "app.kubernetes.io/managed-by") == "laneway"
+        labels = obj.get("metadata", {}).get("labels") or {}
+        laneway_owned = MANAGED_BY.items() <= labels.items()
         only_default = all(r.get("name") == "laneway-default" for r in rest["spec"]["http"])
         if laneway_owned and only_default:
             actions.append(Action("delete", kind, namespace, name))

@@ -25,6 +25,7 @@ from laneway.core.kubernetes.objects import (
     SANDBOX_LABEL,
     TARGET_PORTS_ANNOTATION,
     RenderError,
+    namespace_of,
     table_service,
 )
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
@@ -33,7 +34,7 @@ __all__ = ["build_route_table"]
 
 
 def _ns(obj: Mapping[str, Any]) -> str:
-    return str(obj.get("metadata", {}).get("namespace") or "default")
+    return namespace_of(obj, "default")
 
 
 def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:

@@ -116,14 +116,10 @@ async def sandbox_changed(body: kopf.Body, patch: kopf.Patch,
                           **_: Any) -> None:
     # The official client blocks: each pass runs in a thread, off the operator's loop.
     plan, status = await asyncio.to_thread(reconcile, body, _api(), None, SETTINGS)
-    patch.status.update(status)
-    _note(plan, body.get("status"), status)
     if any(a.verb == "delete-sandbox" for a in plan.actions):  # its TTL has passed
         await asyncio.to_thread(_api().apply, "delete", "Sandbox", str(body.metadata.namespace),
                                 str(body.metadata.name), None)
-    if plan.conditions and plan.conditions[0]["reason"] == "RenderFailed":
-        raise kopf.TemporaryError(plan.conditions[0]["message"],
-                                  delay=plan.requeue_after or RETRY_ERROR_S)
+    _report(plan, body, status, patch)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={SANDBOX_LABEL: kopf.PRESENT})
@@ -147,9 +143,7 @@ async def fork_deployment_event(namespace: str | None, labels: kopf.Labels,
 
 @kopf.on.delete("laneway.dev", "v1alpha1", "sandboxes", backoff=RETRY_ERROR_S)
 async def sandbox_deleted(body: kopf.Body, **_: Any) -> None:
-    deleting = {**body, "metadata": {**body["metadata"],
-                                     "deletionTimestamp": datetime.now(UTC).isoformat()}}
-    await asyncio.to_thread(reconcile, deleting, _api(), None, SETTINGS)
+    await asyncio.to_thread(reconcile, _deleting(body), _api(), None, SETTINGS)
     _changed.set()
 
 
@@ -160,16 +154,26 @@ async def sandbox_deleted(body: kopf.Body, **_: Any) -> None:
 async def route_group_changed(body: kopf.Body, patch: kopf.Patch,
                               **_: Any) -> None:
     plan, status = await asyncio.to_thread(reconcile_route_group, body, _api(), SETTINGS)
+    _report(plan, body, status, patch)
+
+
+@kopf.on.delete("laneway.dev", "v1alpha1", "routegroups", backoff=RETRY_ERROR_S)
+async def route_group_deleted(body: kopf.Body, **_: Any) -> None:
+    await asyncio.to_thread(reconcile_route_group, _deleting(body), _api(), SETTINGS)
+    _changed.set()
+
+
+def _deleting(body: kopf.Body) -> dict[str, Any]:
+    """The object as a pass plans its removal (kopf calls on.delete with the finalizer held)."""
+    return {**body, "metadata": {**body["metadata"],
+                                 "deletionTimestamp": datetime.now(UTC).isoformat()}}
+
+
+def _report(plan: SandboxPlan, body: kopf.Body, status: Mapping[str, Any],
+            patch: kopf.Patch) -> None:
+    """A pass's status through kopf's patch; a render failure retried after an explicit delay."""
     patch.status.update(status)
     _note(plan, body.get("status"), status)
     if plan.conditions and plan.conditions[0]["reason"] == "RenderFailed":
         raise kopf.TemporaryError(plan.conditions[0]["message"],
                                   delay=plan.requeue_after or RETRY_ERROR_S)
-
-
-@kopf.on.delete("laneway.dev", "v1alpha1", "routegroups", backoff=RETRY_ERROR_S)
-async def route_group_deleted(body: kopf.Body, **_: Any) -> None:
-    deleting = {**body, "metadata": {**body["metadata"],
-                                     "deletionTimestamp": datetime.now(UTC).isoformat()}}
-    await asyncio.to_thread(reconcile_route_group, deleting, _api(), SETTINGS)
-    _changed.set()

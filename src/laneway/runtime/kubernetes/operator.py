@@ -15,7 +15,7 @@ from typing import Any
 
 from laneway.core.feed import RoutesBroadcaster
 from laneway.core.keys import new_routing_key
-from laneway.core.kubernetes.objects import Mode
+from laneway.core.kubernetes.objects import SANDBOX_LABEL, Mode
 from laneway.core.kubernetes.plan import SandboxPlan, plan_route_group, plan_sandbox
 from laneway.core.kubernetes.router_mode import RouterSidecar
 from laneway.core.kubernetes.table import build_route_table
@@ -46,7 +46,7 @@ def _execute(plan: SandboxPlan, cluster: Cluster, owner: dict[str, Any] | None,
             continue  # verbs on the custom resource itself are the caller's (kopf patches it)
         obj = action.body
         owned = obj is not None and sandbox is not None and (
-            obj["metadata"].get("labels") or {}).get("laneway.dev/sandbox") == sandbox
+            obj["metadata"].get("labels") or {}).get(SANDBOX_LABEL) == sandbox
         if obj is not None and owner and owned:
             # Deleting the Sandbox cascades to its forks even if the operator is away; shared
             # objects (VirtualServices, the baseline's router injection) are not owned by it.
