@@ -76,8 +76,20 @@ async def test_crash_is_reported_with_log_tail_and_restarted(runtime: LocalRunti
     state = phase(runtime, "web@sb#1")
     assert "exited with code 4" in state.message
     assert "boom: bad config" in state.message
-    await until(lambda: phase(runtime, "web@sb#1").phase == "ready")
+    # While it restarts, it still says why the last run ended (not merely "starting").
+    seen: list[str] = []
+
+    def restarted() -> bool:
+        now = phase(runtime, "web@sb#1")
+        if now.phase == "starting":
+            seen.append(now.message)
+        return now.phase == "ready"
+
+    await until(restarted)
+    assert any(m.startswith("waiting for the health check; last time: exited with code 4")
+               for m in seen), seen
     assert phase(runtime, "web@sb#1").restarts == 1
+    assert phase(runtime, "web@sb#1").message == "healthy"
 
 
 async def test_never_healthy_is_unhealthy_with_the_reason(runtime: LocalRuntime) -> None:

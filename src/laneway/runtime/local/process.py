@@ -90,6 +90,7 @@ class SupervisedProcess:
         self.state = UnitState(spec.unit, spec.service, spec.sandbox, "starting")
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = False
+        self._last_failure = ""  # why the previous run ended, while the next one starts
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -117,6 +118,7 @@ class SupervisedProcess:
                 return
             if self.state.ready_at is not None and time.monotonic() - started > STABLE_AFTER:
                 backoff = BACKOFF_START
+            self._last_failure = self.state.message  # said again while it restarts
             self.state.message += f"; restarting in {backoff:g}s"
             self._on_change()
             await asyncio.sleep(backoff)
@@ -145,9 +147,8 @@ class SupervisedProcess:
         self._write_pid(proc.pid)
         # A restart keeps saying why the last run ended: a crash-looping fork is reported as
         # such in its 503s and status, not as merely "starting".
-        crash = self.state.message.partition("; restarting in")[0] \
-            if self.state.phase == "crashed" else ""
-        waiting = "waiting for the health check" + (f"; last time: {crash}" if crash else "")
+        last = self._last_failure
+        waiting = "waiting for the health check" + (f"; last time: {last}" if last else "")
         self._set(phase="starting", port=port, pid=proc.pid, exit_code=None, message=waiting,
                   started_at=time.time(), ready_at=None, log_tail=[])
         waiter = asyncio.ensure_future(proc.wait())
