@@ -47,6 +47,7 @@ async def test_agent_loop_over_stdio(project: Project) -> None:
                                     forks=[{"service": "nope"}])
         assert error
         assert "unknown service 'nope'" in message
+        assert "Next: correct the arguments and call apply_sandbox again" in message
 
         error, message = await call(client, "apply_sandbox", name="crash",
                                     forks=[{"service": "c", "env": {"EXIT_AT_ONCE": "1"}}])

@@ -12,6 +12,7 @@ import asyncio
 import os
 import secrets
 import time
+from collections.abc import Awaitable
 from typing import Annotated, Any
 
 import httpx
@@ -59,6 +60,14 @@ def _fail(exc: CliError, hint: str = "") -> ToolError:
     details = "; ".join(exc.details)
     message = exc.message + (f" {details}" if details else "")
     return ToolError(message + (f" Next: {hint}" if hint else ""))
+
+
+async def _call(request: Awaitable[Any], hint: str = "") -> Any:
+    """A tool's call to the control plane; its error, with the next step, as the tool's."""
+    try:
+        return await request
+    except CliError as exc:
+        raise _fail(exc, hint) from exc
 
 
 def _compact_sandbox(view: dict[str, Any]) -> dict[str, Any]:
@@ -128,10 +137,7 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         "List the baseline's services: name, public URL (send requests there), health. Use "
         "it first, to know what can be forked and where to send requests."))
     async def list_services() -> dict[str, Any]:
-        try:
-            services = await api.get("/v1/services")
-        except CliError as exc:
-            raise _fail(exc) from exc
+        services = await _call(api.get("/v1/services"))
         return {"services": [{"name": s["name"], "url": s["url"], "phase": s["phase"],
                               **({"message": s["message"]} if not s["ready"] else {})}
                              for s in services]}
@@ -140,10 +146,7 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         "List sandboxes with their routing keys, phase (ready/pending/failed) and forked "
         "services. Use it to find an existing sandbox before creating one."))
     async def list_sandboxes() -> dict[str, Any]:
-        try:
-            views = await api.get("/v1/sandboxes")
-        except CliError as exc:
-            raise _fail(exc) from exc
+        views = await _call(api.get("/v1/sandboxes"))
         return {"sandboxes": [{"name": v["name"], "routing_key": v["routingKey"],
                                "phase": v["status"]["phase"], "message": v["status"]["message"],
                                "forks": [f["service"] for f in v["forks"]]} for v in views]}
@@ -153,10 +156,8 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         "fork's phase, restarts and error message. Use it to poll a sandbox that is starting "
         "or to see why one failed."))
     async def get_sandbox(name: str) -> dict[str, Any]:
-        try:
-            return _compact_sandbox(await api.get(f"/v1/sandboxes/{name}"))
-        except CliError as exc:
-            raise _fail(exc, "list_sandboxes shows the sandboxes there are") from exc
+        return _compact_sandbox(await _call(api.get(f"/v1/sandboxes/{name}"),
+                                            "list_sandboxes shows the sandboxes there are"))
 
     @server.tool(description=(
         "Create or update a sandbox (idempotent by name): fork the services you changed, each "
@@ -176,11 +177,9 @@ def build_server(api: AsyncApiClient) -> MCPServer:
             body["labels"] = labels
         if ttl:
             body["ttl"] = ttl
-        try:
-            view = await api.request("PUT", f"/v1/sandboxes/{name}", json=body,
-                                     params={"wait": WAIT_S})
-        except CliError as exc:
-            raise _fail(exc, "correct the arguments and call apply_sandbox again") from exc
+        view = await _call(api.request("PUT", f"/v1/sandboxes/{name}", json=body,
+                                       params={"wait": WAIT_S}),
+                           "correct the arguments and call apply_sandbox again")
         result = _compact_sandbox(view)
         if result["phase"] == "failed":
             raise ToolError(
@@ -215,13 +214,9 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         body: str | None = None,
     ) -> dict[str, Any]:
         sent = dict(headers or {})
-        key = None
-        try:
-            if sandbox:
-                key = (await api.get(f"/v1/sandboxes/{sandbox}"))["routingKey"]
-        except CliError as exc:
-            raise _fail(exc, "list_sandboxes shows the sandboxes there are") from exc
-        if key:
+        if sandbox:
+            key = (await _call(api.get(f"/v1/sandboxes/{sandbox}"),
+                               "list_sandboxes shows the sandboxes there are"))["routingKey"]
             sent["baggage"] = ",".join(p for p in (sent.get("baggage"),
                                                    f"laneway-key={key}") if p)
         trace_id = secrets.token_hex(16)
@@ -260,25 +255,20 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         600.0,
         allow_unreached: bool = False,
     ) -> dict[str, Any]:
-        try:
-            # The command runs as this server's user would run it: with this process's
-            # environment (the agent's), in its directory unless told otherwise.
-            report = await api.request("POST", "/v1/runs", params={"wait": WAIT_S}, json={
-                "sandbox": sandbox, "command": command, "cwd": cwd or os.getcwd(),
-                "env": dict(os.environ), "timeout_s": timeout_s,
-                "allow_unreached": allow_unreached})
-        except CliError as exc:
-            raise _fail(exc, "check the sandbox name (list_sandboxes) and the command") from exc
+        # The command runs as this server's user would run it: with this process's
+        # environment (the agent's), in its directory unless told otherwise.
+        report = await _call(api.request("POST", "/v1/runs", params={"wait": WAIT_S}, json={
+            "sandbox": sandbox, "command": command, "cwd": cwd or os.getcwd(),
+            "env": dict(os.environ), "timeout_s": timeout_s,
+            "allow_unreached": allow_unreached}),
+            "check the sandbox name (list_sandboxes) and the command")
         return _compact_report(report)
 
     @server.tool(description=(
         "Get a run's report by id (from run_tests), waiting up to wait_s (at most 50) seconds "
         "if it is still running. Returns the same compact report as run_tests."))
     async def get_run(run_id: str, wait_s: float = 30.0) -> dict[str, Any]:
-        try:
-            report = await api.get(f"/v1/runs/{run_id}", wait=max(0.0, min(wait_s, WAIT_S)))
-        except CliError as exc:
-            raise _fail(exc) from exc
+        report = await _call(api.get(f"/v1/runs/{run_id}", wait=max(0.0, min(wait_s, WAIT_S))))
         return _compact_report(report)
 
     @server.tool(description=(
@@ -294,15 +284,13 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         grep: str | None = None,
     ) -> dict[str, Any]:
         params = {"tail": tail, "since": since, "grep": grep}
-        try:
-            if sandbox:
-                text = await api.get(f"/v1/sandboxes/{sandbox}/logs", service=service, **params)
-            elif service:
-                text = await api.get(f"/v1/services/{service}/logs", **params)
-            else:
-                raise ToolError("name a sandbox (its fork's logs) or a service (the baseline's)")
-        except CliError as exc:
-            raise _fail(exc) from exc
+        if sandbox:
+            text = await _call(api.get(f"/v1/sandboxes/{sandbox}/logs", service=service,
+                                       **params))
+        elif service:
+            text = await _call(api.get(f"/v1/services/{service}/logs", **params))
+        else:
+            raise ToolError("name a sandbox (its fork's logs) or a service (the baseline's)")
         text, note = _cut(str(text), LOG_CHARS, "narrow it with tail, since or grep")
         result: dict[str, Any] = {"lines": text.splitlines()}
         if note:
@@ -313,10 +301,7 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         "Get the path of a recorded trace (trace id from send_request or a log line): each "
         "hop's service, whether baseline or a fork served it, routing key, status and time."))
     async def get_trace(trace_id: str) -> dict[str, Any]:
-        try:
-            hops = _hops(await api.get("/v1/hops", trace=trace_id, limit=200))
-        except CliError as exc:
-            raise _fail(exc) from exc
+        hops = _hops(await _call(api.get("/v1/hops", trace=trace_id, limit=200)))
         if not hops:
             raise ToolError(f"no hops recorded for trace {trace_id}. Next: send_request returns "
                             "a trace id that is recorded")
@@ -327,10 +312,7 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         "the service whose outbound call dropped the `baggage` header. A leak means requests "
         "past that service never reach forks: fix the propagation in that service."))
     async def list_leaks(sandbox: str | None = None) -> dict[str, Any]:
-        try:
-            leaks = await api.get("/v1/leaks", sandbox=sandbox, limit=50)
-        except CliError as exc:
-            raise _fail(exc) from exc
+        leaks = await _call(api.get("/v1/leaks", sandbox=sandbox, limit=50))
         return {"leaks": leaks}
 
     return server
