@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -63,6 +64,20 @@ class Project:
             self.pids |= {f["pid"] for f in sb["status"]["forks"] if f["pid"]}
         self.pids.add(json.loads((self.root / ".laneway" / "api.json").read_text())["pid"])
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Project]:
+        """`laneway up --detach`; on the way out `down`, and every process it ran gone (a test
+        may have killed the daemon itself)."""
+        self.run("up", "--detach")
+        self.remember_pids()
+        try:
+            yield self
+        finally:
+            if (self.root / ".laneway" / "api.json").exists():
+                self.remember_pids()
+                self.run("down", check=False)
+            wait_all_dead(self.pids)
+
 
 def alive(pid: int) -> bool:
     try:
@@ -115,12 +130,5 @@ def project(tmp_path: Path) -> Iterator[Project]:
     ports = dict(zip("abc", free_ports(3), strict=True))
     proj = Project(tmp_path, ports)
     proj.write("laneway.yaml", chain_yaml(ports))
-    proj.run("up", "--detach")
-    proj.remember_pids()
-    try:
+    with proj.running():
         yield proj
-    finally:
-        if (tmp_path / ".laneway" / "api.json").exists():
-            proj.remember_pids()
-            proj.run("down", check=False)
-        wait_all_dead(proj.pids)

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from laneway.plugins.postgres import with_database
-from tests.e2e.conftest import Project, alive, free_ports, wait_all_dead
+from tests.e2e.conftest import Project, alive, free_ports
 
 LEDGER = str(Path(__file__).parents[2] / "examples" / "ledger" / "ledger.py")
 SANDBOXES = 10
@@ -55,14 +55,8 @@ services:
     env: {{DATABASE_URL: "{base}", REDIS_URL: "{redis_url}"}}
 """)
     project.base_url = base  # type: ignore[attr-defined]
-    project.run("up", "--detach")
-    project.remember_pids()
-    try:
+    with project.running():
         yield project
-    finally:
-        project.remember_pids()
-        project.run("down", check=False)
-        wait_all_dead(project.pids)
 
 
 def items(url: str, table: str) -> list[str]:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import LANEWAY, Project, free_ports, wait_all_dead
+from tests.e2e.conftest import Project, free_ports
 
 SHOP = Path(__file__).parents[2] / "examples" / "shop"
 
@@ -29,15 +28,8 @@ def shop(tmp_path: Path) -> Iterator[Project]:
     (root / "laneway.yaml").write_text(config)
     names = {"web": ports["19401"], "orders": ports["19402"], "pricing": ports["19403"],
              "currency": ports["19404"]}
-    project = Project(root, names)
-    project.run("up", "--detach")
-    project.remember_pids()
-    try:
+    with Project(root, names).running() as project:
         yield project
-    finally:
-        project.remember_pids()
-        subprocess.run([LANEWAY, "down"], cwd=root, check=False, capture_output=True)
-        wait_all_dead(project.pids)
 
 
 def test_opentelemetry_carries_the_key_and_the_leak_is_named(shop: Project) -> None:
