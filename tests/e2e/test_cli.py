@@ -210,20 +210,29 @@ def test_foreground_ctrl_c_means_down(tmp_path: Any) -> None:
                 daemon.kill()
 
 
-def test_a_killed_daemon_takes_its_processes_along(project: Project) -> None:
-    project.write("sb.yaml", "name: s\nforks:\n  - service: b\n")
-    project.run("sandbox", "apply", "-f", "sb.yaml", "--wait")
-    project.remember_pids()
+def test_a_killed_daemon_leaves_traffic_served_and_the_next_up_adopts_it(
+        project: Project) -> None:
+    project.write("sb.yaml", "name: s\nforks:\n  - service: b\n    env: {VERSION: v2}\n")
+    key = project.json("sandbox", "apply", "-f", "sb.yaml", "--wait")["routingKey"]
+    before = {s["name"]: s["pid"] for s in project.json("status")["services"]}
     daemon = json.loads((project.root / ".laneway" / "api.json").read_text())["pid"]
     import os
 
     os.kill(daemon, signal.SIGKILL)
-    wait_all_dead(project.pids)
-    # The next `up` starts cleanly, and the stored sandbox comes back with its key.
-    (project.root / ".laneway" / "api.json").unlink()
+    wait_all_dead({daemon})
+    # The data plane outlives the control plane: both the baseline and the fork still answer.
+    plain = httpx.get(project.url("a") + "/", timeout=5)
+    keyed = httpx.get(project.url("a") + "/", headers={"baggage": f"laneway-key={key}"},
+                      timeout=5)
+    assert plain.json()["next"]["version"] == "baseline"
+    assert keyed.json()["next"]["version"] == "v2"
     project.run("up", "--detach")
-    sandbox = project.json("sandbox", "get", "s", )
-    assert sandbox["name"] == "s"
+    # Adopted, not restarted: the same processes serve, the sandbox keeps its key.
+    after = {s["name"]: s["pid"] for s in project.json("status")["services"]}
+    assert after == before
+    sandbox = project.json("sandbox", "get", "s")
+    assert sandbox["routingKey"] == key
+    assert sandbox["status"]["ready"]
     assert not alive(daemon)
 
 

@@ -9,6 +9,7 @@ from laneway.core.plan import (
     desired_forks,
     plan_actions,
 )
+from laneway.core.routes import RouteTable
 from laneway.core.runtime import Phase, UnitState
 from laneway.core.spec import parse_project, parse_route_group, parse_sandbox
 
@@ -81,51 +82,132 @@ def test_new_and_deleted_sandboxes() -> None:
     assert plan.stop == [unit]
 
 
+def serving_table(sb: DesiredSandbox, actual: dict[str, UnitState]) -> RouteTable:
+    """The routes the routers hold once `sb` is applied and every fork of it is ready."""
+    for unit in desired_forks(PROJECT, sb):
+        actual.setdefault(unit, state(unit, "ready", 31000 + len(actual)))
+    table, statuses, _ = build_routes(1, PROJECT, [sb], [], actual)
+    assert statuses[sb.spec.name].ready
+    return table
+
+
 def test_update_is_made_before_the_old_fork_is_broken() -> None:
     actual = baseline_ready()
     old = sandbox("sb-a", {"service": "pricing"})
     (old_unit,) = desired_forks(PROJECT, old)
-    actual[old_unit] = state(old_unit, "ready", 31000)
+    previous = serving_table(old, actual)
     new = sandbox("sb-a", {"service": "pricing", "env": {"V": "2"}})
     (new_unit,) = desired_forks(PROJECT, new)
 
-    plan = plan_actions(PROJECT, [new], actual)
+    plan = plan_actions(PROJECT, [new], actual, previous=previous)
     assert [s.unit for s in plan.start] == [new_unit]
     assert plan.stop == []  # the old fork keeps serving while the new one starts
 
     actual[new_unit] = state(new_unit, "starting", 32000)
-    assert plan_actions(PROJECT, [new], actual).stop == []
-    table, statuses, _ = build_routes(1, PROJECT, [new], [], actual)
+    assert plan_actions(PROJECT, [new], actual, previous=previous).stop == []
+    table, statuses, _ = build_routes(2, PROJECT, [new], [], actual, previous=previous)
     route = table.forks["pricing"][new.routing_key]
     assert route.ready
-    assert route.upstream is not None
-    assert route.upstream.port == 31000
+    assert route.fork == old_unit
     assert not statuses["sb-a"].ready
     assert "updating" in statuses["sb-a"].message
 
     actual[new_unit] = state(new_unit, "ready", 32000)
-    table, statuses, _ = build_routes(2, PROJECT, [new], [], actual)
+    table, statuses, _ = build_routes(3, PROJECT, [new], [], actual, previous=table)
     route = table.forks["pricing"][new.routing_key]
     assert route.upstream is not None
     assert route.upstream.port == 32000
     assert statuses["sb-a"].ready
-    assert plan_actions(PROJECT, [new], actual).stop == [old_unit]
+    # Once the routes name only the new fork, the old one goes (the data plane drains it).
+    assert plan_actions(PROJECT, [new], actual, previous=table).stop == [old_unit]
 
 
-def test_failed_update_is_a_503_not_the_old_version() -> None:
+def test_two_forks_switch_together() -> None:
+    actual = baseline_ready()
+    old = sandbox("sb-a", {"service": "pricing"}, {"service": "web"})
+    previous = serving_table(old, actual)
+    old_units = set(desired_forks(PROJECT, old))
+    new = sandbox("sb-a", {"service": "pricing", "env": {"V": "2"}},
+                  {"service": "web", "env": {"V": "2"}})
+    new_pricing, new_web = desired_forks(PROJECT, new)
+    actual[new_pricing] = state(new_pricing, "ready", 32000)
+    actual[new_web] = state(new_web, "starting", 32001)
+    table, statuses, _ = build_routes(2, PROJECT, [new], [], actual, previous=previous)
+    served = {table.forks[s][new.routing_key].fork for s in ("pricing", "web")}
+    assert served == old_units  # one new fork ready is not enough: no mixed versions
+    assert not statuses["sb-a"].ready
+    assert plan_actions(PROJECT, [new], actual, previous=table).stop == []
+
+    actual[new_web] = state(new_web, "ready", 32001)
+    table, statuses, _ = build_routes(3, PROJECT, [new], [], actual, previous=table)
+    served = {table.forks[s][new.routing_key].fork for s in ("pricing", "web")}
+    assert served == {new_pricing, new_web}
+    assert statuses["sb-a"].ready
+    assert sorted(plan_actions(PROJECT, [new], actual, previous=table).stop) == \
+        sorted(old_units)
+
+
+def test_failed_update_leaves_the_old_version_serving() -> None:
     actual = baseline_ready()
     old = sandbox("sb-a", {"service": "pricing"})
     (old_unit,) = desired_forks(PROJECT, old)
-    actual[old_unit] = state(old_unit, "ready", 31000)
+    previous = serving_table(old, actual)
     new = sandbox("sb-a", {"service": "pricing", "run": "python broken.py"})
     (new_unit,) = desired_forks(PROJECT, new)
     actual[new_unit] = state(new_unit, "crashed", message="exited with code 1")
-    table, statuses, _ = build_routes(1, PROJECT, [new], [], actual)
+    table, statuses, _ = build_routes(2, PROJECT, [new], [], actual, previous=previous)
     route = table.forks["pricing"][new.routing_key]
+    assert route.ready
+    assert route.fork == old_unit
+    status = statuses["sb-a"]
+    assert not status.ready
+    assert status.failed
+    assert "update failed" in status.message
+    assert "exited with code 1" in status.message
+    assert "previous version" in status.message
+    assert plan_actions(PROJECT, [new], actual, previous=table).stop == []
+
+
+def test_a_new_sandbox_with_a_failing_fork_is_a_503() -> None:
+    actual = baseline_ready()
+    sb = sandbox("sb-a", {"service": "pricing", "run": "python broken.py"})
+    (unit,) = desired_forks(PROJECT, sb)
+    actual[unit] = state(unit, "crashed", message="exited with code 1")
+    table, statuses, _ = build_routes(1, PROJECT, [sb], [], actual)
+    route = table.forks["pricing"][sb.routing_key]
     assert not route.ready
     assert "exited with code 1" in route.reason
-    assert not statuses["sb-a"].ready
-    assert plan_actions(PROJECT, [new], actual).stop == [old_unit]
+    assert statuses["sb-a"].failed
+
+
+def test_a_re_created_sandbox_never_reaches_the_deleted_ones_processes() -> None:
+    actual = baseline_ready()
+    first = DesiredSandbox(parse_sandbox({"name": "sb", "forks": [{"service": "pricing"}]}),
+                           "keyfirst0000", 0, uid="aaaaaaaaaaaa")
+    (first_unit,) = desired_forks(PROJECT, first)
+    previous = serving_table(first, actual)
+    again = DesiredSandbox(first.spec, "keyagain0000", 0, uid="bbbbbbbbbbbb")
+    (again_unit,) = desired_forks(PROJECT, again)
+    assert again_unit != first_unit  # same spec, another incarnation: another process
+    table, statuses, _ = build_routes(2, PROJECT, [again], [], actual, previous=previous)
+    assert "keyfirst0000" not in table.forks["pricing"]
+    assert not table.forks["pricing"]["keyagain0000"].ready
+    assert not statuses["sb"].ready
+    assert plan_actions(PROJECT, [again], actual, previous=table).stop == [first_unit]
+
+
+def test_a_sandbox_that_no_longer_fits_the_baseline_is_failed_not_fatal() -> None:
+    actual = baseline_ready()
+    spec = parse_sandbox({"name": "sb", "forks": [{"service": "pricing"},
+                                                  {"service": "gone"}]})
+    sb = DesiredSandbox(spec, "keyofsb00000", 0, problem="it forks 'gone', no longer a "
+                        "service of laneway.yaml; re-apply it without that fork")
+    assert desired_forks(PROJECT, sb) == {}
+    table, statuses, _ = build_routes(1, PROJECT, [sb], [], actual)
+    assert not table.forks["pricing"]["keyofsb00000"].ready  # a 503, never the baseline
+    assert "gone" not in table.forks
+    assert statuses["sb"].failed
+    assert "'gone'" in statuses["sb"].message
 
 
 def test_crashed_and_starting_forks_route_to_503_with_reason() -> None:

@@ -25,6 +25,7 @@ runs_app = typer.Typer(help="Past runs and their reports.", no_args_is_help=True
 # Exit codes of `laneway run`, so CI can tell a vacuous pass from a failure.
 EXIT_VACUOUS = 3
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 4  # the daemon stopped before the command finished: no verdict
 
 
 def path_of(hops: list[dict[str, Any]]) -> str:
@@ -56,10 +57,12 @@ def print_report(report: dict[str, Any], output: str) -> None:
     if output == "md":
         sys.stdout.write(render_markdown(report))
         return
-    colour = {"passed": "green", "vacuous": "yellow"}.get(report["verdict"], "red")
+    colour = {"passed": "green", "vacuous": "yellow", "interrupted": "yellow"}.get(
+        report["verdict"], "red")
     target = report["sandbox"] or f"route group {report['routegroup']}"
+    exit_code = "-" if report["exit_code"] is None else report["exit_code"]
     console.print(f"\n[bold]run {report['id']}[/bold]: [{colour}]{report['verdict']}[/{colour}]"
-                  f"  exit {report['exit_code']}  {report['duration_s']:.1f}s  "
+                  f"  exit {exit_code}  {report['duration_s']:.1f}s  "
                   f"against {target} (key {report['routing_key']}), {report['hops']} hops")
     reached = ", ".join(f"{fork}: {n}" for fork, n in report["forks_reached"].items())
     console.print(f"forks reached: {reached or 'no forks'}")
@@ -85,6 +88,8 @@ def _exit_code(report: dict[str, Any]) -> int:
         return EXIT_VACUOUS
     if verdict == "error":
         return EXIT_ERROR
+    if verdict == "interrupted":
+        return EXIT_INTERRUPTED
     code = report["exit_code"]
     return code if isinstance(code, int) and 0 < code < 256 else 1
 
@@ -118,7 +123,8 @@ def run(
 
     The command gets LANEWAY_ROUTING_KEY, LANEWAY_BAGGAGE, LANEWAY_URL_<SERVICE> and an
     HTTP_PROXY that adds the key to plain-HTTP requests. Exit code: 0 passed, 3 vacuous (the
-    command passed but a fork was never reached), otherwise the command's own failure code.
+    command passed but a fork was never reached), 4 interrupted (the daemon stopped before the
+    command finished), otherwise the command's own failure code.
     """
     _check_format(output)
     client = connect(api)

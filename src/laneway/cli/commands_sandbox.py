@@ -23,6 +23,13 @@ ApiOption = Annotated[str | None, typer.Option("--api", help="Control plane URL 
                                                "LANEWAY_TOKEN); default: find .laneway/")]
 OutputOption = Annotated[Output, typer.Option("-o", "--output", help="table or json")]
 FileOption = Annotated[Path, typer.Option("-f", "--file", help="YAML file ('-' for stdin)")]
+ShowSecretsOption = Annotated[bool, typer.Option(
+    "--show-secrets", help="Print env values, resource params and outputs as applied; by "
+    "default secret-looking ones (password, token, key, ...) are *** and URLs hide passwords")]
+
+
+def _reveal(show_secrets: bool) -> dict[str, Any]:
+    return {"reveal_secrets": "true"} if show_secrets else {}
 
 
 def _read_spec(file: Path) -> tuple[dict[str, Any], str]:
@@ -48,16 +55,19 @@ def sandbox_apply(
                                        "(exit 1 if one fails)")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits")] = 120.0,
     output: OutputOption = Output.table,
+    show_secrets: ShowSecretsOption = False,
     api: ApiOption = None,
 ) -> None:
     """Create or update a sandbox (idempotent by name)."""
     data, source = _read_spec(file)
     client = connect(api)
     name = data["name"]
+    params = {**_reveal(show_secrets), **({"wait": min(timeout, 30.0)} if wait else {})}
     view = client.request("PUT", f"/v1/sandboxes/{name}", json=data, source=source,
-                          params={"wait": min(timeout, 30.0)} if wait else None)
+                          params=params)
     if wait:
-        view = _wait_ready(client, name, time.monotonic() + timeout - 30.0, view)
+        view = _wait_ready(client, name, time.monotonic() + timeout - 30.0, view,
+                           show_secrets)
     if output is Output.json:
         print_json(view)
     else:
@@ -69,17 +79,18 @@ def sandbox_apply(
 
 
 def _wait_ready(client: ApiClient, name: str, deadline: float,
-                view: dict[str, Any]) -> dict[str, Any]:
+                view: dict[str, Any], show_secrets: bool) -> dict[str, Any]:
     while view["status"]["phase"] == "pending" and time.monotonic() < deadline:
         left = max(0.1, min(30.0, deadline - time.monotonic()))
-        view = client.get(f"/v1/sandboxes/{name}", wait=left)
+        view = client.get(f"/v1/sandboxes/{name}", wait=left, **_reveal(show_secrets))
     return view
 
 
 @sandbox_app.command("list")
-def sandbox_list(output: OutputOption = Output.table, api: ApiOption = None) -> None:
+def sandbox_list(output: OutputOption = Output.table, show_secrets: ShowSecretsOption = False,
+                 api: ApiOption = None) -> None:
     """List sandboxes with their routing keys and status."""
-    data = connect(api).get("/v1/sandboxes")
+    data = connect(api).get("/v1/sandboxes", **_reveal(show_secrets))
     if output is Output.json:
         print_json(data)
         return
@@ -98,9 +109,10 @@ def sandbox_list(output: OutputOption = Output.table, api: ApiOption = None) -> 
 
 
 @sandbox_app.command("get")
-def sandbox_get(name: str, output: OutputOption = Output.table, api: ApiOption = None) -> None:
-    """Show one sandbox: routing key, forks and their processes."""
-    sb = connect(api).get(f"/v1/sandboxes/{name}")
+def sandbox_get(name: str, output: OutputOption = Output.table,
+                show_secrets: ShowSecretsOption = False, api: ApiOption = None) -> None:
+    """Show one sandbox: routing key, forks (their env, secrets masked) and their processes."""
+    sb = connect(api).get(f"/v1/sandboxes/{name}", **_reveal(show_secrets))
     if output is Output.json:
         print_json(sb)
         return
@@ -122,6 +134,10 @@ def sandbox_get(name: str, output: OutputOption = Output.table, api: ApiOption =
         rows.add_row(f"{fork['service']}@{sb['name']}", phase_style(fork["phase"]),
                      str(fork["pid"] or "-"), str(fork["restarts"]), fork["message"])
     console.print(rows)
+    for fork in sb["forks"]:
+        if fork.get("env"):
+            console.print(f"env of {fork['service']}@{sb['name']}: " + ", ".join(
+                f"{k}={v}" for k, v in fork["env"].items()), markup=False)
 
 
 @sandbox_app.command("delete")

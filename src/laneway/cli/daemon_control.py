@@ -8,6 +8,7 @@ The daemon is its own process (`python -m laneway.daemon`); in the foreground `u
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,8 @@ import time
 from pathlib import Path
 
 from laneway.client import ApiClient, CliError, connect
-from laneway.core.layout import STATE_DIR_NAME, StateLayout
+from laneway.core.layout import STATE_DIR_NAME, StateLayout, make_private, restrict_umask
+from laneway.core.processes import find_marked, owner_env, stop_processes
 from laneway.core.spec import SpecError, load_project
 
 __all__ = ["down_environment", "start_daemon"]
@@ -61,20 +63,31 @@ def start_daemon(file: Path, *, detach: bool, timeout: float) -> None:
         raise CliError(f"laneway is already running for {config} (pid {pid}); "
                        "`laneway status` shows it, `laneway down` stops it")
     argv = [sys.executable, "-m", "laneway.daemon", "-f", str(config)]
+    # The daemon and all it starts carry the environment's marker: `laneway down` finds them
+    # whatever happened to their parents.
+    os.environ.update(owner_env(layout.root), LANEWAY_ROLE="daemon")
     if not detach:
         sys.stdout.flush()
         os.execv(sys.executable, argv)
-    layout.root.mkdir(parents=True, exist_ok=True)
+    # daemon.log holds what the daemon prints (env values among it): private from its first
+    # byte. The daemon gets the user's umask back, to hand on to the processes it starts.
+    user_umask = restrict_umask()
+    _make_private(layout)
     with contextlib.suppress(FileNotFoundError):
         layout.api.unlink()
     with layout.daemon_log.open("ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                umask=user_umask)
     log_start = layout.daemon_log.stat().st_size
     deadline = time.monotonic() + timeout
     while not layout.api.exists():
         if proc.poll() is not None:
-            raise CliError("the daemon exited: " + _log_since(layout, log_start).strip())
+            said = _log_since(layout, log_start).strip()
+            # The daemon's own "Error: ..." line is the message; do not say "Error:" twice.
+            errors = [ln.removeprefix("Error: ") for ln in said.splitlines()
+                      if ln.startswith("Error: ")]
+            raise CliError(errors[-1] if errors else "the daemon exited: " + said)
         if time.monotonic() > deadline:
             proc.terminate()
             raise CliError(f"the daemon did not start within {timeout:g}s; see "
@@ -91,6 +104,15 @@ def start_daemon(file: Path, *, detach: bool, timeout: float) -> None:
     print(f"laneway: {project.name} is up (control plane {url}, daemon pid {proc.pid})")
     for name, svc in project.services.items():
         print(f"  {name:<16} http://127.0.0.1:{svc.port}")
+
+
+def _make_private(layout: StateLayout) -> None:
+    stuck = make_private(layout.root)
+    if stuck:
+        shown = ", ".join(str(p) for p in stuck[:3]) + (" …" if len(stuck) > 3 else "")
+        print(f"laneway: warning: cannot make {len(stuck)} entries of {layout.root} private "
+              f"(they belong to another user): {shown}; `sudo chown -R $USER {layout.root}` "
+              "fixes it", file=sys.stderr)
 
 
 def _log_since(layout: StateLayout, offset: int) -> str:
@@ -140,20 +162,58 @@ def _shutdown(client: ApiClient, layout: StateLayout | None, wait: float = 30.0)
 
 
 def down_environment(api: str | None) -> None:
+    """Stop the daemon, the data plane and every process of the environment: what a crashed
+    daemon or data plane left behind too (found by their marker, `core.processes`)."""
+    from laneway.core.layout import find_state_dir
+
     try:
         client = connect(api)
     except CliError:
-        # No API to ask: stop a daemon whose API is gone but whose process is not.
-        from laneway.core.layout import find_state_dir
-
         layout = find_state_dir(Path.cwd())
-        pid = _running_pid(layout) if layout else None
-        if pid is None:
+        if layout is None:
             raise
-        os.kill(pid, signal.SIGTERM)
-        print(f"laneway: sent SIGTERM to the daemon (pid {pid})")
+        pid = _running_pid(layout)
+        if pid is not None:
+            # No API to ask: stop a daemon whose API is gone but whose process is not.
+            os.kill(pid, signal.SIGTERM)
+            print(f"laneway: sent SIGTERM to the daemon (pid {pid})")
+            _wait_dead(pid, 30.0)
+        left = _sweep(layout)
+        if pid is None and not left:
+            raise
+        print("laneway: stopped")
         return
     _shutdown(client, client.layout)
+    if client.layout is not None:
+        _sweep(client.layout)
     print("laneway: stopped")
 
 
+def _wait_dead(pid: int, wait: float) -> bool:
+    deadline = time.monotonic() + wait
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def _sweep(layout: StateLayout) -> bool:
+    """Stop what is still running of the environment: a data plane whose daemon died (asked
+    first, so that it stops its processes gracefully), then anything else that carries the
+    environment's marker (a shell's grandchild, a test command of an interrupted run)."""
+    try:
+        info = json.loads(layout.dataplane_info.read_text())
+        dataplane = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        dataplane = None
+    stopped = False
+    if dataplane is not None and _alive(dataplane):
+        os.kill(dataplane, signal.SIGTERM)
+        print(f"laneway: stopping the data plane (pid {dataplane})")
+        _wait_dead(dataplane, 40.0)
+        stopped = True
+    left = find_marked(layout.root)
+    if left:
+        stop_processes(left)
+        print(f"laneway: stopped {len(left)} leftover processes: "
+              f"{', '.join(map(str, left))}")
+    return stopped or bool(left)

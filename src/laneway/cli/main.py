@@ -73,10 +73,16 @@ def down(api: ApiOption = None) -> None:
 
 
 @app.command()
-def status(output: OutputOption = Output.table, api: ApiOption = None) -> None:
+def status(
+    output: OutputOption = Output.table,
+    show_secrets: Annotated[bool, typer.Option(
+        "--show-secrets", help="Do not mask secrets (passwords in URLs, tokens) in messages")] =
+    False,
+    api: ApiOption = None,
+) -> None:
     """Show the baseline's services, the sandboxes and the route groups, with health."""
     client = connect(api)
-    data = client.get("/v1/status")
+    data = client.get("/v1/status", reveal_secrets="true" if show_secrets else None)
     if output is Output.json:
         print_json(data)
         return

@@ -2,7 +2,8 @@
 
 Every client (CLI, MCP, UI) goes through this; it maps the control plane's exceptions to status
 codes in one place: 422 with field paths for invalid specs, 404 for unknown names, 401 for a
-missing or wrong token.
+missing or wrong token, 503 when the store refuses a write (disk full, read-only), and a JSON 500
+(never a bare text page) for anything unexpected.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
@@ -32,11 +33,16 @@ from laneway.core.feed import update_to_json
 from laneway.core.hops import Hop
 from laneway.core.logs import stamped_at
 from laneway.core.runs import find_leaks, render_markdown
+from laneway.core.secrets import mask_tree
 from laneway.core.spec import RouteGroupSpec, SandboxSpec, format_loc
 
 __all__ = ["create_app"]
 
 _PUBLIC = frozenset({"/healthz", "/openapi.json", "/docs"})
+
+_RevealSecrets = Annotated[bool, Query(
+    description="return env values as applied; by default secret-looking ones (names with "
+                "password, token, secret, key, ...) are `***` and passwords in URLs are masked")]
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -78,13 +84,21 @@ def create_app(control: ControlPlane, token: str,
             extra["errors"] = [{"field": f, "message": m} for f, m in exc.errors]
         return _error(exc.status, exc.code, exc.message, **extra)
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette still re-raises after answering, so the server logs the traceback once.
+        return _error(500, "internal", f"the control plane failed on {request.method} "
+                      f"{request.url.path}: {type(exc).__name__}: {exc}; the daemon's log "
+                      "(.laneway/daemon.log) has the traceback; retry, and report it if it "
+                      "happens again")
+
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"ok": True}
 
     @app.get("/v1/status")
-    async def status() -> dict[str, Any]:
-        return control.status()
+    async def status(reveal_secrets: _RevealSecrets = False) -> dict[str, Any]:
+        return _shown(control.status(), reveal_secrets)
 
     @app.get("/v1/services")
     async def services() -> list[dict[str, Any]]:
@@ -108,21 +122,24 @@ def create_app(control: ControlPlane, token: str,
         return view
 
     @app.get("/v1/sandboxes")
-    async def list_sandboxes() -> list[dict[str, Any]]:
-        return control.list_sandboxes()
+    async def list_sandboxes(reveal_secrets: _RevealSecrets = False) -> list[dict[str, Any]]:
+        return [_shown(view, reveal_secrets) for view in control.list_sandboxes()]
 
     @app.put("/v1/sandboxes/{name}", openapi_extra=_spec_body("SandboxSpec"))
     async def apply_sandbox(name: str, request: Request,
-                            wait: float = Query(0, ge=0, le=600)) -> JSONResponse:
+                            wait: float = Query(0, ge=0, le=600),
+                            reveal_secrets: _RevealSecrets = False) -> JSONResponse:
         view, created = control.apply_sandbox(await _json_object(request), name=name)
         if wait:
             await control.next_pass(1.0)
             view = await _wait(name, wait)
-        return JSONResponse(view, status_code=201 if created else 200)
+        return JSONResponse(_shown(view, reveal_secrets), status_code=201 if created else 200)
 
     @app.get("/v1/sandboxes/{name}")
-    async def get_sandbox(name: str, wait: float = Query(0, ge=0, le=600)) -> dict[str, Any]:
-        return await _wait(name, wait) if wait else control.get_sandbox(name)
+    async def get_sandbox(name: str, wait: float = Query(0, ge=0, le=600),
+                          reveal_secrets: _RevealSecrets = False) -> dict[str, Any]:
+        view = await _wait(name, wait) if wait else control.get_sandbox(name)
+        return _shown(view, reveal_secrets)
 
     @app.delete("/v1/sandboxes/{name}")
     async def delete_sandbox(name: str) -> dict[str, Any]:
@@ -283,6 +300,16 @@ def create_app(control: ControlPlane, token: str,
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _shown(view: dict[str, Any], reveal_secrets: bool) -> dict[str, Any]:
+    """A sandbox view (or the status) as clients see it: env values, resource params and
+    outputs, commands and messages with their secrets masked, unless asked for raw values.
+    Masking here, not in each client, means the CLI, MCP and UI cannot forget it."""
+    if reveal_secrets:
+        return view
+    masked: dict[str, Any] = mask_tree(view)
+    return masked
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ControlError", "Invalid", "NotFound"]
+__all__ = ["ControlError", "Invalid", "NotFound", "StoreUnavailable"]
 
 
 class ControlError(Exception):
@@ -27,3 +27,12 @@ class Invalid(ControlError):
 class NotFound(ControlError):
     status = 404
     code = "not_found"
+
+
+class StoreUnavailable(ControlError):
+    """The store refused a read or write (disk full, read-only, I/O error); the message names
+    the file, the reason and what to do. Temporary: the same call succeeds once the cause is
+    fixed, and a refused write changed nothing."""
+
+    status = 503
+    code = "store_unavailable"

@@ -69,9 +69,10 @@ class ControlPlane:
         self.sandbox_status: dict[str, SandboxStatus] = {}
         self.group_status: dict[str, RouteGroupStatus] = {}
         self.passes = 0
+        self.reconcile_error = ""  # why the last reconcile pass failed, while it retries
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()  # set after every reconcile pass
-        self._parsed: dict[tuple[str, str, int], Any] = {}
+        self._parsed: dict[tuple[str, str, str, int], Any] = {}
         self.resources: ResourceManager | None = None  # set by the daemon when plugins exist
 
     # the reconciler's side
@@ -96,12 +97,33 @@ class ControlPlane:
     def desired_sandboxes(self) -> list[DesiredSandbox]:
         out = []
         for rec in self.store.records("sandbox"):
+            views = self.resources.views(rec.name) if self.resources else {}
+            spec, problem = self._checked_spec(rec)
+            out.append(DesiredSandbox(spec, rec.routing_key, rec.created_at, rec.generation,
+                                      views, uid=rec.uid, problem=problem))
+        return out
+
+    def _checked_spec(self, rec: Record) -> tuple[SandboxSpec, str]:
+        """The stored spec and, when it no longer fits the baseline (laneway.yaml changed
+        since it was applied), why: the sandbox is then `failed`, never a reason to stop."""
+        try:
             spec = self._parsed_spec(rec)
             assert isinstance(spec, SandboxSpec)
-            views = self.resources.views(rec.name) if self.resources else {}
-            out.append(DesiredSandbox(spec, rec.routing_key, rec.created_at, rec.generation,
-                                      views))
-        return out
+        except SpecError as exc:
+            return parse_sandbox({"name": rec.name}), (
+                f"the stored spec is no longer valid ({exc.render()}); re-apply it fixed "
+                f"(`laneway sandbox apply -f ...`) or delete it (`laneway sandbox delete "
+                f"{rec.name}`)")
+        try:
+            check_sandbox_against_project(spec, self.project)
+        except SpecError as exc:
+            gone = [f.service for f in spec.forks if f.service not in self.project.services]
+            what = (f"it forks {', '.join(repr(g) for g in gone)}, no longer a service of "
+                    "laneway.yaml" if gone else
+                    f"it no longer fits laneway.yaml ({exc.render()})")
+            return spec, (f"{what}; re-apply it without that fork (`laneway sandbox apply "
+                          f"-f ...`) or delete it (`laneway sandbox delete {rec.name}`)")
+        return spec, ""
 
     def desired_groups(self) -> list[RouteGroupEntry]:
         out = []
@@ -112,7 +134,9 @@ class ControlPlane:
         return out
 
     def _parsed_spec(self, rec: Record) -> Any:
-        key = (rec.kind, rec.name, rec.generation)
+        # Keyed by the incarnation too: a sandbox deleted and re-created under the same name
+        # starts again at generation 1, and must never be given the deleted one's spec.
+        key = (rec.kind, rec.name, rec.uid, rec.generation)
         spec = self._parsed.get(key)
         if spec is None:
             spec = (parse_sandbox(rec.spec) if rec.kind == "sandbox"
@@ -145,7 +169,7 @@ class ControlPlane:
             if spec.resources and self.resources is None:
                 raise SpecError([("resources", "this control plane has no resource plugins")])
             if self.resources is not None:
-                previous = self._parsed_spec(existing) if existing else None
+                previous = self._checked_spec(existing)[0] if existing else None
                 self.resources.validate(spec, previous)
         except SpecError as exc:
             raise _invalid(exc) from exc
@@ -159,29 +183,28 @@ class ControlPlane:
             changed = existing.spec != stored
             record = Record("sandbox", spec.name, stored, existing.routing_key,
                             existing.created_at, now,
-                            existing.generation + (1 if changed else 0), expires)
+                            existing.generation + (1 if changed else 0), expires,
+                            uid=existing.uid)
             created = False
-        self.store.put(record)
-        self._audit(principal, "create" if created else "update", "sandbox", spec.name,
-                    {"generation": record.generation})
+        self.store.put_with_audit(record, AuditEntry(
+            time.time(), principal, "create" if created else "update", "sandbox", spec.name,
+            {"generation": record.generation}))
         self.wake()
         return self.sandbox_view(record), created
 
     def sandbox_view(self, rec: Record) -> dict[str, Any]:
-        spec = self._parsed_spec(rec)
-        assert isinstance(spec, SandboxSpec)
+        spec, _ = self._checked_spec(rec)
         status = self.sandbox_status.get(rec.name)
         status_json: dict[str, Any]
-        if status is None or status.generation != rec.generation:
-            # Not reconciled since this version was applied: an older status would be stale.
+        if status is None or status.generation != rec.generation or status.uid != rec.uid:
+            # Not reconciled since this version (or this incarnation) was applied: an older
+            # status would be stale, and `--wait` would return before the routes switched.
             status_json = {"ready": False, "phase": "pending",
                            "message": "waiting for the reconciler", "forks": []}
         else:
-            failed = any(f["phase"] in ("crashed", "unhealthy", "failed")
-                         for f in status.forks)
             status_json = {**status.to_json(),
                            "phase": "ready" if status.ready else
-                           ("failed" if failed else "pending")}
+                           ("failed" if status.failed else "pending")}
         return {
             "name": rec.name,
             "routingKey": rec.routing_key,
@@ -214,10 +237,10 @@ class ControlPlane:
 
     def delete_sandbox(self, name: str, *, principal: str = "local",
                        reason: str = "delete") -> None:
-        if not self.store.delete("sandbox", name):
+        if not self.store.delete_with_audit("sandbox", name, AuditEntry(
+                time.time(), principal, reason, "sandbox", name)):
             raise NotFound(f"sandbox {name!r} not found")
         self.sandbox_status.pop(name, None)
-        self._audit(principal, reason, "sandbox", name)
         self.wake()
 
     def apply_route_group(self, data: Mapping[str, Any], *, name: str | None = None,
@@ -236,10 +259,10 @@ class ControlPlane:
         else:
             record = Record("routegroup", spec.name, stored, existing.routing_key,
                             existing.created_at, now,
-                            existing.generation + (existing.spec != stored))
+                            existing.generation + (existing.spec != stored), uid=existing.uid)
             created = False
-        self.store.put(record)
-        self._audit(principal, "create" if created else "update", "routegroup", spec.name)
+        self.store.put_with_audit(record, AuditEntry(
+            time.time(), principal, "create" if created else "update", "routegroup", spec.name))
         self.wake()
         return self.route_group_view(record), created
 
@@ -270,10 +293,10 @@ class ControlPlane:
         return [self.route_group_view(r) for r in self.store.records("routegroup")]
 
     def delete_route_group(self, name: str, *, principal: str = "local") -> None:
-        if not self.store.delete("routegroup", name):
+        if not self.store.delete_with_audit("routegroup", name, AuditEntry(
+                time.time(), principal, "delete", "routegroup", name)):
             raise NotFound(f"route group {name!r} not found")
         self.group_status.pop(name, None)
-        self._audit(principal, "delete", "routegroup", name)
         self.wake()
 
     # reading

@@ -1,10 +1,13 @@
 """The reconciler: level-triggered, idempotent convergence of the runtime to the store.
 
 Each pass reads desired state (store) and actual state (runtime), plans with the pure functions
-of `core.plan`, starts what is missing, publishes the new routing table, and only then stops what
-is no longer wanted, so a deleted or replaced fork stops getting traffic before it stops running.
-Passes run when woken (an API mutation, a process changing phase) and every second regardless,
-which also expires sandboxes whose TTL has passed.
+of `core.plan`, starts what is missing, publishes the new routing table to the data plane (and
+waits until its routers use it), and only then stops what is no longer wanted, so a deleted or
+replaced fork stops getting traffic before it stops running (the data plane lets it finish the
+requests it has first). Statuses (what `apply --wait` waits for) change only once the routes
+they describe are in use. Passes run when woken (an API mutation, a process changing phase) and
+every second regardless, which also expires sandboxes whose TTL has passed; a failing pass is
+logged once per distinct cause and retried with backoff, never in a tight loop.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from dataclasses import replace
 
 from laneway.control.plane import ControlPlane
 from laneway.core.plan import all_desired_forks, build_routes, plan_actions
+from laneway.core.routes import diff_tables
 
 __all__ = ["Reconciler"]
 
 log = logging.getLogger(__name__)
 
 TICK = 1.0
+BACKOFF_MAX = 30.0
 
 
 class Reconciler:
@@ -30,6 +35,8 @@ class Reconciler:
         self.control = control
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._logged: set[str] = set()
+        self.failures = 0  # consecutive failed passes
         control.runtime.subscribe(control.wake)
 
     def start(self) -> None:
@@ -39,10 +46,19 @@ class Reconciler:
         while True:
             try:
                 await self.reconcile_once()
+                self.failures = 0
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("reconcile pass failed; retrying")
+            except Exception as exc:
+                self.failures += 1
+                self.control.reconcile_error = f"{type(exc).__name__}: {exc}"
+                cause = self.control.reconcile_error
+                if cause not in self._logged:
+                    self._logged.add(cause)
+                    log.exception("reconcile pass failed (%s); retrying with backoff", cause)
+                await asyncio.sleep(min(0.25 * 2 ** min(self.failures, 8), BACKOFF_MAX))
+                continue
+            self.control.reconcile_error = ""
             await self.control.wait_for_wake(TICK)
 
     def _expire(self) -> None:
@@ -65,17 +81,24 @@ class Reconciler:
                          for sb in sandboxes]
         groups = control.desired_groups()
         forks = all_desired_forks(control.project, sandboxes)
-        plan = plan_actions(control.project, sandboxes, control.runtime.states(), forks)
+        runtime = control.runtime
+        previous = runtime.routes
+        plan = plan_actions(control.project, sandboxes, runtime.states(), forks, previous)
         for spec in plan.start:
-            await control.runtime.start(spec)
+            await runtime.start(spec)
+        actual = runtime.states()
         table, statuses, group_statuses = build_routes(
-            control.feed.version + 1, control.project, sandboxes, groups,
-            control.runtime.states(), forks,
+            control.feed.version + 1, control.project, sandboxes, groups, actual, forks,
+            previous,
         )
+        if previous is None or not diff_tables(previous, table).empty:
+            await runtime.publish_routes(table)
         control.feed.publish(table)
         control.sandbox_status = statuses
         control.group_status = group_statuses
-        for unit in plan.stop:
+        # What the routes just published no longer name can go (drained first).
+        stop = plan_actions(control.project, sandboxes, actual, forks, table).stop
+        for unit in stop:
             if unit not in self._stopping:
                 task = asyncio.get_running_loop().create_task(
                     self._stop(unit), name=f"laneway-stop-{unit}"

@@ -4,27 +4,36 @@ The control plane runs the command itself (so the CLI and MCP clients only start
 poll it, and nothing blocks a client for long): with the routing key in its environment and an
 injecting proxy as `HTTP_PROXY`, its output on disk, and, when it ends, a report built from the
 hops it caused, the forks' logs and its JUnit results (`core.runs` does the reasoning).
+
+A run outlives nothing but keeps what it found: while the command runs, the report is saved with
+what it has collected so far every couple of seconds; a daemon that shuts down stops the command
+and ends the run `interrupted`, and a daemon that starts ends every run a crashed one left
+`running` the same way, after stopping the command it left behind (every command carries
+`LANEWAY_RUN_ID` and the environment's owner mark, so its processes are found wherever they went).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import secrets
 import shlex
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from laneway.control.errors import Invalid, NotFound
+from laneway.control.errors import Invalid, NotFound, StoreUnavailable
 from laneway.control.inject_proxy import InjectingProxy
 from laneway.control.plane import ControlPlane
 from laneway.core.baggage import baggage_value
+from laneway.core.processes import find_marked, owner_env, stop_processes
 from laneway.core.runs import (
     find_leaks,
     fork_responses,
@@ -34,11 +43,22 @@ from laneway.core.runs import (
     verdict_of,
 )
 
-__all__ = ["RunManager", "RunSpec"]
+__all__ = ["RUN_ID_ENV", "RunManager", "RunSpec"]
 
+log = logging.getLogger("laneway.runs")
+
+RUN_ID_ENV = "LANEWAY_RUN_ID"
 OUTPUT_TAIL = 40
+OUTPUT_TAIL_BYTES = 256 * 1024
 FORK_ERRORS = 50
-HOP_SETTLE = 0.2  # routers hand hop records over every 50 ms
+HOP_SETTLE = 0.1  # routers hand hop records to the data plane's buffer every 50 ms
+PROGRESS_EVERY = 2.0  # seconds between saves of a running run's report (one store write each)
+_CRASHED_NOTE = ("the daemon stopped while this run was running (it crashed or was "
+                 "killed), so the run has no verdict; the report keeps what it had collected "
+                 "until then.")
+_SHUTDOWN_NOTE = ("the daemon shut down while this run was running and stopped its "
+                  "command, so the run has no verdict; the report keeps what it had collected. "
+                  "Run it again after `laneway up`.")
 _PYTEST_FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)(?: - (.*))?$")
 
 
@@ -58,11 +78,45 @@ class RunSpec(BaseModel):
 
 
 class RunManager:
-    def __init__(self, control: ControlPlane, runs_dir: Path) -> None:
+    """Starts runs and keeps their reports; made once per daemon, closed on its shutdown.
+
+    `state_dir` is the environment's `.laneway/` folder (the owner mark of the commands it
+    starts); by default the parent of `runs_dir`.
+    """
+
+    def __init__(self, control: ControlPlane, runs_dir: Path, state_dir: Path | None = None,
+                 *, progress_every: float = PROGRESS_EVERY) -> None:
         self.control = control
         self.runs_dir = runs_dir
+        self.state_dir = state_dir if state_dir is not None else runs_dir.parent
+        self.progress_every = progress_every
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._closing = False
+        self._interrupting: set[str] = set()  # runs whose command close() stopped
+        self._unsaved: set[str] = set()  # runs whose last save failed (logged once)
+        self.interrupted = self._end_interrupted()
+
+    def _end_interrupted(self) -> list[str]:
+        """End the runs that a stopped or crashed daemon left `running`, after stopping what is
+        left of their commands; returns their ids. Runs before the API serves: no run of
+        this daemon exists yet."""
+        ended = []
+        for report in self.control.store.runs_with_status("running"):
+            # Blocks for as long as the leftovers take to exit on SIGTERM (at most 5 s).
+            stopped = stop_processes(find_marked(self.state_dir, {RUN_ID_ENV: report["id"]}))
+            note = _CRASHED_NOTE
+            if stopped:
+                note += f" Its command was still running: laneway stopped it ({len(stopped)} " \
+                        "processes)."
+            note += " Run it again."
+            report.update(status="interrupted", verdict="interrupted", finished_at=time.time(),
+                          note=f"{note} {report.get('note') or ''}".strip())
+            self.control.store.put_run(report)
+            log.warning("run %s was interrupted by the daemon's stop; %d leftover processes "
+                        "stopped", report["id"], len(stopped))
+            ended.append(report["id"])
+        return ended
 
     # starting
 
@@ -145,6 +199,10 @@ class RunManager:
             # Local services must go through the proxy too, or the key is not added.
             NO_PROXY="", no_proxy="",
         )
+        # Marks every process of the command, however far it strays from its process group, so
+        # a daemon that restarts after a crash finds and stops what the run left.
+        env.update(owner_env(self.state_dir))
+        env[RUN_ID_ENV] = run_dir.name
         if spec.sandbox:
             env["LANEWAY_SANDBOX"] = spec.sandbox
         for name, svc in self.control.project.services.items():
@@ -156,6 +214,19 @@ class RunManager:
 
     async def _execute(self, report: dict[str, Any], spec: RunSpec, forks: list[str],
                        run_dir: Path) -> None:
+        try:
+            await self._run_command(report, spec, forks, run_dir)
+        except Exception as exc:
+            # A run must end with a report even when laneway itself fails during it.
+            log.exception("run %s failed inside laneway", report["id"])
+            report.update(status="finished", verdict="error", finished_at=time.time(),
+                          note=f"laneway failed during this run: {type(exc).__name__}: {exc}; "
+                               "the daemon's log has the details")
+            self._save(report)
+
+    async def _run_command(self, report: dict[str, Any], spec: RunSpec, forks: list[str],
+                           run_dir: Path) -> None:
+        run_id = report["id"]
         key = report["routing_key"]
         logs = self._fork_logs(forks)
         proxy = InjectingProxy(key)
@@ -164,6 +235,12 @@ class RunManager:
         argv = ["/bin/sh", "-c", spec.command] if isinstance(spec.command, str) \
             else list(spec.command)
         exit_code: int | None = None
+
+        def progress() -> None:
+            report.update(self._collected(report, forks, logs, run_dir,
+                                          time.monotonic() - started, proxy.requests))
+            self._save(report)
+
         try:
             with (run_dir / "output.log").open("wb") as out:
                 try:
@@ -175,40 +252,103 @@ class RunManager:
                     report.update(status="finished", verdict="error", note=(
                         f"cannot start {argv[0]!r}: {exc.strerror or exc}; check the command "
                         "and cwd"), finished_at=time.time())
-                    self.control.store.put_run(report)
+                    self._save(report)
                     return
-                self._procs[report["id"]] = proc
+                self._procs[run_id] = proc
                 try:
-                    exit_code = await asyncio.wait_for(proc.wait(), spec.timeout_s)
+                    if self._closing:  # close() began while the command was starting
+                        self._interrupting.add(run_id)
+                        await _terminate(proc)
+                    exit_code = await self._wait(proc, spec.timeout_s, progress)
                 except TimeoutError:
                     report["timed_out"] = True
                     exit_code = await _terminate(proc)
                 finally:
-                    self._procs.pop(report["id"], None)
+                    self._procs.pop(run_id, None)
+                    # What left the command's process group (a daemonised helper) goes too.
+                    await asyncio.to_thread(self._stop_leftovers, run_id)
         finally:
             await proxy.close()
         await asyncio.sleep(HOP_SETTLE)
+        # Every hop the routers recorded by now is read before the report is made.
+        await self.control.runtime.sync_hops()
         report.update(self._findings(report, forks, logs, run_dir, exit_code, spec,
                                      time.monotonic() - started, proxy.requests))
-        self.control.store.put_run(report)
+        if run_id in self._interrupting:
+            self._interrupting.discard(run_id)
+            report.update(status="interrupted", verdict="interrupted",
+                          note=f"{_SHUTDOWN_NOTE} {report['note']}".strip())
+        self._save(report)
 
-    def _findings(self, report: dict[str, Any], forks: list[str],
-                  logs: dict[str, tuple[Path, int]], run_dir: Path, exit_code: int | None,
-                  spec: RunSpec, duration: float, proxied: int) -> dict[str, Any]:
+    async def _wait(self, proc: asyncio.subprocess.Process, timeout: float | None,
+                    progress: Callable[[], None]) -> int:
+        """The command's exit code, calling `progress` every `progress_every` seconds while it
+        runs; TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = self.progress_every
+            if deadline is not None:
+                step = min(step, deadline - time.monotonic())
+                if step <= 0:
+                    raise TimeoutError
+            try:
+                return await asyncio.wait_for(proc.wait(), step)
+            except TimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+            progress()
+
+    def _stop_leftovers(self, run_id: str) -> None:
+        stopped = stop_processes(find_marked(self.state_dir, {RUN_ID_ENV: run_id}))
+        if stopped:
+            log.info("run %s: stopped %d processes its command left running", run_id,
+                     len(stopped))
+
+    def _save(self, report: dict[str, Any]) -> None:
+        """Store the report; a store that refuses (disk full) costs this save, not the run."""
+        try:
+            self.control.store.put_run(report)
+        except StoreUnavailable as exc:
+            if report["id"] not in self._unsaved:
+                log.warning("run %s: cannot save its report: %s", report["id"], exc)
+            self._unsaved.add(report["id"])
+        else:
+            self._unsaved.discard(report["id"])
+
+    def _collected(self, report: dict[str, Any], forks: list[str],
+                   logs: dict[str, tuple[Path, int]], run_dir: Path, duration: float,
+                   proxied: int) -> dict[str, Any]:
+        """What the run has gathered so far: saved while it runs, and part of its end report."""
         key = report["routing_key"]
         hops = self.control.hops.query(since=report["started_at"] - 0.01, limit=10_000_000)
         keyed = [h for h in hops if h.routing_key == key]
         traces = {h.trace_id for h in keyed if h.trace_id}
         related = [h for h in hops if h.trace_id in traces]
-        reached = forks_reached(keyed, {key}, forks)
+        output = run_dir / "output.log"
+        return {
+            "duration_s": round(duration, 3),
+            "forks_reached": forks_reached(keyed, {key}, forks), "hops": len(keyed),
+            "proxied_requests": proxied,
+            "fork_responses": fork_responses(keyed, {key}, forks),
+            "leaks": [leak.to_json() for leak in find_leaks(related, {key})],
+            "fork_errors": self._fork_errors(logs),
+            "output_bytes": output.stat().st_size if output.exists() else 0,
+            "output_tail": [ln[:400] for ln in _tail_lines(output, OUTPUT_TAIL)],
+        }
+
+    def _findings(self, report: dict[str, Any], forks: list[str],
+                  logs: dict[str, tuple[Path, int]], run_dir: Path, exit_code: int | None,
+                  spec: RunSpec, duration: float, proxied: int) -> dict[str, Any]:
+        found = self._collected(report, forks, logs, run_dir, duration, proxied)
+        reached = found["forks_reached"]
         tests: dict[str, int] | None = None
         failures: list[dict[str, str]] = []
         junit = run_dir / "junit.xml"
         if junit.exists():
             with contextlib.suppress(Exception):
                 tests, failures = parse_junit(junit.read_text())
-        output = (run_dir / "output.log").read_text("utf-8", "replace").splitlines()
         if not failures:
+            output = (run_dir / "output.log").read_text("utf-8", "replace").splitlines()
             for line in output:
                 match = _PYTEST_FAILED.match(line)
                 if match:
@@ -223,14 +363,8 @@ class RunManager:
                     "carry the routing key (send LANEWAY_BAGGAGE as the `baggage` header, or "
                     "use a client that honours HTTP_PROXY). " + note)
         return {
-            "status": "finished", "verdict": verdict, "exit_code": exit_code,
-            "duration_s": round(duration, 3), "finished_at": time.time(),
-            "forks_reached": reached, "hops": len(keyed), "proxied_requests": proxied,
-            "fork_responses": fork_responses(keyed, {key}, forks),
-            "leaks": [leak.to_json() for leak in find_leaks(related, {key})],
-            "fork_errors": self._fork_errors(logs),
-            "failures": failures[:50], "tests": tests,
-            "output_tail": [ln[:400] for ln in output[-OUTPUT_TAIL:]],
+            **found, "status": "finished", "verdict": verdict, "exit_code": exit_code,
+            "finished_at": time.time(), "failures": failures[:50], "tests": tests,
             "note": note.strip(),
         }
 
@@ -278,10 +412,29 @@ class RunManager:
         return await self.wait(run_id, 10)
 
     async def close(self) -> None:
-        for proc in list(self._procs.values()):
-            await _terminate(proc)
+        """Stop every command still running (its run ends `interrupted`, with its findings)
+        and wait until every report is saved."""
+        self._closing = True
+        running = {run_id: proc for run_id, proc in self._procs.items()
+                   if proc.returncode is None}
+        self._interrupting.update(running)
+        await asyncio.gather(*(_terminate(proc) for proc in running.values()))
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+
+def _tail_lines(path: Path, count: int) -> list[str]:
+    """The last `count` lines of a file, reading no more than its last `OUTPUT_TAIL_BYTES`."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - OUTPUT_TAIL_BYTES))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    if size > OUTPUT_TAIL_BYTES and lines:
+        lines = lines[1:]  # cut by the window
+    return lines[-count:]
 
 
 async def _terminate(proc: asyncio.subprocess.Process) -> int:

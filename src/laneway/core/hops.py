@@ -43,6 +43,17 @@ class Hop:
             "error": self.error,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Hop:
+        return cls(
+            at=float(data["at"]), trace_id=str(data["trace_id"]),
+            parent_id=str(data["parent_id"]), service=str(data["service"]),
+            routing_key=str(data["routing_key"]), destination=str(data["destination"]),
+            fork=str(data["fork"]), status=int(data["status"]),
+            duration_ms=float(data["duration_ms"]), method=str(data["method"]),
+            path=str(data["path"]), error=str(data.get("error", "")),
+        )
+
 
 def trace_context(traceparent: bytes) -> tuple[str, str]:
     """(trace id, parent span id) from a W3C `traceparent` value, or empty strings."""

@@ -55,9 +55,13 @@ class DesiredSandbox:
     created_at: float
     generation: int = 0
     resources: Mapping[str, ResourceView] = field(default_factory=dict)
+    uid: str = ""  # the incarnation: a deleted and re-created sandbox gets a new one
+    problem: str = ""  # why the stored sandbox no longer fits the baseline (it is `failed`)
 
     def resource_blocker(self) -> tuple[str, bool] | None:
         """(why forks cannot start yet, whether that is a failure), or None when they can."""
+        if self.problem:
+            return self.problem, True
         for declared in self.spec.resources:
             view = self.resources.get(declared.name)
             if view is None or view.phase in ("creating", "deleting"):
@@ -133,7 +137,9 @@ def desired_forks(project: ProjectSpec, sandbox: DesiredSandbox) -> dict[str, Pr
         env = {k: interpolate_resources(interpolate(v, project), outputs)
                for k, v in svc.env.items()}
         argv = [interpolate_resources(interpolate(a, project), outputs) for a in svc.argv()]
-        digest = spec_hash(fork.service, argv, env, svc.cwd, svc.health)
+        # The incarnation is part of the digest: a re-created sandbox never adopts a unit (or
+        # a log, or a route) of the deleted one, even with the same spec.
+        digest = spec_hash(fork.service, argv, env, svc.cwd, svc.health, sandbox.uid)
         env.update(
             LANEWAY_SERVICE=fork.service,
             LANEWAY_SANDBOX=sandbox.spec.name,
@@ -153,27 +159,6 @@ def desired_forks(project: ProjectSpec, sandbox: DesiredSandbox) -> dict[str, Pr
     return out
 
 
-ByFork = dict[tuple[str, str], list[UnitState]]
-
-
-def _by_fork(actual: Mapping[str, UnitState]) -> ByFork:
-    """Running fork units by (sandbox, service), built once per pass: looking each fork's
-    generations up in all units made a pass quadratic in the number of sandboxes."""
-    out: ByFork = {}
-    for state in actual.values():
-        if state.sandbox is not None:
-            out.setdefault((state.sandbox, state.service), []).append(state)
-    return out
-
-
-def _current_and_previous(
-    sandbox: str, service: str, wanted: str, actual: Mapping[str, UnitState], by_fork: ByFork
-) -> tuple[UnitState | None, list[UnitState]]:
-    current = actual.get(wanted)
-    previous = [st for st in by_fork.get((sandbox, service), ()) if st.unit != wanted]
-    return current, previous
-
-
 ForksBySandbox = Mapping[str, dict[str, ProcessSpec]]
 
 
@@ -184,17 +169,50 @@ def all_desired_forks(project: ProjectSpec,
     return {sb.spec.name: desired_forks(project, sb) for sb in sandboxes}
 
 
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """Which units answer one sandbox's key at each service, decided once per pass.
+
+    `switched`: every wanted fork is ready, so the key goes to exactly the spec last applied.
+    Otherwise the key stays where it went before (`units`: the previous generation, taken from
+    the routes the routers hold), or, for a sandbox that never served, nowhere yet (503s).
+    """
+
+    switched: bool
+    units: Mapping[str, str]  # service -> unit
+
+
+def _serving(sandbox: DesiredSandbox, wanted: Mapping[str, ProcessSpec],
+             actual: Mapping[str, UnitState], previous: RouteTable | None) -> Serving:
+    blocked = fork_blockers(sandbox)
+    if not blocked and all((st := actual.get(unit)) is not None and st.phase == "ready"
+                           and st.port is not None for unit in wanted):
+        return Serving(True, {spec.service: unit for unit, spec in wanted.items()})
+    # Not all ready: the sandbox keeps its previous generation (make-before-break, switched
+    # for all forks at once), as long as those processes are still there.
+    before: dict[str, str] = {}
+    if previous is not None:
+        for service, keys in previous.forks.items():
+            route = keys.get(sandbox.routing_key)
+            if route is not None and route.ready and route.fork in actual and \
+                    route.sandbox == sandbox.spec.name:
+                before[service] = route.fork
+    return Serving(False, before)
+
+
 def plan_actions(
     project: ProjectSpec,
     sandboxes: Sequence[DesiredSandbox],
     actual: Mapping[str, UnitState],
     forks: ForksBySandbox | None = None,
+    previous: RouteTable | None = None,
 ) -> Plan:
     """Start what is wanted and missing; stop what is running and no longer wanted.
 
-    Baseline services start only once everything they depend on is ready. An updated fork is
-    made before the old one is broken: the old unit keeps running (and serving) while the new
-    one starts, and is stopped once the new one is ready or has failed.
+    Baseline services start only once everything they depend on is ready. An update is made
+    before the old version is broken: the units that serve the sandbox now (`previous`, the
+    routes the routers hold) keep running until every new fork is ready and the routes switch
+    to them all at once; a failing update leaves them serving.
     """
     plan = Plan()
     wanted: set[str] = set()
@@ -206,21 +224,14 @@ def plan_actions(
         if all(actual.get(baseline_unit(d)) and actual[baseline_unit(d)].phase == "ready"
                for d in deps):
             plan.start.append(spec)
-    by_fork = _by_fork(actual)
     forks = forks if forks is not None else all_desired_forks(project, sandboxes)
     for sandbox in sandboxes:
-        for unit, spec in forks[sandbox.spec.name].items():
+        specs = forks[sandbox.spec.name]
+        for unit, spec in specs.items():
             wanted.add(unit)
-            current, previous = _current_and_previous(
-                sandbox.spec.name, spec.service, unit, actual, by_fork
-            )
-            if current is None:
+            if unit not in actual:
                 plan.start.append(spec)
-            # Keep the ready old generation until the new one settles (ready or failed).
-            settling = current is None or current.phase == "starting"
-            for old in previous:
-                if settling and old.phase == "ready":
-                    wanted.add(old.unit)
+        wanted.update(_serving(sandbox, specs, actual, previous).units.values())
     plan.stop = sorted(unit for unit in actual if unit not in wanted)
     return plan
 
@@ -231,6 +242,8 @@ class SandboxStatus:
     message: str
     forks: list[dict[str, Any]]
     generation: int = 0  # the sandbox generation this status was computed for
+    failed: bool = False  # not ready because a fork (or what it needs) failed
+    uid: str = ""  # the incarnation of the sandbox this status was computed for
 
     def to_json(self) -> dict[str, Any]:
         return {"ready": self.ready, "message": self.message, "forks": self.forks}
@@ -263,21 +276,90 @@ def _why_not_ready(state: UnitState | None, fork: str) -> str:
     return f"fork {fork} is {state.phase}{detail}"
 
 
-def _fork_route(
-    sandbox: DesiredSandbox, spec: ProcessSpec, actual: Mapping[str, UnitState], by_fork: ByFork
-) -> ForkRoute:
+def _fork_route(sandbox: DesiredSandbox, service: str, unit: str,
+                actual: Mapping[str, UnitState]) -> ForkRoute:
     name = sandbox.spec.name
-    fork = f"{spec.service}@{name}"
-    current, previous = _current_and_previous(name, spec.service, spec.unit, actual, by_fork)
-    serving: UnitState | None = None
-    if current is not None and current.phase == "ready":
-        serving = current
-    elif current is None or current.phase == "starting":
-        serving = next((p for p in previous if p.phase == "ready"), None)
-    if serving is not None and serving.port is not None:
-        return ForkRoute(spec.service, name, Upstream(LOCAL_HOST, serving.port), True, "",
-                         serving.unit)
-    return ForkRoute(spec.service, name, None, False, _why_not_ready(current, fork), spec.unit)
+    state = actual.get(unit)
+    if state is not None and state.phase == "ready" and state.port is not None:
+        return ForkRoute(service, name, Upstream(LOCAL_HOST, state.port), True, "", unit)
+    return ForkRoute(service, name, None, False, _why_not_ready(state, f"{service}@{name}"),
+                     unit)
+
+
+def _fork_json(fork: str, unit: str, state: UnitState | None,
+               route: ForkRoute | None) -> dict[str, Any]:
+    ready = bool(state and state.phase == "ready")
+    return {
+        "service": fork.partition("@")[0],
+        "unit": unit,
+        "phase": state.phase if state else "pending",
+        "ready": ready,
+        "serving": bool(route and route.ready and route.fork == unit),  # gets the key now
+        "message": "" if ready else _why_not_ready(state, fork),
+        "port": state.port if state else None,
+        "pid": state.pid if state else None,
+        "restarts": state.restarts if state else 0,
+        # When the process was started and became healthy (wall clock), so that tools can
+        # tell laneway's overhead from the process's own start-up.
+        "startedAt": (state.started_at or None) if state else None,
+        "readyAt": state.ready_at if state else None,
+    }
+
+
+def _sandbox_routes(project: ProjectSpec, sandbox: DesiredSandbox,
+                    wanted: Mapping[str, ProcessSpec], actual: Mapping[str, UnitState],
+                    previous: RouteTable | None) -> tuple[dict[str, ForkRoute], SandboxStatus]:
+    """One sandbox's routes (service -> route) and status, from its `Serving` decision."""
+    name = sandbox.spec.name
+    serving = _serving(sandbox, wanted, actual, previous)
+    by_service = {spec.service: unit for unit, spec in wanted.items()}
+    blocked = {service: why for service, why in fork_blockers(sandbox).items()
+               if service in project.services}
+    routes: dict[str, ForkRoute] = {}
+    older = any(unit not in wanted for unit in serving.units.values())
+    for service, unit in serving.units.items():
+        routes[service] = _fork_route(sandbox, service, unit, actual)
+    if not older:
+        # Nothing older serves: a fork that is not ready answers 503 and says why.
+        for service, (reason, _) in blocked.items():
+            routes.setdefault(service, ForkRoute(service, name, None, False,
+                                                 f"fork {service}@{name}: {reason}", ""))
+        for service, unit in by_service.items():
+            routes.setdefault(service, _fork_route(sandbox, service, unit, actual))
+    forks_json = [_fork_json(f"{service}@{name}", unit, actual.get(unit), routes.get(service))
+                  for service, unit in by_service.items()]
+    for service, (reason, failed) in fork_blockers(sandbox).items():
+        forks_json.append({"service": service, "unit": "", "ready": False, "serving": False,
+                           "phase": "failed" if failed else "pending",
+                           "message": f"fork {service}@{name}: {reason}", "port": None,
+                           "pid": None, "restarts": 0, "startedAt": None, "readyAt": None})
+    generation = sandbox.generation
+    uid = sandbox.uid
+    if sandbox.problem and not blocked:
+        return routes, SandboxStatus(False, sandbox.problem, forks_json, generation,
+                                     failed=True, uid=uid)
+    if not wanted and not blocked:
+        return routes, SandboxStatus(True, "no forks: the key routes to the baseline "
+                                     "everywhere", forks_json, generation, uid=uid)
+    if serving.switched:
+        count = len(wanted)
+        return routes, SandboxStatus(True, f"{count}/{count} forks ready", forks_json,
+                                     generation, uid=uid)
+    problems = [f"fork {service}@{name}: {reason}" for service, (reason, _) in blocked.items()]
+    problems += [_why_not_ready(actual.get(unit), f"{service}@{name}")
+                 for service, unit in by_service.items()
+                 if not ((st := actual.get(unit)) and st.phase == "ready")]
+    failed = any(f["phase"] in ("crashed", "unhealthy", "failed") for f in forks_json)
+    if older:
+        old = ", ".join(sorted(f"{s}@{name}" for s, u in serving.units.items()
+                               if u not in wanted))
+        what = "update failed" if failed else "updating"
+        message = (f"{what}: {'; '.join(problems)}; the previous version ({old}) keeps "
+                   "serving the key until every new fork is ready")
+    else:
+        message = "; ".join(problems)
+    return routes, SandboxStatus(False, message, forks_json, generation, failed=failed,
+                                 uid=uid)
 
 
 def labels_match(match: Mapping[str, str], labels: Mapping[str, str]) -> bool:
@@ -291,8 +373,12 @@ def build_routes(
     groups: Sequence[RouteGroupEntry],
     actual: Mapping[str, UnitState],
     forks: ForksBySandbox | None = None,
+    previous: RouteTable | None = None,
 ) -> tuple[RouteTable, dict[str, SandboxStatus], dict[str, RouteGroupStatus]]:
-    """The routing table and every sandbox's and route group's status, from the same facts."""
+    """The routing table and every sandbox's and route group's status, from the same facts.
+
+    `previous` is the table the routers hold now: a sandbox whose new forks are not all ready
+    keeps the units it routes to there (see `plan_actions`)."""
     table = RouteTable(version=version)
     for name in project.services:
         state = actual.get(baseline_unit(name))
@@ -302,61 +388,14 @@ def build_routes(
         table.forks[name] = {}
     statuses: dict[str, SandboxStatus] = {}
     routes_by_sandbox: dict[str, dict[str, ForkRoute]] = {}
-    by_fork = _by_fork(actual)
     forks = forks if forks is not None else all_desired_forks(project, sandboxes)
     for sandbox in sandboxes:
-        routes: dict[str, ForkRoute] = {}
-        forks_json = []
         wanted = forks[sandbox.spec.name]
-        for service, (reason, failed) in fork_blockers(sandbox).items():
-            route = ForkRoute(service, sandbox.spec.name, None, False,
-                              f"fork {service}@{sandbox.spec.name}: {reason}", "")
-            routes[service] = route
+        routes, status = _sandbox_routes(project, sandbox, wanted, actual, previous)
+        for service, route in routes.items():
             table.forks[service][sandbox.routing_key] = route
-            forks_json.append({"service": service, "unit": "", "ready": False,
-                               "phase": "failed" if failed else "pending",
-                               "message": route.reason, "port": None, "pid": None,
-                               "restarts": 0, "startedAt": None, "readyAt": None})
-        for spec in wanted.values():
-            route = _fork_route(sandbox, spec, actual, by_fork)
-            routes[spec.service] = route
-            table.forks[spec.service][sandbox.routing_key] = route
-            state = actual.get(spec.unit)
-            forks_json.append({
-                "service": spec.service,
-                "unit": spec.unit,
-                "phase": state.phase if state else "pending",
-                "ready": route.ready,
-                "message": route.reason if not route.ready else "",
-                "port": state.port if state else None,
-                "pid": state.pid if state else None,
-                "restarts": state.restarts if state else 0,
-                # When the process was started and became healthy (wall clock), so that tools
-                # can tell laneway's overhead from the process's own start-up.
-                "startedAt": (state.started_at or None) if state else None,
-                "readyAt": state.ready_at if state else None,
-            })
         routes_by_sandbox[sandbox.spec.name] = routes
-        not_ready = [r for r in routes.values() if not r.ready]
-        stale = [r for r in routes.values() if r.ready and r.fork not in wanted]
-        if not routes:
-            statuses[sandbox.spec.name] = SandboxStatus(True, "no forks: the key routes to the "
-                                                        "baseline everywhere", forks_json,
-                                                        sandbox.generation)
-        elif not_ready:
-            statuses[sandbox.spec.name] = SandboxStatus(
-                False, "; ".join(r.reason for r in not_ready), forks_json, sandbox.generation
-            )
-        elif stale:
-            statuses[sandbox.spec.name] = SandboxStatus(
-                False, "updating: " + ", ".join(f"{r.served_by} (new version starting)"
-                                                for r in stale), forks_json,
-                sandbox.generation,
-            )
-        else:
-            statuses[sandbox.spec.name] = SandboxStatus(
-                True, f"{len(routes)}/{len(routes)} forks ready", forks_json, sandbox.generation
-            )
+        statuses[sandbox.spec.name] = status
     group_statuses: dict[str, RouteGroupStatus] = {}
     ordered = sorted(sandboxes, key=lambda s: s.spec.name)
     for group in groups:

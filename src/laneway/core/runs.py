@@ -28,7 +28,7 @@ __all__ = [
     "verdict_of",
 ]
 
-Verdict = Literal["passed", "failed", "vacuous", "running", "error"]
+Verdict = Literal["passed", "failed", "vacuous", "running", "error", "interrupted"]
 _SLACK = 0.0005  # seconds: hop times come from two clocks read microseconds apart
 # Level words, and exception names in any language's style: TypeError, ValueError,
 # NullPointerException, panic: …
@@ -150,7 +150,8 @@ def parse_junit(text: str) -> tuple[dict[str, int], list[dict[str, str]]]:
 
 def render_markdown(report: Mapping[str, Any]) -> str:
     """The report as one pastes it into a pull request."""
-    icon = {"passed": "✅", "failed": "❌", "vacuous": "⚠️", "running": "⏳"}.get(
+    icon = {"passed": "✅", "failed": "❌", "vacuous": "⚠️", "running": "⏳",
+            "interrupted": "⏹️"}.get(
         str(report["verdict"]), "❓")
     target = f"sandbox `{report['sandbox']}`" if report.get("sandbox") else \
         f"route group `{report.get('routegroup')}`"

@@ -12,9 +12,15 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-__all__ = ["Phase", "ProcessSpec", "Runtime", "UnitState", "baseline_unit", "fork_unit"]
+if TYPE_CHECKING:
+    from laneway.core.routes import RouteTable
+
+__all__ = [
+    "Phase", "ProcessSpec", "Runtime", "UnitState", "baseline_unit", "fork_unit",
+    "unit_log_path",
+]
 
 Phase = Literal["starting", "ready", "crashed", "unhealthy", "stopping"]
 
@@ -41,13 +47,28 @@ class ProcessSpec:
             "env": dict(self.env),
             "cwd": self.cwd,
             "health": self.health,
+            "startup_timeout": self.startup_timeout,
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ProcessSpec:
+        return cls(
+            unit=str(data["unit"]),
+            service=str(data["service"]),
+            sandbox=data.get("sandbox"),
+            argv=tuple(str(a) for a in data["argv"]),
+            env=tuple(sorted((str(k), str(v)) for k, v in dict(data["env"]).items())),
+            cwd=data.get("cwd"),
+            health=str(data["health"]),
+            startup_timeout=float(data.get("startup_timeout", 30.0)),
+        )
 
 
 def spec_hash(service: str, argv: list[str], env: Mapping[str, str], cwd: str | None,
-              health: str) -> str:
+              health: str, incarnation: str = "") -> str:
     """A short digest of what makes a fork different; a changed fork gets a new unit."""
-    blob = json.dumps([service, argv, sorted(env.items()), cwd, health], sort_keys=True)
+    blob = json.dumps([service, argv, sorted(env.items()), cwd, health, incarnation],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
@@ -57,6 +78,16 @@ def baseline_unit(service: str) -> str:
 
 def fork_unit(service: str, sandbox: str, digest: str) -> str:
     return f"{service}@{sandbox}#{digest}"
+
+
+def unit_log_path(state_dir: Path, unit: str) -> Path:
+    """Where a unit's output is kept: `logs/baseline/<service>.log`, or
+    `logs/sandboxes/<sandbox>/<service>-<digest>.log` for a fork (kept across its restarts)."""
+    service, _, rest = unit.partition("@")
+    if not rest:
+        return state_dir / "logs" / "baseline" / f"{service}.log"
+    sandbox, _, digest = rest.partition("#")
+    return state_dir / "logs" / "sandboxes" / sandbox / f"{service}-{digest}.log"
 
 
 @dataclass(slots=True)
@@ -75,6 +106,7 @@ class UnitState:
     started_at: float = 0.0
     ready_at: float | None = None
     log_tail: list[str] = field(default_factory=list)
+    errors: int = 0  # unexpected exceptions caught while supervising it (each was logged)
 
     @property
     def failed(self) -> bool:
@@ -93,11 +125,36 @@ class UnitState:
             "exit_code": self.exit_code,
             "started_at": self.started_at or None,
             "ready_at": self.ready_at,
+            "errors": self.errors,
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> UnitState:
+        return cls(
+            unit=str(data["unit"]),
+            service=str(data["service"]),
+            sandbox=data.get("sandbox"),
+            phase=data["phase"],
+            port=data.get("port"),
+            pid=data.get("pid"),
+            restarts=int(data.get("restarts", 0)),
+            message=str(data.get("message", "")),
+            exit_code=data.get("exit_code"),
+            started_at=float(data.get("started_at") or 0.0),
+            ready_at=data.get("ready_at"),
+            errors=int(data.get("errors", 0)),
+        )
 
 
 class Runtime(Protocol):
+    # The routes table the data plane routes by now (None: not known yet). The planner keeps
+    # the units it names running until a sandbox switches to its new forks all at once.
+    routes: RouteTable | None
+
     def states(self) -> Mapping[str, UnitState]: ...
+
+    async def publish_routes(self, table: RouteTable) -> None:
+        """Make `table` the one requests are routed by; returns once the routers use it."""
 
     async def start(self, spec: ProcessSpec) -> None:
         """Begin running `spec.unit`; returns at once, supervision continues in the background."""
@@ -109,6 +166,9 @@ class Runtime(Protocol):
         """Call `callback` (from the event loop) whenever any unit's state changes."""
 
     def log_path(self, unit: str) -> Path | None: ...
+
+    async def sync_hops(self) -> None:
+        """Hand over every hop record the routers made up to now (before a run's report)."""
 
     async def close(self) -> None:
         """Stop every unit."""

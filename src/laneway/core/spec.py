@@ -218,8 +218,11 @@ class RouterSettings(_Spec):
     upstream_timeout: float = 60.0
     max_header_bytes: int = Field(default=65536, ge=1024, le=1048576)
     hop_capacity: int = Field(default=100_000, ge=100, le=10_000_000)
+    # How long a replaced or deleted fork may take to finish the requests it has, after it
+    # stopped getting new ones and before it gets SIGTERM.
+    drain_timeout: float = Field(default=30.0, ge=0, le=3600)
 
-    @field_validator("connect_timeout", "upstream_timeout", mode="before")
+    @field_validator("connect_timeout", "upstream_timeout", "drain_timeout", mode="before")
     @classmethod
     def _timeouts(cls, value: object) -> float:
         return _duration(value)

@@ -1,5 +1,7 @@
-"""Composition root: builds the store, runtime, control plane, router and API, runs them, and
-shuts them down as a runbook (stop accepting, stop the API, stop routers, stop every process).
+"""Composition root of the control plane: builds the store, the control plane, the reconciler,
+runs and the API over the data plane (`laneway.dataplane`, its own process: routers and service
+processes, which keep serving while this process is stopped, stalled or killed), runs them, and
+shuts them down as a runbook (stop the API, the reconciler and runs, then the data plane).
 
 Signals: the first SIGINT/SIGTERM starts a graceful shutdown; a second one forces it (process
 groups are killed and the daemon exits at once).
@@ -34,12 +36,11 @@ from laneway.control.resources import ResourceManager
 from laneway.control.runs import RunManager
 from laneway.control.store import SqliteStore
 from laneway.core.feed import RoutesBroadcaster
-from laneway.core.layout import STATE_DIR_NAME, StateLayout
+from laneway.core.layout import STATE_DIR_NAME, StateLayout, make_private, restrict_umask
+from laneway.core.logs import rotate_stdio
 from laneway.core.spec import ProjectSpec, SpecError, load_project
 from laneway.plugins import builtin_plugins
-from laneway.router import Router, RouterSettings
-from laneway.router.server import RouterError
-from laneway.runtime.local import LocalRuntime
+from laneway.runtime.local.dataplane import DataPlaneError, DataPlaneRuntime
 
 __all__ = ["Daemon", "main", "run"]
 
@@ -104,59 +105,68 @@ class Daemon:
             self._force()
 
     def _force(self) -> None:
-        for path in (self.layout.root / "run").glob("*.json"):
-            with contextlib.suppress(Exception):
-                os.killpg(int(json.loads(path.read_text())["pid"]), signal.SIGKILL)
-                path.unlink()
+        """A second Ctrl-C: everything of this environment is killed at once."""
+        from laneway.core.processes import find_marked
+
+        for pid in find_marked(self.layout.root):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(FileNotFoundError):
             self.layout.api.unlink()
         os._exit(130)
 
     async def run(self) -> int:
         self._lock()
+        # The store first: a corrupt one is reported before anything is started.
+        store = SqliteStore(self.layout.database)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal)
         token = self._write_token()
         routes_token = secrets.token_urlsafe(24)
-        # The API's socket is bound first: every process learns where the routes feed is
-        # (consumers use it to skip messages that a fork of their service takes).
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         url = f"http://127.0.0.1:{port}"
-        store = SqliteStore(self.layout.database)
-        runtime = LocalRuntime(self.layout.root, extra_env={
-            "LANEWAY_ROUTES_URL": f"{url}/v1/routes", "LANEWAY_ROUTES_TOKEN": routes_token})
-        if runtime.reaped:
-            self.say(f"laneway: stopped {len(runtime.reaped)} processes left by a previous run: "
-                     f"{', '.join(runtime.reaped)}")
+        settings = self.project.router
+        hops = HopLog(settings.hop_capacity)
+        # The data plane (routers and processes) is its own process and outlives this one:
+        # adopt the one that runs (this daemon was restarted, or had crashed), or start it.
+        runtime = DataPlaneRuntime(self.layout.root, {
+            "extra_headers": list(settings.extra_headers),
+            "connect_timeout": settings.connect_timeout,
+            "upstream_timeout": settings.upstream_timeout,
+            "max_header_bytes": settings.max_header_bytes,
+            "hop_capacity": settings.hop_capacity,
+        }, settings.drain_timeout, hop_sink=hops.add)
         feed = RoutesBroadcaster()
-        hops = HopLog(self.project.router.hop_capacity)
         control = ControlPlane(self.project, store, runtime, feed, hops)
         control.resources = ResourceManager(builtin_plugins(), self.layout.root / "resources",
                                             self.config.parent, store, control.wake)
-        settings = self.project.router
-        router = Router(RouterSettings(
-            extra_headers=tuple(settings.extra_headers),
-            connect_timeout=settings.connect_timeout,
-            upstream_timeout=settings.upstream_timeout,
-            max_header_bytes=settings.max_header_bytes,
-        ), hop_sink=hops.add)
         reconciler = Reconciler(control)
         runs = RunManager(control, self.layout.root / "runs")
         server: _ApiServer | None = None
         api_task: asyncio.Task[None] | None = None
+        rotate_task = loop.create_task(_rotate_forever(self.layout.daemon_log),
+                                       name="laneway-log-rotate")
+        stop_dataplane = True
         try:
-            for name, svc in self.project.services.items():
-                await router.listen(name, svc.port)
-            router.follow(feed)
+            try:
+                await runtime.connect()
+                await runtime.listen({name: svc.port
+                                      for name, svc in self.project.services.items()})
+            except DataPlaneError as exc:
+                raise DaemonError(str(exc)) from exc
+            if runtime.adopted:
+                running = len(runtime.states())
+                self.say(f"laneway: adopted the running data plane (pid {runtime.pid}, "
+                         f"{running} processes)")
             reconciler.start()
             app = create_app(control, token, shutdown=self.stop_requested.set, runs=runs,
                              routes_token=routes_token)
             server = _ApiServer(uvicorn.Config(app, log_level="warning", lifespan="off",
-                                               access_log=False))
+                                               access_log=False, timeout_graceful_shutdown=2))
             api_task = loop.create_task(server.serve(sockets=[sock]), name="laneway-api")
             while not server.started:
                 if api_task.done():
@@ -165,24 +175,33 @@ class Daemon:
             self.layout.api.write_text(json.dumps({
                 "url": url, "pid": os.getpid(), "config": str(self.config),
                 "project": self.project.name, "startedAt": time.time(),
+                "dataplanePid": runtime.pid,
             }))
             self.say(f"laneway: {self.project.name} control plane at {url}")
             await self._report_baseline(control)
             await self.stop_requested.wait()
-        except RouterError as exc:
-            raise DaemonError(str(exc)) from exc
+        except DaemonError:
+            # Nothing was adopted into a working whole: a data plane this start made goes too,
+            # one that was already serving keeps serving.
+            stop_dataplane = not runtime.adopted
+            raise
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.layout.api.unlink()
+            # Runs first, while the API still answers: a `laneway run` waiting on its run gets
+            # the `interrupted` report, not a cut connection.
+            await runs.close()
             if server is not None and api_task is not None:
                 server.should_exit = True
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(api_task, 5)
-            await runs.close()
             await reconciler.close()
             await control.resources.close()
-            await router.close()
-            await runtime.close()
+            if stop_dataplane:
+                await runtime.close()
+            else:
+                await runtime.detach()
+            rotate_task.cancel()
             store.close()
             self.say("laneway: stopped")
         return 0
@@ -213,21 +232,40 @@ async def run(config: Path, out: IO[str]) -> int:
     except SpecError as exc:
         print(f"Error: {exc.render()}", file=sys.stderr)
         return 2
+    from laneway.control.errors import StoreUnavailable
+    from laneway.control.store import StoreCorrupt
+
     daemon = Daemon(config, project, out)
     try:
         return await daemon.run()
-    except DaemonError as exc:
+    except (DaemonError, StoreCorrupt, StoreUnavailable) as exc:
+        # The store is opened inside Daemon.run(); a damaged or unwritable one is the user's
+        # to fix (the message says how), so it gets one line, not a traceback.
         print(f"Error: {exc}", file=sys.stderr)
         return 1
 
 
 def main(argv: list[str]) -> int:
+    # First, before anything writes to .laneway/: the store, its -wal/-shm, logs, run reports
+    # and the token are then created 0600 (folders 0700), whoever creates them later.
+    restrict_umask()
     parser = argparse.ArgumentParser(prog="laneway-daemon")
     parser.add_argument("-f", "--file", default="laneway.yaml")
     args = parser.parse_args(argv)
+    config = Path(args.file).resolve()
+    if config.is_file():  # else `run` says so, and no folder is made beside a missing file
+        for path in make_private(config.parent / STATE_DIR_NAME):
+            print(f"laneway: warning: {path} belongs to another user and stays readable to "
+                  "others", file=sys.stderr)
     logging.basicConfig(level=logging.WARNING, format="laneway: %(levelname)s %(message)s")
     _use_our_python()
-    return uvloop.run(run(Path(args.file).resolve(), sys.stdout))
+    return uvloop.run(run(config, sys.stdout))
+
+
+async def _rotate_forever(path: Path) -> None:
+    while True:
+        rotate_stdio(path)
+        await asyncio.sleep(5.0)
 
 
 def _use_our_python() -> None:

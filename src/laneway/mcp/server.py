@@ -47,7 +47,8 @@ class ForkArg(BaseModel):
     run: str | list[str] | None = Field(
         default=None, description="command for the fork; omit to keep the baseline's")
     env: dict[str, str] | None = Field(
-        default=None, description="environment variables merged over the baseline's")
+        default=None, description="environment variables merged over the baseline's (results "
+        "show secret-looking values as ***: pass the real values, never ***)")
 
 
 def _cut(text: str, limit: int, how: str) -> tuple[str, str | None]:
@@ -110,6 +111,9 @@ def _compact_report(report: dict[str, Any]) -> dict[str, Any]:
     elif report.get("verdict") == "vacuous":
         out["next"] = ("make the test send the `baggage` header (LANEWAY_BAGGAGE env var) or "
                        "use a client that honours HTTP_PROXY, so requests reach the fork")
+    elif report.get("verdict") == "interrupted":
+        out["next"] = ("the laneway daemon stopped before the command finished, so this run "
+                       "proves nothing; once `laneway up` runs again, call run_tests again")
     return out
 
 
@@ -153,18 +157,27 @@ def build_server(api: AsyncApiClient) -> MCPServer:
 
     @server.tool(description=(
         "Get one sandbox: routing key (and the ready `baggage` header value), phase, and each "
-        "fork's phase, restarts and error message. Use it to poll a sandbox that is starting "
-        "or to see why one failed."))
-    async def get_sandbox(name: str) -> dict[str, Any]:
-        return _compact_sandbox(await _call(api.get(f"/v1/sandboxes/{name}"),
-                                            "list_sandboxes shows the sandboxes there are"))
+        "fork's phase, restarts, error message, run command and env. Use it to poll a sandbox "
+        "that is starting or to see why one failed."))
+    async def get_sandbox(
+        name: str,
+        reveal_secrets: Annotated[bool, Field(description=(
+            "env values whose names look secret (password, token, secret, key, ...) are "
+            "masked as *** and URLs show *** for their password, unless this is true; set it "
+            "only when you need a value itself"))] = False,
+    ) -> dict[str, Any]:
+        view = await _call(api.get(f"/v1/sandboxes/{name}",
+                                   reveal_secrets="true" if reveal_secrets else None),
+                           "list_sandboxes shows the sandboxes there are")
+        return _compact_sandbox(view)
 
     @server.tool(description=(
         "Create or update a sandbox (idempotent by name): fork the services you changed, each "
         "with its own `run` command and/or `env` (the rest of the baseline definition is "
         "inherited). Only changed forks restart; the routing key stays the same. Waits until "
         "every fork is ready or one has failed, and says which; on failure the error carries "
-        "the fork's last log lines. Returns the sandbox (routing key, phase, forks)."))
+        "the fork's last log lines. Returns the sandbox (routing key, phase, forks; "
+        "secret-looking env values masked as ***, see get_sandbox)."))
     async def apply_sandbox(
         name: Annotated[str, Field(description="DNS label, at most 40 characters")],
         forks: Annotated[list[ForkArg], Field(description="services to fork")],

@@ -49,6 +49,7 @@ class Router:
         self.contexts: dict[str, ServiceContext] = {}
         self.ports: dict[str, int] = {}
         self._servers: list[asyncio.Server] = []
+        self._by_service: dict[str, asyncio.Server] = {}
         self._follow_task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.updated = asyncio.Event()  # set whenever a feed update is applied (tests wait on it)
@@ -85,11 +86,22 @@ class Router:
             raise RouterError(f"cannot listen on {self.settings.host}:{port} for service "
                               f"{service!r}: {exc.strerror or exc}") from exc
         self._servers.append(server)
+        self._by_service[service] = server
         if self._sweeper is None:
             self._sweep()
         bound = int(server.sockets[0].getsockname()[1])
         self.ports[service] = bound
         return bound
+
+    async def unlisten(self, service: str) -> None:
+        """Stop accepting connections for `service` (a service removed from the baseline)."""
+        server = self._by_service.pop(service, None)
+        self.ports.pop(service, None)
+        if server is not None:
+            server.close()
+            self._servers.remove(server)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
 
     def _sweep(self) -> None:
         """Answer 504 for exchanges whose upstream has been silent past the timeout."""

@@ -9,6 +9,7 @@ response has no body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -29,6 +30,32 @@ class UpstreamPool:
         self._idle: dict[Upstream, list[UpstreamConnection]] = {}
         self._max_idle = max_idle_per_upstream
         self.open: set[UpstreamConnection] = set()
+        self.inflight: dict[Upstream, int] = {}  # requests given to each upstream, not done
+        self._drained: dict[Upstream, asyncio.Event] = {}
+
+    def begin(self, upstream: Upstream) -> None:
+        self.inflight[upstream] = self.inflight.get(upstream, 0) + 1
+
+    def end(self, upstream: Upstream) -> None:
+        left = self.inflight.get(upstream, 1) - 1
+        if left > 0:
+            self.inflight[upstream] = left
+            return
+        self.inflight.pop(upstream, None)
+        event = self._drained.pop(upstream, None)
+        if event is not None:
+            event.set()
+
+    async def drained(self, upstream: Upstream, timeout: float) -> int:
+        """Wait until no request given to `upstream` is in flight (at most `timeout` s), then
+        close its idle connections; returns how many requests were still in flight."""
+        if self.inflight.get(upstream):
+            event = self._drained.setdefault(upstream, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        for conn in self._idle.pop(upstream, []):
+            conn.close()
+        return self.inflight.get(upstream, 0)
 
     def take(self, upstream: Upstream) -> UpstreamConnection | None:
         idle = self._idle.get(upstream)

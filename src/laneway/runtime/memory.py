@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from laneway.core.routes import RouteTable
 from laneway.core.runtime import Phase, ProcessSpec, UnitState
 
 __all__ = ["MemoryRuntime"]
@@ -19,6 +20,13 @@ class MemoryRuntime:
         self._next_port = 20000
         self.started: list[str] = []
         self.stopped: list[str] = []
+        self.routes: RouteTable | None = None
+
+    async def publish_routes(self, table: RouteTable) -> None:
+        self.routes = table
+
+    async def sync_hops(self) -> None:
+        pass
 
     def states(self) -> Mapping[str, UnitState]:
         return dict(self._states)

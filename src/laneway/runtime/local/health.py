@@ -18,6 +18,8 @@ async def check_health(port: int, health: str, timeout: float = 1.0) -> str | No
         return f"connect to port {port} timed out"
     except OSError as exc:
         return f"port {port}: {exc.strerror or exc}"
+    except RuntimeError as exc:  # uvloop raises it for a socket reset under its feet
+        return f"port {port}: {exc}"
     try:
         if health == "tcp":
             return None
@@ -38,7 +40,11 @@ async def check_health(port: int, health: str, timeout: float = 1.0) -> str | No
         return f"GET {health}: no answer within {timeout:g}s"
     except OSError as exc:
         return f"GET {health}: {exc.strerror or exc}"
+    except RuntimeError as exc:
+        # Under uvloop, writing to a socket the peer reset raises RuntimeError, not OSError:
+        # an unhealthy answer, never a reason for the supervisor to die.
+        return f"GET {health}: {exc}"
     finally:
-        writer.close()
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.close()
             await writer.wait_closed()

@@ -1,9 +1,11 @@
 """One supervised unit: start, health-check, watch, restart with backoff, stop gracefully.
 
-Each unit is owned by one named task that the `LocalRuntime` keeps and cancels on stop. Children
-run in their own process group (so `sh -c` pipelines stop as a whole), get SIGTERM when the daemon
-dies (PR_SET_PDEATHSIG on Linux), and are recorded in a pid file so that a restarted daemon can
-find and stop what a crashed one left behind.
+Each unit is owned by one named task that the `LocalRuntime` keeps and cancels on stop; the
+task never dies of an unexpected exception (it is logged once per distinct cause, counted in the
+unit's state, and the unit is restarted with backoff). Children run in their own process group
+(so `sh -c` pipelines stop as a whole), get SIGTERM when the data plane dies (PR_SET_PDEATHSIG on
+Linux), and carry the environment's marker (`core.processes`), so that a restarted data plane or
+`laneway down` finds and stops what a crashed one left behind, grandchildren included.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import signal
 import socket
@@ -20,16 +23,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from laneway.core.layout import user_umask
 from laneway.core.logs import stamp, unstamped
 from laneway.core.runtime import ProcessSpec, UnitState
 from laneway.runtime.local.health import check_health
 
-__all__ = ["SupervisedProcess", "copy_output", "free_port", "tail_lines"]
+__all__ = ["MAX_LOG_BYTES", "SupervisedProcess", "copy_output", "free_port", "tail_lines"]
+
+log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 10.0  # a process ready this long has its backoff reset
 STOP_GRACE = 5.0
+MAX_LOG_BYTES = 16 * 1024 * 1024  # a unit's log is rotated (one older file kept) past this
 
 
 def free_port() -> int:
@@ -53,30 +60,48 @@ def tail_lines(path: Path, count: int = 10, max_bytes: int = 8192) -> list[str]:
     return [ln for ln in lines if not ln.startswith("--- laneway:")][-count:]
 
 
-async def copy_output(stream: asyncio.StreamReader, path: Path) -> None:
+async def copy_output(stream: asyncio.StreamReader, path: Path,
+                      max_bytes: int = MAX_LOG_BYTES) -> None:
     """Append what a process writes to its log, each line prefixed with the time it was read
-    (so that logs can be cut by time: `laneway sandbox logs`, MCP `get_logs(since=…)`)."""
+    (so that logs can be cut by time: `laneway sandbox logs`, MCP `get_logs(since=…)`). Past
+    `max_bytes` the log becomes `<name>.1` (replacing an older one) and a new one begins, so a
+    chatty process cannot fill the disk."""
     pending = b""
-    with path.open("ab") as log:
+    out = path.open("ab")
+    try:
         while chunk := await stream.read(65536):
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
             if lines:
                 prefix = stamp(time.time())
-                log.write(b"".join(prefix + line + b"\n" for line in lines))
-                log.flush()
+                out.write(b"".join(prefix + line + b"\n" for line in lines))
+                out.flush()
             if len(pending) > 65536:  # a very long line: write it as it comes
-                log.write(stamp(time.time()) + pending + b"\n")
+                out.write(stamp(time.time()) + pending + b"\n")
                 pending = b""
+            if out.tell() > max_bytes:
+                out.close()
+                os.replace(path, path.with_name(path.name + ".1"))
+                out = path.open("ab")
         if pending:
-            log.write(stamp(time.time()) + pending + b"\n")
+            out.write(stamp(time.time()) + pending + b"\n")
+    finally:
+        out.close()
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    if sys.platform == "linux":
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _child_setup(umask: int) -> Callable[[], None]:
+    """What runs in the child between fork and exec (uvloop's subprocess takes no `umask=`)."""
+
+    def setup() -> None:  # pragma: no cover - runs in the child
+        # The data plane keeps .laneway/ private (umask 077); what a service writes into the
+        # user's tree is the user's, with the user's umask.
+        os.umask(umask)
+        if sys.platform == "linux":
+            with contextlib.suppress(Exception):
+                libc = ctypes.CDLL("libc.so.6", use_errno=True)
+                libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return setup
 
 
 class SupervisedProcess:
@@ -91,6 +116,7 @@ class SupervisedProcess:
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = False
         self._last_failure = ""  # why the previous run ended, while the next one starts
+        self._logged_causes: set[str] = set()
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -109,11 +135,14 @@ class SupervisedProcess:
             started = time.monotonic()
             try:
                 await self._run_once()
+            except asyncio.CancelledError:
+                raise
             except OSError as exc:
                 # The command cannot even be started (not found, not executable, bad cwd).
                 self._set(phase="crashed", pid=None, exit_code=None,
-                          message=f"cannot start {self.spec.argv[0]!r}: {exc.strerror or exc}",
-                          log_tail=[])
+                          message=self._cannot_start(exc), log_tail=[])
+            except Exception as exc:
+                self._unexpected(exc)
             if self._stopping:
                 return
             if self.state.ready_at is not None and time.monotonic() - started > STABLE_AFTER:
@@ -125,12 +154,30 @@ class SupervisedProcess:
             backoff = min(backoff * 2, BACKOFF_MAX)
             self._set(restarts=self.state.restarts + 1)
 
+    def _cannot_start(self, exc: OSError) -> str:
+        cwd = self.spec.cwd
+        if cwd is not None and not os.path.isdir(cwd):
+            return f"cannot start {self.spec.argv[0]!r}: its cwd {cwd} is not a folder"
+        return f"cannot start {self.spec.argv[0]!r}: {exc.strerror or exc}"
+
+    def _unexpected(self, exc: Exception) -> None:
+        """A bug of ours (or of a library) while supervising: logged once per distinct cause,
+        counted, and the unit restarted with backoff like a crash; never a dead supervisor."""
+        cause = f"{type(exc).__name__}: {exc}"
+        if cause not in self._logged_causes:
+            self._logged_causes.add(cause)
+            log.error("supervising %s failed (%s); restarting it with backoff", self.spec.unit,
+                      cause, exc_info=exc)
+        self._set(phase="crashed", pid=None, exit_code=None, errors=self.state.errors + 1,
+                  message=f"laneway could not supervise it ({cause})", log_tail=[])
+
     async def _run_once(self) -> None:
         port = free_port()
         env = dict(os.environ)
         env.update(self.extra_env)
         env.update(self.spec.env)
         env["PORT"] = str(port)
+        env["LANEWAY_UNIT"] = self.spec.unit
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             log.write(stamp(time.time()) + f"--- laneway: starting {' '.join(self.spec.argv)} "
@@ -138,7 +185,7 @@ class SupervisedProcess:
         proc = await asyncio.create_subprocess_exec(
             *self.spec.argv, env=env, cwd=self.spec.cwd, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            start_new_session=True, preexec_fn=_child_setup(user_umask()),
         )
         assert proc.stdout is not None
         copier = asyncio.get_running_loop().create_task(
@@ -155,6 +202,11 @@ class SupervisedProcess:
         try:
             await self._await_health(proc, waiter, port)
             code = await waiter
+        except BaseException:
+            # Whatever went wrong here, the process must not outlive its supervision.
+            if proc.returncode is None and not self._stopping:
+                _signal_group(proc.pid, signal.SIGKILL)
+            raise
         finally:
             if not waiter.done():
                 waiter.cancel()

@@ -1,0 +1,265 @@
+"""The data plane process: the routers, the supervised service processes, the routes feed that
+processes read, and a buffer of hop records; everything that traffic needs, nothing else.
+
+The daemon (control plane: API, store, reconciler, runs) starts it once per environment and
+talks to it over loopback HTTP with a token kept in `.laneway/dataplane.json` (mode 0600; a Unix
+socket path under a deep project folder can pass the kernel's 108-byte limit); the processes it
+starts read the routes feed there with a read-only token (`laneway.dataplane.api`). It is not the
+daemon's
+child in any way that matters: it has its own session, its children die with *it* (not with the
+daemon), and it keeps serving its last routes table while the daemon is stopped, stalled, killed
+or restarting. A restarted daemon adopts what runs here. Like Envoy without istiod, or pods
+without the kubelet.
+
+Its own lifetime: it runs until asked to shut down (`POST /v1/shutdown`, SIGTERM, SIGINT), then
+stops accepting, stops every unit gracefully and exits. `laneway down` asks for that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import uvloop
+
+from laneway.core.feed import RoutesBroadcaster
+from laneway.core.hops import Hop
+from laneway.core.layout import StateLayout, make_private, restrict_umask
+from laneway.core.logs import rotate_stdio
+from laneway.core.routes import RouteTable, Upstream
+from laneway.core.runtime import UnitState
+from laneway.core.spec import LOCAL_HOST
+from laneway.router import Router, RouterSettings
+from laneway.router.server import RouterError
+from laneway.runtime.local import LocalRuntime
+
+__all__ = ["DataPlane", "HopBuffer", "main"]
+
+log = logging.getLogger("laneway.dataplane")
+
+
+class HopBuffer:
+    """Hop records numbered in arrival order, the newest `capacity` kept; the daemon reads the
+    ones after the last number it has, so records made while it was away are not lost."""
+
+    def __init__(self, capacity: int) -> None:
+        self._hops: deque[tuple[int, Hop]] = deque(maxlen=capacity)
+        self.seq = 0
+        self._changed = asyncio.Event()
+
+    def add(self, hops: list[Hop]) -> None:
+        for hop in hops:
+            self.seq += 1
+            self._hops.append((self.seq, hop))
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def after(self, since: int, limit: int = 20_000) -> tuple[list[Hop], int, int]:
+        """(hops numbered after `since`, the number of the last one, how many were dropped)."""
+        if not self._hops or since >= self.seq:
+            return [], self.seq, 0
+        first = self._hops[0][0]
+        dropped = max(0, first - since - 1)
+        start = max(0, since + 1 - first)
+        picked = [hop for _, hop in list(self._hops)[start:start + limit]]
+        return picked, since + dropped + len(picked), dropped
+
+    async def wait(self, since: int, timeout: float) -> None:
+        if since >= self.seq:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+
+class DataPlane:
+    def __init__(self, layout: StateLayout, settings: RouterSettings, raw_settings: dict[str, Any],
+                 drain_timeout: float) -> None:
+        self.layout = layout
+        self.settings = settings
+        self.raw_settings = raw_settings
+        self.drain_timeout = drain_timeout
+        self.hops = HopBuffer(settings.hop_capacity)
+        self.feed = RoutesBroadcaster()
+        self.router = Router(settings, hop_sink=self.hops.add)
+        self.routes_token = secrets.token_urlsafe(24)  # read-only: the routes feed
+        self.token = secrets.token_urlsafe(32)  # the daemon's
+        self.stop_requested = asyncio.Event()
+        self.started_at = time.time()
+        self.units_version = 0
+        self._units_changed = asyncio.Event()
+        self.runtime: LocalRuntime | None = None
+
+    # units
+
+    def _unit_changed(self) -> None:
+        self.units_version += 1
+        self._units_changed.set()
+        self._units_changed = asyncio.Event()
+
+    async def wait_units(self, since: int, timeout: float) -> None:
+        if since >= self.units_version and not self.stop_requested.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._units_changed.wait(), timeout)
+
+    def units_json(self) -> list[dict[str, Any]]:
+        assert self.runtime is not None
+        specs = self.runtime.specs()
+        return [{"state": state.to_json(), "spec": specs[unit].to_json()}
+                for unit, state in self.runtime.states().items() if unit in specs]
+
+    async def drain(self, state: UnitState, timeout: float | None = None) -> None:
+        """Wait until the requests the router gave this unit are done (bounded)."""
+        if state.port is None:
+            return
+        left = await self.router.pool.drained(Upstream(LOCAL_HOST, state.port),
+                                              self.drain_timeout if timeout is None else timeout)
+        if left:
+            log.warning("%s: %d requests still in flight after the %gs drain; stopping it",
+                        state.unit, left, self.drain_timeout)
+
+    async def stop_unit(self, unit: str, drain: float | None) -> None:
+        assert self.runtime is not None
+
+        async def _drain(state: UnitState) -> None:
+            await self.drain(state, drain)
+
+        await self.runtime.stop(unit, _drain)
+
+    # routes and listeners
+
+    def apply_routes(self, table: RouteTable) -> int:
+        changes = self.feed.publish(table)
+        if changes is not None:
+            self.router.apply([changes])
+        return self.feed.version
+
+    async def set_listeners(self, wanted: dict[str, int]) -> list[str]:
+        """Serve exactly `wanted` (service -> public port); returns the problems (a port taken),
+        each a sentence for the user."""
+        problems = []
+        for service in [s for s in self.router.ports if s not in wanted]:
+            await self.router.unlisten(service)
+        for service, port in wanted.items():
+            if self.router.ports.get(service) == port:
+                continue
+            if service in self.router.ports:
+                await self.router.unlisten(service)
+            try:
+                await self.router.listen(service, port)
+            except RouterError as exc:
+                problems.append(str(exc))
+        return problems
+
+    # running
+
+    async def run(self) -> int:
+        from laneway.dataplane.api import control_app
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop_requested.set)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.runtime = LocalRuntime(self.layout.root, extra_env={
+            "LANEWAY_ROUTES_URL": f"{url}/v1/routes", "LANEWAY_ROUTES_TOKEN": self.routes_token})
+        if self.runtime.reaped:
+            log.warning("stopped processes left by a previous data plane: %s",
+                        ", ".join(self.runtime.reaped))
+        self.runtime.subscribe(self._unit_changed)
+        # Long polls (the daemon's) are cut at shutdown rather than waited for.
+        server = _Server(uvicorn.Config(control_app(self, self.token), log_level="warning",
+                                        lifespan="off", access_log=False,
+                                        timeout_graceful_shutdown=1))
+        tasks = [
+            loop.create_task(server.serve(sockets=[sock]), name="dataplane-api"),
+            loop.create_task(_rotate_forever(self.layout.dataplane_log), name="dataplane-log"),
+        ]
+        while not server.started:
+            if tasks[0].done():
+                break
+            await asyncio.sleep(0.01)
+        info = self.layout.dataplane_info
+        fd = os.open(info, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"pid": os.getpid(), "startedAt": self.started_at, "url": url,
+                       "token": self.token, "settings": self.raw_settings}, fh)
+        try:
+            await self.stop_requested.wait()
+        finally:
+            self._unit_changed()  # answers the daemon's long polls now
+            self.hops.add([])
+            # Stop accepting, then stop every process, then stop answering the daemon.
+            with contextlib.suppress(FileNotFoundError):
+                self.layout.dataplane_info.unlink()
+            await self.router.close()
+            await self.runtime.close()
+            server.should_exit = True
+            tasks[1].cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return 0
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]
+        yield  # the data plane owns signal handling
+
+
+async def _rotate_forever(path: Path) -> None:
+    while True:
+        rotate_stdio(path)
+        await asyncio.sleep(5.0)
+
+
+def _lock(layout: StateLayout) -> int | None:
+    fd = os.open(layout.dataplane_lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd  # held until the process exits
+
+
+def main(argv: list[str]) -> int:
+    restrict_umask()  # .laneway/ stays private; the processes it starts get the user's umask
+    parser = argparse.ArgumentParser(prog="python -m laneway.dataplane")
+    parser.add_argument("--state", required=True, type=Path, help="the .laneway folder")
+    parser.add_argument("--settings", default="{}", help="router settings, JSON")
+    parser.add_argument("--drain-timeout", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s laneway-dataplane: %(levelname)s %(message)s")
+    layout = StateLayout(args.state.resolve())
+    make_private(layout.root)
+    if _lock(layout) is None:
+        print(f"Error: a data plane already runs for {layout.root}",  # noqa: T201
+              file=sys.stderr)
+        return 3
+    raw = json.loads(args.settings)
+    settings = RouterSettings(
+        extra_headers=tuple(raw.get("extra_headers", ())),
+        connect_timeout=float(raw.get("connect_timeout", 3.0)),
+        upstream_timeout=float(raw.get("upstream_timeout", 60.0)),
+        max_header_bytes=int(raw.get("max_header_bytes", 65536)),
+        hop_capacity=int(raw.get("hop_capacity", 100_000)),
+    )
+    plane = DataPlane(layout, settings, raw, args.drain_timeout)
+    return uvloop.run(plane.run())
