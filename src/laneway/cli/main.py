@@ -94,6 +94,9 @@ def status(
                          str(svc["pid"] or "-"), str(svc["restarts"]),
                          "" if svc["ready"] else svc["message"])
     console.print(services)
+    if data.get("reconcileError"):
+        console.print(f"[yellow]reconciling failed, retrying with backoff:[/yellow] "
+                      f"{data['reconcileError']} (see .laneway/daemon.log)")
     if data["sandboxes"]:
         console.print()
         sandboxes = table("SANDBOX", "ROUTING KEY", "PHASE", "FORKS", "MESSAGE")

@@ -316,6 +316,8 @@ class ControlPlane:
                 "pid": state.pid if state else None,
                 "internalPort": state.port if state else None,
                 "restarts": state.restarts if state else 0,
+                # Unexpected exceptions met while supervising it (each logged once per cause).
+                "supervisionErrors": state.errors if state else 0,
                 "dependsOn": list(svc.depends_on),
             })
         return out
@@ -336,6 +338,8 @@ class ControlPlane:
                              "ready": g["status"]["ready"], "message": g["status"]["message"]}
                             for g in self.list_route_groups()],
             "routes": {"version": self.feed.version},
+            # Why the last reconcile pass failed while it retries with backoff ("" when fine).
+            "reconcileError": self.reconcile_error,
             "hops": {"stored": len(self.hops), "received": self.hops.received},
         }
 

@@ -36,6 +36,7 @@ class Reconciler:
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._logged: set[str] = set()
+        self._retry_at: dict[str, tuple[float, float]] = {}  # unit -> (when, last delay)
         self.failures = 0  # consecutive failed passes
         control.runtime.subscribe(control.wake)
 
@@ -98,8 +99,9 @@ class Reconciler:
         control.group_status = group_statuses
         # What the routes just published no longer name can go (drained first).
         stop = plan_actions(control.project, sandboxes, actual, forks, table).stop
+        now = time.monotonic()
         for unit in stop:
-            if unit not in self._stopping:
+            if unit not in self._stopping and self._retry_at.get(unit, (0.0, 0.0))[0] <= now:
                 task = asyncio.get_running_loop().create_task(
                     self._stop(unit), name=f"laneway-stop-{unit}"
                 )
@@ -109,6 +111,14 @@ class Reconciler:
     async def _stop(self, unit: str) -> None:
         try:
             await self.control.runtime.stop(unit)
+            self._retry_at.pop(unit, None)
+        except Exception as exc:  # retried with backoff, never in a tight loop
+            delay = min(max(self._retry_at.get(unit, (0.0, 0.5))[1] * 2, 1.0), BACKOFF_MAX)
+            self._retry_at[unit] = (time.monotonic() + delay, delay)
+            cause = f"stopping {unit}: {type(exc).__name__}: {exc}"
+            if cause not in self._logged:
+                self._logged.add(cause)
+                log.error("%s; retrying in %gs", cause, delay)
         finally:
             self._stopping.pop(unit, None)
             self.control.wake()

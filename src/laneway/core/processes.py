@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["OWNER_ENV", "find_marked", "owner_env", "stop_processes"]
+__all__ = ["OWNER_ENV", "alive", "find_marked", "owner_env", "stop_processes"]
 
 OWNER_ENV = "LANEWAY_OWNER"
 
@@ -57,7 +57,7 @@ def find_marked(state_dir: Path, match: Mapping[str, str] | None = None,
             continue
         env = _environ(int(entry.name))
         if env is not None and all(env.get(k) == v for k, v in wanted.items()) and \
-                _alive(int(entry.name)):
+                alive(int(entry.name)):
             found.append(int(entry.name))
     return sorted(found)
 
@@ -74,7 +74,8 @@ def _ancestors() -> set[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie has exited: only its parent has not collected it yet)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -85,17 +86,17 @@ def _alive(pid: int) -> bool:
 def stop_processes(pids: Iterable[int], grace: float = 5.0) -> list[int]:
     """SIGTERM each pid (and its process group when it leads one), SIGKILL what is left after
     `grace` seconds; returns the pids that were signalled."""
-    pids = [p for p in pids if _alive(p)]
+    pids = [p for p in pids if alive(p)]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if os.getpgid(pid) == pid:
                 os.killpg(pid, signal.SIGTERM)
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
     for pid in pids:
-        if _alive(pid):
+        if alive(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     return pids

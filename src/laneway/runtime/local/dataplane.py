@@ -25,7 +25,7 @@ import httpx
 
 from laneway.core.hops import Hop
 from laneway.core.layout import StateLayout, user_umask
-from laneway.core.processes import owner_env
+from laneway.core.processes import alive, owner_env
 from laneway.core.routes import RouteTable
 from laneway.core.runtime import ProcessSpec, UnitState, unit_log_path
 
@@ -243,15 +243,9 @@ class DataPlaneRuntime:
     def _alive(self) -> bool:
         if self.pid is None:
             return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
         if self._proc is not None and self._proc.pid == self.pid:
-            return self._proc.poll() is None
-        return True
+            return self._proc.poll() is None  # our child: collect it
+        return alive(self.pid)
 
     async def sync_hops(self) -> None:
         """Read every hop recorded up to now (a run's report waits for this)."""

@@ -1,0 +1,167 @@
+"""The data plane's pieces on real sockets and processes: drains, the hop buffer, supervision
+that survives its own bugs, bounded logs, and a data plane process adopted by a second client."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from laneway.core.hops import Hop
+from laneway.core.routes import ForkRoute, RouteTable, Upstream
+from laneway.core.runtime import ProcessSpec
+from laneway.dataplane.main import HopBuffer
+from laneway.router import Router, RouterSettings
+from laneway.runtime.local import LocalRuntime
+from laneway.runtime.local import process as process_module
+from laneway.runtime.local.dataplane import DataPlaneRuntime
+from laneway.runtime.local.process import copy_output
+from tests.upstreams import TestUpstream
+
+CHAIN = str(Path(__file__).parents[1] / "apps" / "chain.py")
+KEY = "abc123def456"
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def hop(n: int) -> Hop:
+    return Hop(float(n), "", "", "web", "", "baseline", "", 200, 1.0, "GET", f"/{n}")
+
+
+def test_hop_buffer_hands_over_what_is_new_and_counts_what_it_dropped() -> None:
+    buffer = HopBuffer(capacity=3)
+    assert buffer.after(0) == ([], 0, 0)
+    buffer.add([hop(1), hop(2)])
+    found, last, dropped = buffer.after(0)
+    assert [h.path for h in found] == ["/1", "/2"] and last == 2 and dropped == 0
+    assert buffer.after(2) == ([], 2, 0)
+    buffer.add([hop(3), hop(4), hop(5)])  # capacity 3: /1 and /2 are gone
+    found, last, dropped = buffer.after(1)
+    assert [h.path for h in found] == ["/3", "/4", "/5"] and last == 5 and dropped == 1
+    found, last, dropped = buffer.after(4)
+    assert [h.path for h in found] == ["/5"] and last == 5 and dropped == 0
+
+
+async def test_a_drain_waits_for_the_requests_in_flight_then_closes_idle_connections(
+        upstream: TestUpstream, fork_upstream: TestUpstream) -> None:
+    router = Router(RouterSettings())
+    port = await router.listen("pricing", 0)
+    fork = Upstream("127.0.0.1", fork_upstream.port)
+    table = RouteTable(version=1, baseline={"pricing": Upstream("127.0.0.1", upstream.port)},
+                       forks={"pricing": {KEY: ForkRoute("pricing", "sb", fork, True,
+                                                         fork="pricing@sb#1")}})
+    router.apply(table)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            headers = {"baggage": f"laneway-key={KEY}"}
+            slow = asyncio.ensure_future(client.get("/slow?ms=600", headers=headers))
+            await until(lambda: router.pool.inflight.get(fork, 0) == 1)
+            # The route goes away; the request already given to the fork is still counted.
+            router.apply(RouteTable(version=2, baseline=table.baseline, forks={"pricing": {}}))
+            started = time.monotonic()
+            left = await router.pool.drained(fork, timeout=5)
+            assert left == 0
+            assert time.monotonic() - started > 0.3  # it did wait for the slow answer
+            answer = await slow
+            assert answer.status_code == 200
+            assert answer.headers["laneway-served-by"] == "pricing@sb"
+            assert router.pool.take(fork) is None  # no idle connection to the old fork left
+            # A drain with nothing in flight returns at once; a stuck one gives up in time.
+            assert await router.pool.drained(fork, timeout=5) == 0
+            router.apply(table)
+            stuck = asyncio.ensure_future(client.get("/slow?ms=1500", headers=headers))
+            await until(lambda: router.pool.inflight.get(fork, 0) == 1)
+            assert await router.pool.drained(fork, timeout=0.2) == 1
+            assert (await stuck).status_code == 200
+    finally:
+        await router.close()
+
+
+def spec(unit: str) -> ProcessSpec:
+    return ProcessSpec(unit=unit, service=unit, sandbox=None, argv=(sys.executable, CHAIN),
+                       env=(("LANEWAY_SERVICE", unit),), cwd=None, health="/healthz",
+                       startup_timeout=10.0)
+
+
+async def test_supervision_survives_an_unexpected_exception(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = process_module.check_health
+    calls = {"n": 0}
+
+    async def flaky(port: int, health: str, timeout: float = 1.0) -> str | None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("a bug in laneway")
+        return await real(port, health, timeout)
+
+    monkeypatch.setattr(process_module, "check_health", flaky)
+    runtime = LocalRuntime(tmp_path / ".laneway")
+    try:
+        await runtime.start(spec("web"))
+        await until(lambda: runtime.states()["web"].errors == 1)
+        assert "laneway could not supervise it (ValueError: a bug in laneway)" in \
+            runtime.states()["web"].message
+        # Restarted with backoff, and ready; the process of the failed attempt is gone.
+        await until(lambda: runtime.states()["web"].phase == "ready")
+        assert runtime.states()["web"].restarts == 1
+        state = runtime.states()["web"]
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://127.0.0.1:{state.port}/healthz")).status_code \
+                == 200
+        await runtime.stop("web")
+        assert runtime.states() == {}
+    finally:
+        await runtime.close()
+
+
+async def test_a_unit_log_is_rotated_past_its_bound(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys\nfor i in range(4000): print('line', i)",
+        stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    path = tmp_path / "web.log"
+    await copy_output(proc.stdout, path, max_bytes=20_000)
+    await proc.wait()
+    older = path.with_name("web.log.1")
+    assert older.exists()
+    assert older.stat().st_size < 20_000 + 70_000  # one read's worth past the bound at most
+    assert path.stat().st_size < 20_000 + 70_000
+    assert path.read_text().splitlines()[-1].endswith("line 3999")
+    assert not path.with_name("web.log.2").exists()
+
+
+async def test_a_second_client_adopts_the_running_data_plane(tmp_path: Path) -> None:
+    state_dir = tmp_path / ".laneway"
+    first = DataPlaneRuntime(state_dir, {}, drain_timeout=5)
+    await first.connect()
+    assert not first.adopted
+    try:
+        await first.start(spec("web"))
+        await until(lambda: first.states().get("web") is not None
+                    and first.states()["web"].phase == "ready")
+        pid = first.states()["web"].pid
+        await first.detach()  # as a killed daemon would: the data plane keeps running
+        second = DataPlaneRuntime(state_dir, {}, drain_timeout=5)
+        await second.connect()
+        assert second.adopted
+        assert second.pid == first.pid
+        assert second.states()["web"].pid == pid  # the same process, not a restart
+        await second.stop("web")
+        assert "web" not in second.states()
+        await second.close()
+        assert not second._alive()
+    finally:
+        await first.detach()
+        if first._proc is not None:  # it was this test's child: collect it
+            first._proc.wait(timeout=30)
