@@ -44,13 +44,13 @@ def test_hop_buffer_hands_over_what_is_new_and_counts_what_it_dropped() -> None:
     assert buffer.after(0) == ([], 0, 0)
     buffer.add([hop(1), hop(2)])
     found, last, dropped = buffer.after(0)
-    assert [h.path for h in found] == ["/1", "/2"] and last == 2 and dropped == 0
+    assert ([h.path for h in found], last, dropped) == (["/1", "/2"], 2, 0)
     assert buffer.after(2) == ([], 2, 0)
     buffer.add([hop(3), hop(4), hop(5)])  # capacity 3: /1 and /2 are gone
     found, last, dropped = buffer.after(1)
-    assert [h.path for h in found] == ["/3", "/4", "/5"] and last == 5 and dropped == 1
+    assert ([h.path for h in found], last, dropped) == (["/3", "/4", "/5"], 5, 1)
     found, last, dropped = buffer.after(4)
-    assert [h.path for h in found] == ["/5"] and last == 5 and dropped == 0
+    assert ([h.path for h in found], last, dropped) == (["/5"], 5, 0)
 
 
 async def test_a_drain_waits_for_the_requests_in_flight_then_closes_idle_connections(
