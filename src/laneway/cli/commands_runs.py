@@ -137,6 +137,13 @@ def run(
         _follow_output(client, report["id"], sys.stdout if output == "table" else sys.stderr)
         while report["status"] == "running":
             report = client.get(f"/v1/runs/{report['id']}", wait=30)
+    except CliError as exc:
+        if "cannot reach the control plane" not in exc.message:
+            raise
+        # The daemon went away under the run: its report survives it.
+        raise CliError(f"the daemon stopped while run {report['id']} was running; after "
+                       f"`laneway up`, `laneway runs get {report['id']}` shows what it "
+                       "collected (it ends `interrupted`)", code=EXIT_INTERRUPTED) from exc
     except KeyboardInterrupt:
         # Ctrl-C stops the command too, not just our view of it.
         client.request("POST", f"/v1/runs/{report['id']}/cancel")

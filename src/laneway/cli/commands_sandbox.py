@@ -132,7 +132,9 @@ def sandbox_get(name: str, output: OutputOption = Output.table,
     rows = table("FORK", "PHASE", "PID", "RESTARTS", "MESSAGE")
     for fork in status["forks"]:
         rows.add_row(f"{fork['service']}@{sb['name']}", phase_style(fork["phase"]),
-                     str(fork["pid"] or "-"), str(fork["restarts"]), fork["message"])
+                     str(fork["pid"] or "-"), str(fork["restarts"]),
+                     fork["message"] or (f"last went down: {fork['lastFailure']}"
+                                         if fork.get("lastFailure") else ""))
     console.print(rows)
     for fork in sb["forks"]:
         if fork.get("env"):

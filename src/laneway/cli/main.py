@@ -92,7 +92,9 @@ def status(
     for svc in data["services"]:
         services.add_row(svc["name"], svc["url"], phase_style(svc["phase"]),
                          str(svc["pid"] or "-"), str(svc["restarts"]),
-                         "" if svc["ready"] else svc["message"])
+                         svc["message"] if not svc["ready"] else
+                         f"last went down: {svc['lastFailure']}" if svc.get("lastFailure")
+                         else "")
     console.print(services)
     if data.get("reconcileError"):
         console.print(f"[yellow]reconciling failed, retrying with backoff:[/yellow] "

@@ -318,6 +318,7 @@ class ControlPlane:
                 "restarts": state.restarts if state else 0,
                 # Unexpected exceptions met while supervising it (each logged once per cause).
                 "supervisionErrors": state.errors if state else 0,
+                "lastFailure": state.last_failure if state else "",
                 "dependsOn": list(svc.depends_on),
             })
         return out

@@ -85,7 +85,8 @@ class RunManager:
     """
 
     def __init__(self, control: ControlPlane, runs_dir: Path, state_dir: Path | None = None,
-                 *, progress_every: float = PROGRESS_EVERY) -> None:
+                 *, progress_every: float = PROGRESS_EVERY,
+                 end_interrupted: bool = True) -> None:
         self.control = control
         self.runs_dir = runs_dir
         self.state_dir = state_dir if state_dir is not None else runs_dir.parent
@@ -95,9 +96,9 @@ class RunManager:
         self._closing = False
         self._interrupting: set[str] = set()  # runs whose command close() stopped
         self._unsaved: set[str] = set()  # runs whose last save failed (logged once)
-        self.interrupted = self._end_interrupted()
+        self.interrupted = self.end_interrupted() if end_interrupted else []
 
-    def _end_interrupted(self) -> list[str]:
+    def end_interrupted(self) -> list[str]:
         """End the runs that a stopped or crashed daemon left `running`, after stopping what is
         left of their commands; returns their ids. Runs before the API serves: no run of
         this daemon exists yet."""
@@ -110,6 +111,17 @@ class RunManager:
                 note += f" Its command was still running: laneway stopped it ({len(stopped)} " \
                         "processes)."
             note += " Run it again."
+            # What it had collected: its output is on disk, its hops in the data plane's buffer
+            # (read before this, when the daemon started); the fork errors saved last are kept
+            # (the log offsets they were read from died with the daemon).
+            run_dir = Path(str(report.get("output_path", ""))).parent
+            found = self._collected(report, list(report.get("forks_reached") or {}), {},
+                                    run_dir, time.time() - float(report["started_at"]),
+                                    int(report.get("proxied_requests") or 0))
+            found.pop("fork_errors")
+            if found["hops"] < int(report.get("hops") or 0):  # the buffer no longer has them
+                found = {k: v for k, v in found.items() if k.startswith("output")}
+            report.update(found)
             report.update(status="interrupted", verdict="interrupted", finished_at=time.time(),
                           note=f"{note} {report.get('note') or ''}".strip())
             self.control.store.put_run(report)

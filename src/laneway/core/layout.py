@@ -150,3 +150,13 @@ def _chmod_no_follow(name: str | Path, mode: int, dir_fd: int | None) -> None:
         if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
         os.chmod(name, mode, dir_fd=dir_fd)  # glibc < 2.32: same as above
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `path` (0600) so that a reader sees the old file or the new one, never half of it:
+    clients read `api.json` the moment it appears."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

@@ -299,6 +299,7 @@ def _fork_json(fork: str, unit: str, state: UnitState | None,
         "port": state.port if state else None,
         "pid": state.pid if state else None,
         "restarts": state.restarts if state else 0,
+        "lastFailure": state.last_failure if state else "",  # why it last went down
         # When the process was started and became healthy (wall clock), so that tools can
         # tell laneway's overhead from the process's own start-up.
         "startedAt": (state.started_at or None) if state else None,
@@ -332,7 +333,8 @@ def _sandbox_routes(project: ProjectSpec, sandbox: DesiredSandbox,
         forks_json.append({"service": service, "unit": "", "ready": False, "serving": False,
                            "phase": "failed" if failed else "pending",
                            "message": f"fork {service}@{name}: {reason}", "port": None,
-                           "pid": None, "restarts": 0, "startedAt": None, "readyAt": None})
+                           "pid": None, "restarts": 0, "lastFailure": "", "startedAt": None,
+                           "readyAt": None})
     generation = sandbox.generation
     uid = sandbox.uid
     if sandbox.problem and not blocked:

@@ -107,6 +107,7 @@ class UnitState:
     ready_at: float | None = None
     log_tail: list[str] = field(default_factory=list)
     errors: int = 0  # unexpected exceptions caught while supervising it (each was logged)
+    last_failure: str = ""  # why its last run ended (kept once it is ready again)
 
     @property
     def failed(self) -> bool:
@@ -126,6 +127,7 @@ class UnitState:
             "started_at": self.started_at or None,
             "ready_at": self.ready_at,
             "errors": self.errors,
+            "last_failure": self.last_failure,
         }
 
     @classmethod
@@ -143,6 +145,7 @@ class UnitState:
             started_at=float(data.get("started_at") or 0.0),
             ready_at=data.get("ready_at"),
             errors=int(data.get("errors", 0)),
+            last_failure=str(data.get("last_failure", "")),
         )
 
 

@@ -36,7 +36,13 @@ from laneway.control.resources import ResourceManager
 from laneway.control.runs import RunManager
 from laneway.control.store import SqliteStore
 from laneway.core.feed import RoutesBroadcaster
-from laneway.core.layout import STATE_DIR_NAME, StateLayout, make_private, restrict_umask
+from laneway.core.layout import (
+    STATE_DIR_NAME,
+    StateLayout,
+    make_private,
+    restrict_umask,
+    write_private,
+)
 from laneway.core.logs import rotate_stdio
 from laneway.core.spec import ProjectSpec, SpecError, load_project
 from laneway.plugins import builtin_plugins
@@ -145,7 +151,8 @@ class Daemon:
         control.resources = ResourceManager(builtin_plugins(), self.layout.root / "resources",
                                             self.config.parent, store, control.wake)
         reconciler = Reconciler(control)
-        runs = RunManager(control, self.layout.root / "runs")
+        # Runs a crashed daemon left `running` end once the data plane's hops are read.
+        runs = RunManager(control, self.layout.root / "runs", end_interrupted=False)
         server: _ApiServer | None = None
         api_task: asyncio.Task[None] | None = None
         rotate_task = loop.create_task(_rotate_forever(self.layout.daemon_log),
@@ -158,6 +165,8 @@ class Daemon:
                                       for name, svc in self.project.services.items()})
             except DataPlaneError as exc:
                 raise DaemonError(str(exc)) from exc
+            await runtime.sync_hops()
+            runs.interrupted = runs.end_interrupted()
             if runtime.adopted:
                 running = len(runtime.states())
                 self.say(f"laneway: adopted the running data plane (pid {runtime.pid}, "
@@ -172,7 +181,7 @@ class Daemon:
                 if api_task.done():
                     raise DaemonError("the API server failed to start")
                 await asyncio.sleep(0.01)
-            self.layout.api.write_text(json.dumps({
+            write_private(self.layout.api, json.dumps({
                 "url": url, "pid": os.getpid(), "config": str(self.config),
                 "project": self.project.name, "startedAt": time.time(),
                 "dataplanePid": runtime.pid,

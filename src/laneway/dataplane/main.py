@@ -38,7 +38,7 @@ import uvloop
 
 from laneway.core.feed import RoutesBroadcaster
 from laneway.core.hops import Hop
-from laneway.core.layout import StateLayout, make_private, restrict_umask
+from laneway.core.layout import StateLayout, make_private, restrict_umask, write_private
 from laneway.core.logs import rotate_stdio
 from laneway.core.routes import RouteTable, Upstream
 from laneway.core.runtime import UnitState
@@ -193,11 +193,9 @@ class DataPlane:
             if tasks[0].done():
                 break
             await asyncio.sleep(0.01)
-        info = self.layout.dataplane_info
-        fd = os.open(info, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"pid": os.getpid(), "startedAt": self.started_at, "url": url,
-                       "token": self.token, "settings": self.raw_settings}, fh)
+        write_private(self.layout.dataplane_info, json.dumps({
+            "pid": os.getpid(), "startedAt": self.started_at, "url": url, "token": self.token,
+            "settings": self.raw_settings}))
         try:
             await self.stop_requested.wait()
         finally:

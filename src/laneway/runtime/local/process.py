@@ -148,6 +148,7 @@ class SupervisedProcess:
             if self.state.ready_at is not None and time.monotonic() - started > STABLE_AFTER:
                 backoff = BACKOFF_START
             self._last_failure = self.state.message  # said again while it restarts
+            self.state.last_failure = self.state.message  # and kept once it is ready again
             self.state.message += f"; restarting in {backoff:g}s"
             self._on_change()
             await asyncio.sleep(backoff)
