@@ -147,6 +147,28 @@ def test_two_forks_switch_together() -> None:
         sorted(old_units)
 
 
+def test_an_old_fork_that_crashes_during_an_update_is_a_503_not_the_baseline() -> None:
+    actual = baseline_ready()
+    old = sandbox("sb-a", {"service": "pricing"}, {"service": "web"})
+    previous = serving_table(old, actual)
+    old_pricing, old_web = desired_forks(PROJECT, old)
+    new = sandbox("sb-a", {"service": "pricing", "env": {"V": "2"}},
+                  {"service": "web", "env": {"V": "2"}})
+    for unit in desired_forks(PROJECT, new):
+        actual[unit] = state(unit, "starting", 33000)
+    actual[old_web] = state(old_web, "crashed", message="killed by signal 9")
+    for version in (2, 3):  # and again, from the table that already says 503
+        previous, statuses, _ = build_routes(version, PROJECT, [new], [], actual,
+                                             previous=previous)
+        assert "updating" in statuses["sb-a"].message
+        web = previous.forks["web"][new.routing_key]
+        assert not web.ready
+        assert web.fork == old_web
+        assert "killed by signal 9" in web.reason
+        assert previous.forks["pricing"][new.routing_key].fork == old_pricing
+        assert old_web not in plan_actions(PROJECT, [new], actual, previous=previous).stop
+
+
 def test_failed_update_leaves_the_old_version_serving() -> None:
     actual = baseline_ready()
     old = sandbox("sb-a", {"service": "pricing"})

@@ -189,13 +189,13 @@ def _serving(sandbox: DesiredSandbox, wanted: Mapping[str, ProcessSpec],
                            and st.port is not None for unit in wanted):
         return Serving(True, {spec.service: unit for unit, spec in wanted.items()})
     # Not all ready: the sandbox keeps its previous generation (make-before-break, switched
-    # for all forks at once), as long as those processes are still there.
+    # for all forks at once), as long as those processes are still there. A previous unit that
+    # crashed meanwhile keeps its route too (a 503 that says why), never the baseline.
     before: dict[str, str] = {}
     if previous is not None:
         for service, keys in previous.forks.items():
             route = keys.get(sandbox.routing_key)
-            if route is not None and route.ready and route.fork in actual and \
-                    route.sandbox == sandbox.spec.name:
+            if route is not None and route.fork in actual and route.sandbox == sandbox.spec.name:
                 before[service] = route.fork
     return Serving(False, before)
 

@@ -74,7 +74,8 @@ class Daemon:
         self._lock_fd: int | None = None
 
     def say(self, message: str) -> None:
-        print(message, file=self.out, flush=True)
+        with contextlib.suppress(OSError):  # daemon.log on a full disk: say nothing, go on
+            print(message, file=self.out, flush=True)
 
     def _lock(self) -> None:
         self.layout.root.mkdir(parents=True, exist_ok=True)

@@ -126,6 +126,7 @@ class DataPlaneRuntime:
                         "keeps the old ones until `laneway down` and `laneway up`")
         self.pid = int(state["pid"])
         self.routes = RouteTable.from_json(state["routes"])
+        self._version = -1
         self._take_units(state["unitsVersion"], state["units"])
         # Hops recorded while no daemon listened are read too (the buffer is bounded).
         self._hops_seq = 0
@@ -159,6 +160,10 @@ class DataPlaneRuntime:
             callback()
 
     def _take_units(self, version: int, units: list[dict[str, Any]]) -> None:
+        # Answers to a long poll and to a start may cross: never go back to an older view.
+        # (A new data plane numbers from 0 again: `connect` resets the version first.)
+        if version < self._version:
+            return
         self._version = version
         self._states = {u["state"]["unit"]: UnitState.from_json(u["state"]) for u in units}
         self._specs = {u["spec"]["unit"]: ProcessSpec.from_json(u["spec"]) for u in units}

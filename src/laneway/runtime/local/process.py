@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import io
 import json
 import logging
 import os
@@ -65,9 +66,10 @@ async def copy_output(stream: asyncio.StreamReader, path: Path,
     """Append what a process writes to its log, each line prefixed with the time it was read
     (so that logs can be cut by time: `laneway sandbox logs`, MCP `get_logs(since=…)`). Past
     `max_bytes` the log becomes `<name>.1` (replacing an older one) and a new one begins, so a
-    chatty process cannot fill the disk."""
+    chatty process cannot fill the disk. The pipe is read whatever happens to the file: on a
+    full disk lines are dropped, because a process blocked on a full pipe stops serving."""
     pending = b""
-    out = path.open("ab")
+    out = _Log(path)
     try:
         while chunk := await stream.read(65536):
             lines = (pending + chunk).split(b"\n")
@@ -75,18 +77,77 @@ async def copy_output(stream: asyncio.StreamReader, path: Path,
             if lines:
                 prefix = stamp(time.time())
                 out.write(b"".join(prefix + line + b"\n" for line in lines))
-                out.flush()
             if len(pending) > 65536:  # a very long line: write it as it comes
                 out.write(stamp(time.time()) + pending + b"\n")
                 pending = b""
-            if out.tell() > max_bytes:
-                out.close()
-                os.replace(path, path.with_name(path.name + ".1"))
-                out = path.open("ab")
+            if out.size > max_bytes:
+                out.rotate()
         if pending:
             out.write(stamp(time.time()) + pending + b"\n")
     finally:
         out.close()
+
+
+class _Log:
+    """A unit's log file that never raises: a write the disk refuses is dropped and counted."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.dropped = 0
+        self._fh = self._open()
+        self.size = self._fh.tell() if self._fh is not None else 0
+
+    def _open(self) -> io.FileIO | None:
+        try:
+            return io.FileIO(self.path, "ab")
+        except OSError:
+            return None
+
+    def write(self, data: bytes) -> None:
+        if self.dropped:
+            note = f"--- laneway: {self.dropped} bytes of output lost (disk full?) ---\n"
+            dropped, self.dropped = self.dropped, 0
+            if not self._write_all(stamp(time.time()) + note.encode()):
+                self.dropped += dropped
+                self.dropped += len(data)
+                return
+        if not self._write_all(data):
+            self.dropped += len(data)
+
+    def _write_all(self, data: bytes) -> bool:
+        """Write all of `data`, or (a full disk) as much as fits; a cut line is ended, so the
+        next one starts on its own line."""
+        if self._fh is None:
+            self._fh = self._open()
+            if self._fh is None:
+                return False
+        view = memoryview(data)
+        try:
+            while view:
+                written = self._fh.write(view)
+                if not written:
+                    raise OSError("no progress")
+                self.size += written
+                view = view[written:]
+        except OSError:
+            if len(view) != len(data):  # part of it went in: end that line if we can
+                with contextlib.suppress(OSError):
+                    self.size += self._fh.write(b"\n") or 0
+            return False
+        return True
+
+    def rotate(self) -> None:
+        self.close()
+        with contextlib.suppress(OSError):
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        self._fh = self._open()
+        self.size = 0
+
+    def close(self) -> None:
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._fh = None
 
 
 def _child_setup(umask: int) -> Callable[[], None]:
@@ -179,10 +240,11 @@ class SupervisedProcess:
         env.update(self.spec.env)
         env["PORT"] = str(port)
         env["LANEWAY_UNIT"] = self.spec.unit
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            log.write(stamp(time.time()) + f"--- laneway: starting {' '.join(self.spec.argv)} "
-                      f"(PORT={port}) ---\n".encode())
+        with contextlib.suppress(OSError):  # a full disk must not keep a service down
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("ab") as log:
+                log.write(stamp(time.time()) + f"--- laneway: starting "
+                          f"{' '.join(self.spec.argv)} (PORT={port}) ---\n".encode())
         proc = await asyncio.create_subprocess_exec(
             *self.spec.argv, env=env, cwd=self.spec.cwd, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -269,9 +331,11 @@ class SupervisedProcess:
         self._remove_pid()
 
     def _write_pid(self, pid: int) -> None:
-        self._pid_path.parent.mkdir(parents=True, exist_ok=True)
-        self._pid_path.write_text(json.dumps({"pid": pid, "unit": self.spec.unit,
-                                              "argv": list(self.spec.argv)}))
+        # Best effort (a full disk): the environment marker finds the process without it.
+        with contextlib.suppress(OSError):
+            self._pid_path.parent.mkdir(parents=True, exist_ok=True)
+            self._pid_path.write_text(json.dumps({"pid": pid, "unit": self.spec.unit,
+                                                  "argv": list(self.spec.argv)}))
 
     def _remove_pid(self) -> None:
         with contextlib.suppress(FileNotFoundError):
