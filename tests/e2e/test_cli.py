@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -216,8 +217,6 @@ def test_a_killed_daemon_leaves_traffic_served_and_the_next_up_adopts_it(
     key = project.json("sandbox", "apply", "-f", "sb.yaml", "--wait")["routingKey"]
     before = {s["name"]: s["pid"] for s in project.json("status")["services"]}
     daemon = json.loads((project.root / ".laneway" / "api.json").read_text())["pid"]
-    import os
-
     os.kill(daemon, signal.SIGKILL)
     wait_all_dead({daemon})
     # The data plane outlives the control plane: both the baseline and the fork still answer.
@@ -256,3 +255,36 @@ def test_api_flag_with_token_works_from_anywhere(project: Project, tmp_path_fact
     ok = subprocess.run(base, cwd=elsewhere, capture_output=True, text=True, check=True,
                         env={"PATH": "/usr/bin:/bin", "LANEWAY_TOKEN": token})
     assert json.loads(ok.stdout)["name"] == "chain"
+
+
+def test_usage_mistakes_are_one_error_without_a_traceback(tmp_path: Any) -> None:
+    for args in (["nosuch"], ["sandbox", "apply"], ["sandbox", "apply", "-f", "x", "--bogus"],
+                 ["status", "--output", "yaml"], ["trace"]):
+        result = subprocess.run([LANEWAY, *args], cwd=tmp_path, capture_output=True,
+                                text=True, check=False)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Error:" in result.stderr, args
+        assert "Traceback" not in result.stderr + result.stdout, (args, result.stderr)
+
+
+def test_down_stops_everything_after_the_daemon_crashed_or_stalled(tmp_path: Any) -> None:
+    from laneway.core.processes import find_marked
+
+    for fault in (signal.SIGKILL, signal.SIGSTOP):
+        root = tmp_path / fault.name
+        root.mkdir()
+        proj = Project(root, dict(zip("abc", free_ports(3), strict=True)))
+        proj.write("laneway.yaml", chain_yaml(proj.ports))
+        proj.run("up", "--detach")
+        proj.write("sb.yaml", "name: s\nforks:\n  - service: b\n")
+        proj.run("sandbox", "apply", "-f", "sb.yaml", "--wait")
+        state = root / ".laneway"
+        marked = find_marked(state)
+        daemon = json.loads((state / "api.json").read_text())["pid"]
+        assert daemon in marked
+        assert len(marked) >= 6  # daemon, data plane, three services, the fork
+        os.kill(daemon, fault)
+        down = proj.run("down", timeout=90)
+        assert "stopped" in down.stdout
+        wait_all_dead(set(marked))
+        assert find_marked(state) == []

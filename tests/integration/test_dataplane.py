@@ -4,6 +4,8 @@ that survives its own bugs, bounded logs, and a data plane process adopted by a 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -13,6 +15,7 @@ import httpx
 import pytest
 
 from laneway.core.hops import Hop
+from laneway.core.processes import alive
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.core.runtime import ProcessSpec
 from laneway.dataplane.main import HopBuffer
@@ -165,3 +168,27 @@ async def test_a_second_client_adopts_the_running_data_plane(tmp_path: Path) -> 
         await first.detach()
         if first._proc is not None:  # it was this test's child: collect it
             first._proc.wait(timeout=30)
+
+
+async def test_when_a_shell_dies_its_child_does_not_outlive_it(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    line = f"{sys.executable} {CHAIN} & echo $! > {pidfile}; wait"
+    runtime = LocalRuntime(tmp_path / ".laneway")
+    try:
+        await runtime.start(ProcessSpec(
+            unit="web", service="web", sandbox=None, argv=("/bin/sh", "-c", line),
+            env=(("LANEWAY_SERVICE", "web"),), cwd=None, health="/healthz",
+            startup_timeout=10.0))
+        await until(lambda: runtime.states()["web"].phase == "ready")
+        child = int(pidfile.read_text())
+        shell = runtime.states()["web"].pid
+        assert shell is not None
+        os.kill(shell, signal.SIGKILL)
+        # The child goes with its shell, then the unit comes back as a whole (a new child).
+        await until(lambda: not alive(child))
+        await until(lambda: runtime.states()["web"].phase == "ready"
+                    and runtime.states()["web"].pid != shell)
+        assert "killed by signal 9" in runtime.states()["web"].last_failure
+        assert int(pidfile.read_text()) != child
+    finally:
+        await runtime.close()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from laneway.core.plan import (
     DesiredSandbox,
     RouteGroupEntry,
     build_routes,
+    desired_baseline,
     desired_forks,
     plan_actions,
 )
@@ -292,3 +295,17 @@ def test_route_lookup_does_not_depend_on_sandbox_count() -> None:
     table, statuses, _ = build_routes(1, PROJECT, many, [], actual)
     assert len(table.forks["pricing"]) == len({sb.routing_key for sb in many})
     assert all(s.ready for s in statuses.values())
+
+
+def test_an_adopted_baseline_process_that_laneway_yaml_changed_is_restarted() -> None:
+    actual = baseline_ready()
+    desired = desired_baseline(PROJECT)
+    assert plan_actions(PROJECT, [], actual, running=desired).empty
+    changed = dict(desired)
+    changed["pricing"] = replace(desired["pricing"], argv=("python", "old-pricing.py"))
+    plan = plan_actions(PROJECT, [], actual, running=changed)
+    assert plan.stop == ["pricing"]
+    assert plan.start == []  # started again by the next pass, once the old one is gone
+    del actual["pricing"]
+    assert [s.unit for s in plan_actions(PROJECT, [], actual, running=changed).start] == \
+        ["pricing"]

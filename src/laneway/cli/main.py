@@ -174,6 +174,12 @@ def mcp(
 def main() -> None:
     import click
 
+    # Typer 0.29 raises exceptions of its own copy of click (`typer._click`); older ones raise
+    # click's. Both are a user's mistake: one message, never a traceback.
+    usage_errors: tuple[type[Exception], ...] = (click.ClickException, typer.TyperException)
+    exits: tuple[type[BaseException], ...] = (click.exceptions.Exit, typer.Exit)
+    aborts: tuple[type[BaseException], ...] = (click.exceptions.Abort, typer.Abort,
+                                               KeyboardInterrupt)
     try:
         code = app(standalone_mode=False)
     except CliError as exc:
@@ -181,12 +187,16 @@ def main() -> None:
         for line in exc.details:
             print(f"  {line}", file=sys.stderr)
         sys.exit(exc.code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except exits as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except aborts:
         print("Aborted.", file=sys.stderr)
         sys.exit(130)
+    except usage_errors as exc:
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)

@@ -84,7 +84,8 @@ class Reconciler:
         forks = all_desired_forks(control.project, sandboxes)
         runtime = control.runtime
         previous = runtime.routes
-        plan = plan_actions(control.project, sandboxes, runtime.states(), forks, previous)
+        plan = plan_actions(control.project, sandboxes, runtime.states(), forks, previous,
+                            runtime.running_specs())
         for spec in plan.start:
             await runtime.start(spec)
         actual = runtime.states()
@@ -98,7 +99,8 @@ class Reconciler:
         control.sandbox_status = statuses
         control.group_status = group_statuses
         # What the routes just published no longer name can go (drained first).
-        stop = plan_actions(control.project, sandboxes, actual, forks, table).stop
+        stop = plan_actions(control.project, sandboxes, actual, forks, table,
+                            runtime.running_specs()).stop
         now = time.monotonic()
         for unit in stop:
             if unit not in self._stopping and self._retry_at.get(unit, (0.0, 0.0))[0] <= now:

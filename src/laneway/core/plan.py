@@ -206,6 +206,7 @@ def plan_actions(
     actual: Mapping[str, UnitState],
     forks: ForksBySandbox | None = None,
     previous: RouteTable | None = None,
+    running: Mapping[str, ProcessSpec] | None = None,
 ) -> Plan:
     """Start what is wanted and missing; stop what is running and no longer wanted.
 
@@ -213,10 +214,17 @@ def plan_actions(
     before the old version is broken: the units that serve the sandbox now (`previous`, the
     routes the routers hold) keep running until every new fork is ready and the routes switch
     to them all at once; a failing update leaves them serving.
+
+    `running` (the specs units were started with) finds baseline processes that a restarted
+    daemon adopted but that `laneway.yaml` has changed since: they are restarted (stopped
+    now, started again by the next pass), not make-before-break.
     """
     plan = Plan()
     wanted: set[str] = set()
     for unit, spec in desired_baseline(project).items():
+        if unit in actual and running is not None and unit in running and \
+                running[unit] != spec:
+            continue  # not wanted as it runs: stopped below, started again next pass
         wanted.add(unit)
         if unit in actual:
             continue
@@ -307,11 +315,30 @@ def _fork_json(fork: str, unit: str, state: UnitState | None,
     }
 
 
+def _failed_sandbox(project: ProjectSpec,
+                    sandbox: DesiredSandbox) -> tuple[dict[str, ForkRoute], SandboxStatus]:
+    """A sandbox that no longer fits the baseline: every fork it has there answers 503 with
+    why (never the baseline), nothing starts."""
+    name = sandbox.spec.name
+    reason = f"sandbox {name} is failed: {sandbox.problem}"
+    routes = {f.service: ForkRoute(f.service, name, None, False, reason, "")
+              for f in sandbox.spec.forks if f.service in project.services}
+    forks_json: list[dict[str, Any]] = [
+        {"service": f.service, "unit": "", "ready": False, "serving": False, "phase": "failed",
+         "message": reason, "port": None, "pid": None, "restarts": 0, "lastFailure": "",
+         "startedAt": None, "readyAt": None}
+        for f in sandbox.spec.forks]
+    return routes, SandboxStatus(False, sandbox.problem, forks_json, sandbox.generation,
+                                 failed=True, uid=sandbox.uid)
+
+
 def _sandbox_routes(project: ProjectSpec, sandbox: DesiredSandbox,
                     wanted: Mapping[str, ProcessSpec], actual: Mapping[str, UnitState],
                     previous: RouteTable | None) -> tuple[dict[str, ForkRoute], SandboxStatus]:
     """One sandbox's routes (service -> route) and status, from its `Serving` decision."""
     name = sandbox.spec.name
+    if sandbox.problem:
+        return _failed_sandbox(project, sandbox)
     serving = _serving(sandbox, wanted, actual, previous)
     by_service = {spec.service: unit for unit, spec in wanted.items()}
     blocked = {service: why for service, why in fork_blockers(sandbox).items()
@@ -337,9 +364,6 @@ def _sandbox_routes(project: ProjectSpec, sandbox: DesiredSandbox,
                            "readyAt": None})
     generation = sandbox.generation
     uid = sandbox.uid
-    if sandbox.problem and not blocked:
-        return routes, SandboxStatus(False, sandbox.problem, forks_json, generation,
-                                     failed=True, uid=uid)
     if not wanted and not blocked:
         return routes, SandboxStatus(True, "no forks: the key routes to the baseline "
                                      "everywhere", forks_json, generation, uid=uid)

@@ -156,6 +156,9 @@ class Runtime(Protocol):
 
     def states(self) -> Mapping[str, UnitState]: ...
 
+    def running_specs(self) -> Mapping[str, ProcessSpec]:
+        """The spec each unit was started with (a restarted daemon compares them)."""
+
     async def publish_routes(self, table: RouteTable) -> None:
         """Make `table` the one requests are routed by; returns once the routers use it."""
 

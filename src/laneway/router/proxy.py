@@ -528,7 +528,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self.upstream_failed(ex, 502, "upstream_closed",
                              f"{ex.describe()} closed the connection without answering "
-                             "(did the process crash? see `laneway logs`)")
+                             "(did the process crash? `laneway status` says; `laneway "
+                             "sandbox logs` shows a fork's output)")
 
     def upstream_failed(self, ex: Exchange, status: int, code: str, message: str) -> None:
         if ex.done:

@@ -28,6 +28,9 @@ class MemoryRuntime:
     async def sync_hops(self) -> None:
         pass
 
+    def running_specs(self) -> Mapping[str, ProcessSpec]:
+        return dict(self.specs)
+
     def states(self) -> Mapping[str, UnitState]:
         return dict(self._states)
 

@@ -149,6 +149,9 @@ class DataPlaneRuntime:
     def states(self) -> Mapping[str, UnitState]:
         return self._states
 
+    def running_specs(self) -> Mapping[str, ProcessSpec]:
+        return self._specs
+
     def log_path(self, unit: str) -> Path:
         return unit_log_path(self.layout.root, unit)
 

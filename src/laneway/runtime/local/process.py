@@ -265,6 +265,10 @@ class SupervisedProcess:
         try:
             await self._await_health(proc, waiter, port)
             code = await waiter
+            if not self._stopping:
+                # The leader is gone; what it started must not keep serving beside the
+                # restarted copy (a `shell: true` command's child, once its shell died).
+                _signal_group(proc.pid, signal.SIGKILL)
         except BaseException:
             # Whatever went wrong here, the process must not outlive its supervision.
             if proc.returncode is None and not self._stopping:
