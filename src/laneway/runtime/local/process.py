@@ -329,6 +329,10 @@ class SupervisedProcess:
         if proc is not None:
             _signal_group(proc.pid, signal.SIGKILL)  # stragglers in the group
         if self.task is not None:
+            # Let it end by itself first: it reads the process's output to the end, so the
+            # pipe is closed cleanly; one asleep in its restart backoff is cancelled.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self.task), 1.5)
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
