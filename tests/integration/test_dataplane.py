@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,18 +23,11 @@ from laneway.runtime.local import LocalRuntime
 from laneway.runtime.local import process as process_module
 from laneway.runtime.local.dataplane import DataPlaneRuntime
 from laneway.runtime.local.process import copy_output
+from tests.integration.test_local_runtime import until
 from tests.upstreams import TestUpstream
 
 CHAIN = str(Path(__file__).parents[1] / "apps" / "chain.py")
 KEY = "abc123def456"
-
-
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def hop(n: int) -> Hop:
