@@ -3,13 +3,14 @@ back by the API to cut logs by time. One format, defined once."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-__all__ = ["rotate_stdio", "stamp", "stamped_at", "unstamped"]
+__all__ = ["keep_rotated", "rotate_stdio", "stamp", "stamped_at", "unstamped"]
 
 _STAMP_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z ")
 
@@ -49,3 +50,11 @@ def rotate_stdio(path: Path, max_bytes: int = 8 * 1024 * 1024) -> bool:
     os.dup2(fd, 2)
     os.close(fd)
     return True
+
+
+async def keep_rotated(path: Path, every: float = 5.0) -> None:
+    """`rotate_stdio(path)` every few seconds, until cancelled (the daemon and the data plane
+    run it for their own logs)."""
+    while True:
+        rotate_stdio(path)
+        await asyncio.sleep(every)

@@ -27,6 +27,15 @@ __all__ = [
 class Upstream:
     host: str
     port: int
+    # Hashed once: the router looks an upstream up in its pool and its in-flight counts on
+    # every request, and a dataclass hashes its fields anew each time.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.host, self.port)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def to_json(self) -> dict[str, Any]:
         return {"host": self.host, "port": self.port}

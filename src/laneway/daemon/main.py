@@ -29,12 +29,13 @@ import uvicorn
 import uvloop
 
 from laneway.control.api import create_app
+from laneway.control.errors import StoreUnavailable
 from laneway.control.hoplog import HopLog
 from laneway.control.plane import ControlPlane
 from laneway.control.reconciler import Reconciler
 from laneway.control.resources import ResourceManager
 from laneway.control.runs import RunManager
-from laneway.control.store import SqliteStore
+from laneway.control.store import SqliteStore, StoreCorrupt
 from laneway.core.feed import RoutesBroadcaster
 from laneway.core.layout import (
     STATE_DIR_NAME,
@@ -43,7 +44,7 @@ from laneway.core.layout import (
     restrict_umask,
     write_private,
 )
-from laneway.core.logs import rotate_stdio
+from laneway.core.logs import keep_rotated
 from laneway.core.spec import ProjectSpec, SpecError, load_project
 from laneway.plugins import builtin_plugins
 from laneway.runtime.local.dataplane import DataPlaneError, DataPlaneRuntime
@@ -156,9 +157,8 @@ class Daemon:
         runs = RunManager(control, self.layout.root / "runs", end_interrupted=False)
         server: _ApiServer | None = None
         api_task: asyncio.Task[None] | None = None
-        rotate_task = loop.create_task(_rotate_forever(self.layout.daemon_log),
+        rotate_task = loop.create_task(keep_rotated(self.layout.daemon_log),
                                        name="laneway-log-rotate")
-        stop_dataplane = True
         try:
             try:
                 await runtime.connect()
@@ -190,11 +190,6 @@ class Daemon:
             self.say(f"laneway: {self.project.name} control plane at {url}")
             await self._report_baseline(control)
             await self.stop_requested.wait()
-        except DaemonError:
-            # Nothing was adopted into a working whole: a data plane this start made goes too,
-            # one that was already serving keeps serving.
-            stop_dataplane = not runtime.adopted
-            raise
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.layout.api.unlink()
@@ -207,7 +202,9 @@ class Daemon:
                     await asyncio.wait_for(api_task, 5)
             await reconciler.close()
             await control.resources.close()
-            if stop_dataplane:
+            # Asked to stop (`laneway down`, Ctrl-C): the data plane stops too. Failing instead:
+            # a data plane this start made goes, one that was already serving keeps serving.
+            if self.stop_requested.is_set() or not runtime.adopted:
                 await runtime.close()
             else:
                 await runtime.detach()
@@ -242,9 +239,6 @@ async def run(config: Path, out: IO[str]) -> int:
     except SpecError as exc:
         print(f"Error: {exc.render()}", file=sys.stderr)
         return 2
-    from laneway.control.errors import StoreUnavailable
-    from laneway.control.store import StoreCorrupt
-
     daemon = Daemon(config, project, out)
     try:
         return await daemon.run()
@@ -270,12 +264,6 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="laneway: %(levelname)s %(message)s")
     _use_our_python()
     return uvloop.run(run(config, sys.stdout))
-
-
-async def _rotate_forever(path: Path) -> None:
-    while True:
-        rotate_stdio(path)
-        await asyncio.sleep(5.0)
 
 
 def _use_our_python() -> None:

@@ -39,7 +39,7 @@ import uvloop
 from laneway.core.feed import RoutesBroadcaster
 from laneway.core.hops import Hop
 from laneway.core.layout import StateLayout, make_private, restrict_umask, write_private
-from laneway.core.logs import rotate_stdio
+from laneway.core.logs import keep_rotated
 from laneway.core.routes import RouteTable, Upstream
 from laneway.core.runtime import UnitState
 from laneway.core.spec import LOCAL_HOST
@@ -187,7 +187,7 @@ class DataPlane:
                                         timeout_graceful_shutdown=1))
         tasks = [
             loop.create_task(server.serve(sockets=[sock]), name="dataplane-api"),
-            loop.create_task(_rotate_forever(self.layout.dataplane_log), name="dataplane-log"),
+            loop.create_task(keep_rotated(self.layout.dataplane_log), name="dataplane-log"),
         ]
         while not server.started:
             if tasks[0].done():
@@ -216,12 +216,6 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[no-untyped-def]
         yield  # the data plane owns signal handling
-
-
-async def _rotate_forever(path: Path) -> None:
-    while True:
-        rotate_stdio(path)
-        await asyncio.sleep(5.0)
 
 
 def _lock(layout: StateLayout) -> int | None:

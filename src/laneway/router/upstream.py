@@ -34,17 +34,20 @@ class UpstreamPool:
         self._drained: dict[Upstream, asyncio.Event] = {}
 
     def begin(self, upstream: Upstream) -> None:
-        self.inflight[upstream] = self.inflight.get(upstream, 0) + 1
+        inflight = self.inflight
+        inflight[upstream] = inflight.get(upstream, 0) + 1
 
     def end(self, upstream: Upstream) -> None:
-        left = self.inflight.get(upstream, 1) - 1
-        if left > 0:
-            self.inflight[upstream] = left
+        inflight = self.inflight
+        left = inflight[upstream] - 1
+        if left:
+            inflight[upstream] = left
             return
-        self.inflight.pop(upstream, None)
-        event = self._drained.pop(upstream, None)
-        if event is not None:
-            event.set()
+        del inflight[upstream]
+        if self._drained:
+            event = self._drained.pop(upstream, None)
+            if event is not None:
+                event.set()
 
     async def drained(self, upstream: Upstream, timeout: float) -> int:
         """Wait until no request given to `upstream` is in flight (at most `timeout` s), then
