@@ -61,7 +61,7 @@ async def test_a_drain_waits_for_the_requests_in_flight_then_closes_idle_connect
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             headers = {"baggage": f"laneway-key={KEY}"}
             slow = asyncio.ensure_future(client.get("/slow?ms=600", headers=headers))
-            await until(lambda: router.pool.inflight.get(fork, 0) == 1)
+            await until(lambda: router.pool.busy(fork) == 1)
             # The route goes away; the request already given to the fork is still counted.
             router.apply(RouteTable(version=2, baseline=table.baseline, forks={"pricing": {}}))
             started = time.monotonic()
@@ -76,7 +76,7 @@ async def test_a_drain_waits_for_the_requests_in_flight_then_closes_idle_connect
             assert await router.pool.drained(fork, timeout=5) == 0
             router.apply(table)
             stuck = asyncio.ensure_future(client.get("/slow?ms=1500", headers=headers))
-            await until(lambda: router.pool.inflight.get(fork, 0) == 1)
+            await until(lambda: router.pool.busy(fork) == 1)
             assert await router.pool.drained(fork, timeout=0.2) == 1
             assert (await stuck).status_code == 200
     finally:

@@ -84,7 +84,7 @@ class Exchange:
 
     __slots__ = (
         "close_client", "close_delimited", "conn", "destination", "done", "error", "fork",
-        "has_body", "head", "http11", "inflight", "is_head",
+        "has_body", "head", "http11", "is_head",
         "keep_alive", "key", "local", "method", "parent_id", "path", "pending", "rechunk",
         "request_chunked", "request_done", "response_started", "retry_allowed", "served_by",
         "started", "status", "trace_id", "tunnel_data", "upgrade",
@@ -123,7 +123,6 @@ class Exchange:
         self.parent_id = ""
         self.started = 0.0
         self.tunnel_data = b""
-        self.inflight = False  # counted in the pool's in-flight requests of its upstream
 
     def describe(self) -> str:
         if self.destination == "baseline":
@@ -386,10 +385,6 @@ class ClientConnection(asyncio.Protocol):
             return
         upstream = ex.upstream
         assert upstream is not None
-        # Counted until it finishes: a replaced or deleted fork is stopped only once the
-        # requests it was given are done (`UpstreamPool.drained`).
-        ex.inflight = True
-        self.ctx.pool.begin(upstream)
         conn = self.ctx.pool.take(upstream)
         if conn is not None:
             conn.attach(ex)  # timeouts: `Router._sweep` checks every busy upstream connection
@@ -406,6 +401,19 @@ class ClientConnection(asyncio.Protocol):
     async def _open_upstream(self, ex: Exchange, upstream: Upstream) -> None:
         loop = asyncio.get_running_loop()
         pool = self.ctx.pool
+        # A request waiting for its connection is in flight too (`UpstreamPool.busy`).
+        pool.connecting[upstream] = pool.connecting.get(upstream, 0) + 1
+        try:
+            await self._open_and_attach(ex, upstream, loop, pool)
+        finally:
+            left = pool.connecting[upstream] - 1
+            if left:
+                pool.connecting[upstream] = left
+            else:
+                del pool.connecting[upstream]
+
+    async def _open_and_attach(self, ex: Exchange, upstream: Upstream,
+                               loop: asyncio.AbstractEventLoop, pool: UpstreamPool) -> None:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: UpstreamConnection(pool, upstream),
@@ -567,10 +575,6 @@ class ClientConnection(asyncio.Protocol):
             self.write(rest)
         self._record(ex, 101)
         ex.done = True
-        if ex.inflight:  # a tunnel may live for hours: it does not hold a drain
-            ex.inflight = False
-            assert ex.upstream is not None
-            self.ctx.pool.end(ex.upstream)
         self.active = None
         self.parsing = None
         self._paused_for_upgrade = False
@@ -594,10 +598,6 @@ class ClientConnection(asyncio.Protocol):
 
     def _finish(self, ex: Exchange, status: int, reusable: bool) -> None:
         ex.done = True
-        if ex.inflight:
-            ex.inflight = False
-            assert ex.upstream is not None
-            self.ctx.pool.end(ex.upstream)
         up = ex.upstream_conn
         if up is not None:
             ex.upstream_conn = None

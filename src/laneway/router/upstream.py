@@ -9,7 +9,6 @@ response has no body.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -30,35 +29,26 @@ class UpstreamPool:
         self._idle: dict[Upstream, list[UpstreamConnection]] = {}
         self._max_idle = max_idle_per_upstream
         self.open: set[UpstreamConnection] = set()
-        self.inflight: dict[Upstream, int] = {}  # requests given to each upstream, not done
-        self._drained: dict[Upstream, asyncio.Event] = {}
+        # Connections being opened, per upstream: each carries a request already routed there.
+        self.connecting: dict[Upstream, int] = {}
 
-    def begin(self, upstream: Upstream) -> None:
-        inflight = self.inflight
-        inflight[upstream] = inflight.get(upstream, 0) + 1
+    def busy(self, upstream: Upstream) -> int:
+        """Requests given to `upstream` and not done: on its open connections, or waiting for
+        one. Counted when asked (a drain polls it), so the request path pays nothing."""
+        return self.connecting.get(upstream, 0) + sum(
+            1 for conn in self.open if conn.exchange is not None and conn.upstream == upstream)
 
-    def end(self, upstream: Upstream) -> None:
-        inflight = self.inflight
-        left = inflight[upstream] - 1
-        if left:
-            inflight[upstream] = left
-            return
-        del inflight[upstream]
-        if self._drained:
-            event = self._drained.pop(upstream, None)
-            if event is not None:
-                event.set()
-
-    async def drained(self, upstream: Upstream, timeout: float) -> int:
+    async def drained(self, upstream: Upstream, timeout: float, poll: float = 0.02) -> int:
         """Wait until no request given to `upstream` is in flight (at most `timeout` s), then
         close its idle connections; returns how many requests were still in flight."""
-        if self.inflight.get(upstream):
-            event = self._drained.setdefault(upstream, asyncio.Event())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout)
+        deadline = time.monotonic() + timeout
+        # Polled rather than signalled: an event per upstream would put bookkeeping back on
+        # every request's path.
+        while (left := self.busy(upstream)) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(poll)
         for conn in self._idle.pop(upstream, []):
             conn.close()
-        return self.inflight.get(upstream, 0)
+        return left
 
     def take(self, upstream: Upstream) -> UpstreamConnection | None:
         idle = self._idle.get(upstream)
