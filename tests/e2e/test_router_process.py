@@ -31,7 +31,7 @@ def test_standalone_router_follows_the_feed_and_survives_the_control_plane(
     token = (project.root / ".laneway" / "token").read_text().strip()
     (port,) = free_ports(1)
     with subprocess.Popen([sys.executable, "-m", "laneway.router", "--listen", f"c={port}",
-                           "--routes", f"{api['url']}/v1/routes", "--token", token],
+                           "--routes", f"{api['url']}/v1/routes", f"--token={token}"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as router:
         try:
             url = f"http://127.0.0.1:{port}/"

@@ -10,7 +10,10 @@ import re
 import secrets
 from typing import NewType
 
-__all__ = ["KEY_ALPHABET", "KEY_LENGTH", "RoutingKey", "is_routing_key", "new_routing_key"]
+__all__ = [
+    "KEY_ALPHABET", "KEY_LENGTH", "RoutingKey", "is_routing_key", "new_api_token",
+    "new_routing_key",
+]
 
 RoutingKey = NewType("RoutingKey", str)
 
@@ -26,3 +29,9 @@ def new_routing_key() -> RoutingKey:
 
 def is_routing_key(value: str) -> bool:
     return _KEY_RE.fullmatch(value) is not None
+
+
+def new_api_token(nbytes: int = 32) -> str:
+    """A bearer token (URL-safe) that never starts with `-`: users pass tokens on command lines
+    (`--token T`), where a leading dash reads as an option (1 token in 64 did)."""
+    return "lw" + secrets.token_urlsafe(nbytes)

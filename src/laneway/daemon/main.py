@@ -16,7 +16,6 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -37,6 +36,7 @@ from laneway.control.resources import ResourceManager
 from laneway.control.runs import RunManager
 from laneway.control.store import SqliteStore, StoreCorrupt
 from laneway.core.feed import RoutesBroadcaster
+from laneway.core.keys import new_api_token
 from laneway.core.layout import (
     STATE_DIR_NAME,
     StateLayout,
@@ -95,7 +95,7 @@ class Daemon:
         self._lock_fd = fd
 
     def _write_token(self) -> str:
-        token = secrets.token_urlsafe(32)
+        token = new_api_token(32)
         path = self.layout.token
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -131,7 +131,7 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal)
         token = self._write_token()
-        routes_token = secrets.token_urlsafe(24)
+        routes_token = new_api_token(24)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))

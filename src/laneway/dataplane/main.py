@@ -24,7 +24,6 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -38,6 +37,7 @@ import uvloop
 
 from laneway.core.feed import RoutesBroadcaster
 from laneway.core.hops import Hop
+from laneway.core.keys import new_api_token
 from laneway.core.layout import StateLayout, make_private, restrict_umask, write_private
 from laneway.core.logs import keep_rotated
 from laneway.core.routes import RouteTable, Upstream
@@ -94,8 +94,8 @@ class DataPlane:
         self.hops = HopBuffer(settings.hop_capacity)
         self.feed = RoutesBroadcaster()
         self.router = Router(settings, hop_sink=self.hops.add)
-        self.routes_token = secrets.token_urlsafe(24)  # read-only: the routes feed
-        self.token = secrets.token_urlsafe(32)  # the daemon's
+        self.routes_token = new_api_token(24)  # read-only: the routes feed
+        self.token = new_api_token(32)  # the daemon's
         self.stop_requested = asyncio.Event()
         self.started_at = time.time()
         self.units_version = 0
