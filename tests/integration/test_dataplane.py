@@ -22,7 +22,7 @@ from laneway.router import Router, RouterSettings
 from laneway.runtime.local import LocalRuntime
 from laneway.runtime.local import process as process_module
 from laneway.runtime.local.dataplane import DataPlaneRuntime
-from laneway.runtime.local.process import copy_output
+from laneway.runtime.local.process import copy_output, free_port
 from tests.integration.test_local_runtime import until
 from tests.upstreams import TestUpstream
 
@@ -182,5 +182,32 @@ async def test_when_a_shell_dies_its_child_does_not_outlive_it(tmp_path: Path) -
                     and runtime.states()["web"].pid != shell)
         assert "killed by signal 9" in runtime.states()["web"].last_failure
         assert int(pidfile.read_text()) != child
+    finally:
+        await runtime.close()
+
+
+async def test_hops_are_handed_over_once_however_they_are_read(tmp_path: Path,
+                                                                  upstream: TestUpstream) -> None:
+    hops: list[Hop] = []
+    runtime = DataPlaneRuntime(tmp_path / ".laneway", {}, drain_timeout=5, hop_sink=hops.extend)
+    await runtime.connect()
+    try:
+        port = free_port()
+        await runtime.listen({"web": port})
+        await runtime.publish_routes(RouteTable(
+            version=1, baseline={"web": Upstream("127.0.0.1", upstream.port)},
+            forks={"web": {}}))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for round_ in range(5):
+                for i in range(20):
+                    assert (await client.get(f"/r{round_}-{i}")).status_code == 200
+                # A run's report reads everything now, while the long poll reads too.
+                await asyncio.gather(runtime.sync_hops(), runtime.sync_hops())
+        # The router hands its records over every 50 ms: wait for all of them, read again.
+        await until(lambda: len(hops) >= 100)
+        await asyncio.gather(runtime.sync_hops(), runtime.sync_hops())
+        paths = [h.path for h in hops]
+        assert len(paths) == 100
+        assert len(set(paths)) == 100
     finally:
         await runtime.close()

@@ -233,20 +233,31 @@ class DataPlaneRuntime:
 
     async def _follow_hops(self) -> None:
         while True:
+            since = self._hops_seq
             try:
-                data = await self._call("GET", "/v1/hops",
-                                        params={"since": self._hops_seq, "wait": 25})
+                data = await self._call("GET", "/v1/hops", params={"since": since, "wait": 25})
             except DataPlaneError:
                 if self._closing:
                     return
                 await asyncio.sleep(0.5)
                 continue
-            if data["seq"] < self._hops_seq:  # a new data plane numbers from 0 again
-                self._hops_seq = 0
-                continue
-            self._hops_seq = data["seq"]
-            if data["hops"] and self.hop_sink is not None:
-                self.hop_sink([Hop.from_json(h) for h in data["hops"]])
+            self._take_hops(since, data)
+
+    def _take_hops(self, since: int, data: dict[str, Any]) -> bool:
+        """Hand the records of an answer to `GET /v1/hops?since=since` to the sink; True when
+        there may be more. The long poll and `sync_hops` ask concurrently: an answer to a
+        `since` that the other has already moved past holds records taken once already."""
+        if since != self._hops_seq:
+            return False
+        if data["seq"] < since:  # a new data plane numbers from 0 again
+            self._hops_seq = 0
+            return True
+        if data["seq"] == since:
+            return False
+        self._hops_seq = data["seq"]
+        if data["hops"] and self.hop_sink is not None:
+            self.hop_sink([Hop.from_json(h) for h in data["hops"]])
+        return True
 
     def _alive(self) -> bool:
         if self.pid is None:
@@ -259,12 +270,10 @@ class DataPlaneRuntime:
         """Read every hop recorded up to now (a run's report waits for this)."""
         with contextlib.suppress(DataPlaneError):
             while True:
-                data = await self._call("GET", "/v1/hops", params={"since": self._hops_seq})
-                if data["seq"] <= self._hops_seq:
+                since = self._hops_seq
+                data = await self._call("GET", "/v1/hops", params={"since": since})
+                if not self._take_hops(since, data) and since == self._hops_seq:
                     return
-                self._hops_seq = data["seq"]
-                if data["hops"] and self.hop_sink is not None:
-                    self.hop_sink([Hop.from_json(h) for h in data["hops"]])
 
     # ending
 
