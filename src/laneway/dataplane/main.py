@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -75,7 +76,14 @@ class HopBuffer:
         first = self._hops[0][0]
         dropped = max(0, first - since - 1)
         start = max(0, since + 1 - first)
-        picked = [hop for _, hop in list(self._hops)[start:start + limit]]
+        # Walked from the end that is nearer: a reader that keeps up asks for the newest few,
+        # and copying the whole buffer (up to `hop_capacity` records) for them would cost a
+        # long poll answer more than the records it carries.
+        newer = len(self._hops) - start
+        if newer <= limit:
+            picked = [hop for _, hop in itertools.islice(reversed(self._hops), newer)][::-1]
+        else:
+            picked = [hop for _, hop in itertools.islice(self._hops, start, start + limit)]
         return picked, since + dropped + len(picked), dropped
 
     async def wait(self, since: int, timeout: float) -> None:
