@@ -73,6 +73,8 @@ class ControlPlane:
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()  # set after every reconcile pass
         self._parsed: dict[tuple[str, str, str, int], Any] = {}
+        # name -> ((incarnation, generation), (spec, problem)): see `_checked_spec`.
+        self._checked: dict[str, tuple[tuple[str, int], tuple[SandboxSpec, str]]] = {}
         self.resources: ResourceManager | None = None  # set by the daemon when plugins exist
 
     # the reconciler's side
@@ -105,7 +107,16 @@ class ControlPlane:
 
     def _checked_spec(self, rec: Record) -> tuple[SandboxSpec, str]:
         """The stored spec and, when it no longer fits the baseline (laneway.yaml changed
-        since it was applied), why: the sandbox is then `failed`, never a reason to stop."""
+        since it was applied), why: the sandbox is then `failed`, never a reason to stop.
+        Checked once per version of the record (every pass and every view asks; the
+        baseline does not change while the daemon runs)."""
+        version = (rec.uid, rec.generation)
+        cached = self._checked.get(rec.name)
+        if cached is None or cached[0] != version:
+            cached = self._checked[rec.name] = (version, self._check(rec))
+        return cached[1]
+
+    def _check(self, rec: Record) -> tuple[SandboxSpec, str]:
         try:
             spec = self._parsed_spec(rec)
             assert isinstance(spec, SandboxSpec)
@@ -147,10 +158,11 @@ class ControlPlane:
 
     # operations
 
-    def _audit(self, principal: str, action: str, kind: Kind, name: str,
-               detail: Mapping[str, Any] | None = None) -> None:
-        self.store.audit(AuditEntry(time.time(), principal, action, kind, name,
-                                    dict(detail or {})))
+    @staticmethod
+    def _entry(principal: str, action: str, kind: Kind, name: str,
+               detail: Mapping[str, Any] | None = None) -> AuditEntry:
+        """The audit entry of a mutation, written in the same transaction as the mutation."""
+        return AuditEntry(time.time(), principal, action, kind, name, dict(detail or {}))
 
     def _new_key(self) -> str:
         while True:
@@ -186,8 +198,8 @@ class ControlPlane:
                             existing.generation + (1 if changed else 0), expires,
                             uid=existing.uid)
             created = False
-        self.store.put_with_audit(record, AuditEntry(
-            time.time(), principal, "create" if created else "update", "sandbox", spec.name,
+        self.store.put_with_audit(record, self._entry(
+            principal, "create" if created else "update", "sandbox", spec.name,
             {"generation": record.generation}))
         self.wake()
         return self.sandbox_view(record), created
@@ -237,10 +249,11 @@ class ControlPlane:
 
     def delete_sandbox(self, name: str, *, principal: str = "local",
                        reason: str = "delete") -> None:
-        if not self.store.delete_with_audit("sandbox", name, AuditEntry(
-                time.time(), principal, reason, "sandbox", name)):
+        if not self.store.delete_with_audit("sandbox", name, self._entry(
+                principal, reason, "sandbox", name)):
             raise NotFound(f"sandbox {name!r} not found")
         self.sandbox_status.pop(name, None)
+        self._checked.pop(name, None)
         self.wake()
 
     def apply_route_group(self, data: Mapping[str, Any], *, name: str | None = None,
@@ -261,8 +274,8 @@ class ControlPlane:
                             existing.created_at, now,
                             existing.generation + (existing.spec != stored), uid=existing.uid)
             created = False
-        self.store.put_with_audit(record, AuditEntry(
-            time.time(), principal, "create" if created else "update", "routegroup", spec.name))
+        self.store.put_with_audit(record, self._entry(
+            principal, "create" if created else "update", "routegroup", spec.name))
         self.wake()
         return self.route_group_view(record), created
 
@@ -293,8 +306,8 @@ class ControlPlane:
         return [self.route_group_view(r) for r in self.store.records("routegroup")]
 
     def delete_route_group(self, name: str, *, principal: str = "local") -> None:
-        if not self.store.delete_with_audit("routegroup", name, AuditEntry(
-                time.time(), principal, "delete", "routegroup", name)):
+        if not self.store.delete_with_audit("routegroup", name, self._entry(
+                principal, "delete", "routegroup", name)):
             raise NotFound(f"route group {name!r} not found")
         self.group_status.pop(name, None)
         self.wake()
