@@ -18,23 +18,10 @@ from pathlib import Path
 
 from laneway.client import ApiClient, CliError, connect
 from laneway.core.layout import STATE_DIR_NAME, StateLayout, make_private, restrict_umask
-from laneway.core.processes import find_marked, owner_env, stop_processes
+from laneway.core.processes import alive, find_marked, owner_env, stop_processes, stopped
 from laneway.core.spec import SpecError, load_project
 
 __all__ = ["down_environment", "start_daemon"]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has exited; its parent just has not collected it yet
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _running_pid(layout: StateLayout) -> int | None:
@@ -42,7 +29,7 @@ def _running_pid(layout: StateLayout) -> int | None:
         pid = int(layout.lock.read_text().strip())
     except (OSError, ValueError):
         return None
-    if not _alive(pid):
+    if not alive(pid):
         return None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -155,19 +142,11 @@ def _shutdown(client: ApiClient, layout: StateLayout | None, wait: float = 30.0)
         os.kill(pid, signal.SIGTERM)
     if pid is None:
         return
-    if _stopped(pid) or not _wait_dead(pid, wait):
+    if stopped(pid) or not _wait_dead(pid, wait):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _wait_dead(pid, 5.0)
         print(f"laneway: the daemon (pid {pid}) did not stop by itself; killed it")
-
-
-def _stopped(pid: int) -> bool:
-    """A process stopped by SIGSTOP (it would keep a SIGTERM pending forever)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "Tt"
-    except (OSError, IndexError):
-        return False
 
 
 def down_environment(api: str | None) -> None:
@@ -200,9 +179,9 @@ def down_environment(api: str | None) -> None:
 
 def _wait_dead(pid: int, wait: float) -> bool:
     deadline = time.monotonic() + wait
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not _alive(pid)
+    return not alive(pid)
 
 
 def _sweep(layout: StateLayout) -> bool:
@@ -215,7 +194,7 @@ def _sweep(layout: StateLayout) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         dataplane = None
     stopped = False
-    if dataplane is not None and _alive(dataplane):
+    if dataplane is not None and alive(dataplane):
         os.kill(dataplane, signal.SIGTERM)
         print(f"laneway: stopping the data plane (pid {dataplane})")
         _wait_dead(dataplane, 40.0)

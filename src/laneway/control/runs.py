@@ -105,7 +105,7 @@ class RunManager:
         ended = []
         for report in self.control.store.runs_with_status("running"):
             # Blocks for as long as the leftovers take to exit on SIGTERM (at most 5 s).
-            stopped = stop_processes(find_marked(self.state_dir, {RUN_ID_ENV: report["id"]}))
+            stopped = self._stop_leftovers(report["id"])
             note = _CRASHED_NOTE
             if stopped:
                 note += f" Its command was still running: laneway stopped it ({len(stopped)} " \
@@ -310,11 +310,13 @@ class RunManager:
                     raise
             progress()
 
-    def _stop_leftovers(self, run_id: str) -> None:
+    def _stop_leftovers(self, run_id: str) -> list[int]:
+        """Stop every process still marked with the run's id; returns their pids."""
         stopped = stop_processes(find_marked(self.state_dir, {RUN_ID_ENV: run_id}))
         if stopped:
             log.info("run %s: stopped %d processes its command left running", run_id,
                      len(stopped))
+        return stopped
 
     def _save(self, report: dict[str, Any]) -> None:
         """Store the report; a store that refuses (disk full) costs this save, not the run."""

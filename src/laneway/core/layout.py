@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["STATE_DIR_NAME", "StateLayout", "find_state_dir", "make_private",
-           "restrict_umask", "user_umask"]
+           "restrict_umask", "user_umask", "write_private"]
 
 STATE_DIR_NAME = ".laneway"
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["OWNER_ENV", "alive", "find_marked", "owner_env", "stop_processes"]
+__all__ = ["OWNER_ENV", "alive", "find_marked", "owner_env", "stop_processes", "stopped"]
 
 OWNER_ENV = "LANEWAY_OWNER"
 
@@ -74,13 +74,22 @@ def _ancestors() -> set[int]:
     return out
 
 
+def _state(pid: int) -> str:
+    """The process's state letter from `/proc/<pid>/stat` ("" when there is no such process)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie has exited: only its parent has not collected it yet)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+    return _state(pid) not in ("", "Z", "X")
+
+
+def stopped(pid: int) -> bool:
+    """Whether `pid` is stopped (SIGSTOP): a SIGTERM stays pending until it is continued."""
+    return _state(pid) in ("T", "t")
 
 
 def stop_processes(pids: Iterable[int], grace: float = 5.0) -> list[int]:

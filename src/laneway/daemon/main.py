@@ -96,11 +96,7 @@ class Daemon:
 
     def _write_token(self) -> str:
         token = new_api_token(32)
-        path = self.layout.token
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(token)
-        os.chmod(path, 0o600)
+        write_private(self.layout.token, token)
         return token
 
     def _on_signal(self) -> None:
