@@ -210,22 +210,52 @@ def _stringify_env(value: Any) -> Any:
     return value
 
 
+DATAPLANE_ROUTER_FIELDS = (
+    "extra_headers", "connect_timeout", "upstream_timeout", "request_head_timeout",
+    "keepalive_timeout", "client_timeout", "tunnel_timeout", "max_connections",
+    "max_header_bytes", "max_response_header_bytes", "hop_capacity",
+)
+
+
 class RouterSettings(_Spec):
     """How the router reads keys and waits for upstreams."""
 
     extra_headers: list[str] = Field(default_factory=list)
     connect_timeout: float = 3.0
+    # Inactivity of an upstream while it owes an answer: progress either way resets it.
     upstream_timeout: float = 60.0
+    # Defaults no looser than nginx's (client_header_timeout 60 s, keepalive_timeout 75 s,
+    # client_body_timeout and send_timeout 60 s); laneway.router.timeouts has the whole table.
+    request_head_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    client_timeout: float = 60.0
+    tunnel_timeout: float = 3600.0
+    max_connections: int = Field(default=10_000, ge=1, le=1_000_000)  # per listener
     max_header_bytes: int = Field(default=65536, ge=1024, le=1048576)
+    max_response_header_bytes: int = Field(default=65536, ge=1024, le=1048576)
     hop_capacity: int = Field(default=100_000, ge=100, le=10_000_000)
     # How long a replaced or deleted fork may take to finish the requests it has, after it
     # stopped getting new ones and before it gets SIGTERM.
     drain_timeout: float = Field(default=30.0, ge=0, le=3600)
 
-    @field_validator("connect_timeout", "upstream_timeout", "drain_timeout", mode="before")
+    @field_validator("connect_timeout", "upstream_timeout", "request_head_timeout",
+                     "keepalive_timeout", "client_timeout", "tunnel_timeout", "drain_timeout",
+                     mode="before")
     @classmethod
     def _timeouts(cls, value: object) -> float:
         return _duration(value)
+
+    @field_validator("connect_timeout", "upstream_timeout", "request_head_timeout",
+                     "keepalive_timeout", "client_timeout", "tunnel_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be a positive duration, e.g. 30s")
+        return value
+
+    def dataplane(self) -> dict[str, object]:
+        """What the data plane's routers take (`laneway.router.RouterSettings`), as JSON."""
+        return self.model_dump(include=set(DATAPLANE_ROUTER_FIELDS))
 
     @field_validator("extra_headers")
     @classmethod

@@ -137,13 +137,8 @@ class Daemon:
         hops = HopLog(settings.hop_capacity)
         # The data plane (routers and processes) is its own process and outlives this one:
         # adopt the one that runs (this daemon was restarted, or had crashed), or start it.
-        runtime = DataPlaneRuntime(self.layout.root, {
-            "extra_headers": list(settings.extra_headers),
-            "connect_timeout": settings.connect_timeout,
-            "upstream_timeout": settings.upstream_timeout,
-            "max_header_bytes": settings.max_header_bytes,
-            "hop_capacity": settings.hop_capacity,
-        }, settings.drain_timeout, hop_sink=hops.add)
+        runtime = DataPlaneRuntime(self.layout.root, settings.dataplane(),
+                                   settings.drain_timeout, hop_sink=hops.add)
         feed = RoutesBroadcaster()
         control = ControlPlane(self.project, store, runtime, feed, hops)
         control.resources = ResourceManager(builtin_plugins(), self.layout.root / "resources",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import itertools
 import json
@@ -45,6 +46,7 @@ from laneway.core.routes import RouteTable, Upstream
 from laneway.core.runtime import UnitState
 from laneway.core.spec import LOCAL_HOST
 from laneway.router import Router, RouterSettings
+from laneway.router.limits import raise_fd_limit
 from laneway.router.server import RouterError
 from laneway.runtime.local import LocalRuntime
 
@@ -238,6 +240,9 @@ def _lock(layout: StateLayout) -> int | None:
     return fd  # held until the process exits
 
 
+ROUTER_FIELDS = frozenset(field.name for field in dataclasses.fields(RouterSettings))
+
+
 def main(argv: list[str]) -> int:
     restrict_umask()  # .laneway/ stays private; the processes it starts get the user's umask
     parser = argparse.ArgumentParser(prog="python -m laneway.dataplane")
@@ -254,12 +259,12 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 3
     raw = json.loads(args.settings)
-    settings = RouterSettings(
-        extra_headers=tuple(raw.get("extra_headers", ())),
-        connect_timeout=float(raw.get("connect_timeout", 3.0)),
-        upstream_timeout=float(raw.get("upstream_timeout", 60.0)),
-        max_header_bytes=int(raw.get("max_header_bytes", 65536)),
-        hop_capacity=int(raw.get("hop_capacity", 100_000)),
-    )
+    given: dict[str, Any] = {name: value for name, value in raw.items()
+                             if name in ROUTER_FIELDS}
+    if "extra_headers" in given:
+        given["extra_headers"] = tuple(given["extra_headers"])
+    settings = RouterSettings(**given)
+    # Many client connections are the router's job: lift the soft fd limit, as nginx does.
+    raise_fd_limit()
     plane = DataPlane(layout, settings, raw, args.drain_timeout)
     return uvloop.run(plane.run())

@@ -1,5 +1,5 @@
-"""Responses the router writes itself: 400, 431, 502, 503, 504, each saying which service,
-sandbox or fork is at fault and why, as JSON so that test tooling can read it too."""
+"""Responses the router writes itself (400, 405, 408, 431, 501, 502, 503, 504), each saying which
+service, sandbox or fork is at fault and why, as JSON so that test tooling can read it too."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ __all__ = ["error_response"]
 
 _REASONS = {
     400: b"Bad Request",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
     431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",

@@ -12,14 +12,16 @@ import contextlib
 import errno
 import gc
 import logging
-import time
 from dataclasses import dataclass
 
 from laneway.core.feed import FeedUpdate, RoutesFeed
 from laneway.core.routes import RouteTable, apply_changes
+from laneway.router.client import ClientConnection, ServiceContext
 from laneway.router.hops import HopRecorder, HopSink
-from laneway.router.proxy import ClientConnection, ServiceContext
-from laneway.router.upstream import UpstreamPool
+from laneway.router.limits import ConnectionBudget
+from laneway.router.pool import UpstreamPool
+from laneway.router.timeouts import Clock, Sweeper, sweep_interval
+from laneway.router.upstream import UpstreamConnection
 
 __all__ = ["Router", "RouterError", "RouterSettings"]
 
@@ -35,8 +37,22 @@ class RouterSettings:
     host: str = "127.0.0.1"
     extra_headers: tuple[str, ...] = ()
     connect_timeout: float = 3.0
+    # Upstream inactivity: progress in either direction (request body sent, response bytes
+    # received) resets it. 504 before the response began, a closed connection after.
     upstream_timeout: float = 60.0
-    max_header_bytes: int = 65536
+    # From the first byte of a request (or the connection's accept) to the end of its head:
+    # nginx's client_header_timeout, HAProxy's `timeout http-request`. 408, then close.
+    request_head_timeout: float = 60.0
+    # An idle keep-alive connection (no request in progress) is closed after this: nginx 75 s.
+    keepalive_timeout: float = 75.0
+    # The client's inactivity while the router waits for it: body bytes of its request, or
+    # reading the response (nginx's client_body_timeout and send_timeout, HAProxy's `client`).
+    client_timeout: float = 60.0
+    # A tunnel after `101` (WebSocket) idle in both directions for this long is closed.
+    tunnel_timeout: float = 3600.0
+    max_connections: int = 10_000  # per listener; beyond it a clear 503 and close
+    max_header_bytes: int = 65536  # request header section
+    max_response_header_bytes: int = 65536  # beyond it the response is a 502
     hop_capacity: int = 100_000
 
 
@@ -45,24 +61,35 @@ class Router:
         self.settings = settings
         self.table = RouteTable()
         self.recorder = HopRecorder(hop_sink, settings.hop_capacity)
-        self.pool = UpstreamPool()
+        self.pool: UpstreamPool[UpstreamConnection] = UpstreamPool()
+        self.clock = Clock()
+        self.budget = ConnectionBudget()
+        self.sweeper = Sweeper(self.clock, sweep_interval(
+            settings.upstream_timeout, settings.request_head_timeout,
+            settings.keepalive_timeout, settings.client_timeout, settings.tunnel_timeout,
+        ), self._client_connections)
         self.contexts: dict[str, ServiceContext] = {}
         self.ports: dict[str, int] = {}
         self._servers: list[asyncio.Server] = []
         self._by_service: dict[str, asyncio.Server] = {}
         self._follow_task: asyncio.Task[None] | None = None
-        self._sweeper: asyncio.TimerHandle | None = None
         self.updated = asyncio.Event()  # set whenever a feed update is applied (tests wait on it)
 
     def context(self, service: str) -> ServiceContext:
         ctx = self.contexts.get(service)
         if ctx is None:
             ctx = ServiceContext(
-                service, self.recorder, self.pool,
+                service, self.recorder, self.pool, clock=self.clock, budget=self.budget,
                 extra_headers=frozenset(h.lower().encode() for h in self.settings.extra_headers),
                 connect_timeout=self.settings.connect_timeout,
                 upstream_timeout=self.settings.upstream_timeout,
+                request_head_timeout=self.settings.request_head_timeout,
+                keepalive_timeout=self.settings.keepalive_timeout,
+                client_timeout=self.settings.client_timeout,
+                tunnel_timeout=self.settings.tunnel_timeout,
+                max_connections=self.settings.max_connections,
                 max_header_bytes=self.settings.max_header_bytes,
+                max_response_header_bytes=self.settings.max_response_header_bytes,
             )
             self.contexts[service] = ctx
             self._bind(ctx)
@@ -87,8 +114,7 @@ class Router:
                               f"{service!r}: {exc.strerror or exc}") from exc
         self._servers.append(server)
         self._by_service[service] = server
-        if self._sweeper is None:
-            self._sweep()
+        self.sweeper.start()
         bound = int(server.sockets[0].getsockname()[1])
         self.ports[service] = bound
         return bound
@@ -103,15 +129,8 @@ class Router:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
 
-    def _sweep(self) -> None:
-        """Answer 504 for exchanges whose upstream has been silent past the timeout."""
-        now = time.monotonic()
-        for up in list(self.pool.open):
-            ex = up.exchange
-            if ex is not None:
-                ex.conn.check_timeout(ex, now)
-        interval = min(1.0, self.settings.upstream_timeout / 4)
-        self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
+    def _client_connections(self) -> list[ClientConnection]:
+        return [conn for ctx in self.contexts.values() for conn in ctx.connections]
 
     def apply(self, update: FeedUpdate) -> None:
         if isinstance(update, RouteTable):
@@ -162,8 +181,7 @@ class Router:
 
     async def close(self) -> None:
         """Stop accepting, close connections, flush hop records."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        self.sweeper.stop()
         for server in self._servers:
             server.close()
         if self._follow_task is not None:

@@ -1,99 +1,71 @@
-"""Upstream connections (router → baseline or fork process) and their pool.
+"""Upstream connections (router → baseline or fork process).
 
-One `UpstreamConnection` carries one exchange at a time (no pipelining towards upstreams); it is
-returned to the pool when a response ends cleanly on a keep-alive connection whose request was
-fully sent. Its parser is fresh per exchange, because `httptools` cannot be told that a HEAD
-response has no body.
+One `UpstreamConnection` carries one exchange at a time (no pipelining towards upstreams). Its
+parser is fresh per exchange, because `httptools` cannot be told that a HEAD response has no
+body. What it guarantees:
+
+- **Nothing after a complete response reaches anyone.** Bytes that follow a complete response,
+  in the same read or while the connection is idle in the pool, close the connection; the
+  exchange it carried ends cleanly and the next request gets a fresh connection.
+- **Back to the pool only when idle, reading and with nothing pending** (`detach`): a
+  connection whose reading was paused for a slow client is resumed first; one with request bytes
+  still unsent is closed.
+- **A bounded response head**: a header section over `max_response_header_bytes` is a `502`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import httptools
 
 from laneway.core.routes import Upstream
-
-if TYPE_CHECKING:
-    from laneway.router.proxy import ClientConnection, Exchange
+from laneway.router.exchange import Downstream, Exchange
+from laneway.router.pool import UpstreamPool
+from laneway.router.timeouts import Clock
+from laneway.router.tunnel import Tunnel
 
 __all__ = ["UpstreamConnection", "UpstreamPool"]
 
 
-class UpstreamPool:
-    """Idle keep-alive connections per upstream, bounded so a burst does not pin sockets."""
+class _AfterResponse(Exception):
+    """Stops the parser at bytes that follow a complete response."""
 
-    def __init__(self, max_idle_per_upstream: int = 64) -> None:
-        self._idle: dict[Upstream, list[UpstreamConnection]] = {}
-        self._max_idle = max_idle_per_upstream
-        self.open: set[UpstreamConnection] = set()
-        # Connections being opened, per upstream: each carries a request already routed there.
-        self.connecting: dict[Upstream, int] = {}
 
-    def busy(self, upstream: Upstream) -> int:
-        """Requests given to `upstream` and not done: on its open connections, or waiting for
-        one. Counted when asked (a drain polls it), so the request path pays nothing."""
-        return self.connecting.get(upstream, 0) + sum(
-            1 for conn in self.open if conn.exchange is not None and conn.upstream == upstream)
-
-    async def drained(self, upstream: Upstream, timeout: float, poll: float = 0.02) -> int:
-        """Wait until no request given to `upstream` is in flight (at most `timeout` s), then
-        close its idle connections; returns how many requests were still in flight."""
-        deadline = time.monotonic() + timeout
-        # Polled rather than signalled: an event per upstream would put bookkeeping back on
-        # every request's path.
-        while (left := self.busy(upstream)) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(poll)
-        for conn in self._idle.pop(upstream, []):
-            conn.close()
-        return left
-
-    def take(self, upstream: Upstream) -> UpstreamConnection | None:
-        idle = self._idle.get(upstream)
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
-        return None
-
-    def put(self, conn: UpstreamConnection) -> None:
-        idle = self._idle.setdefault(conn.upstream, [])
-        if len(idle) >= self._max_idle:
-            conn.close()
-        else:
-            idle.append(conn)
-
-    def forget(self, conn: UpstreamConnection) -> None:
-        self.open.discard(conn)
-        idle = self._idle.get(conn.upstream)
-        if idle and conn in idle:
-            idle.remove(conn)
-
-    def close_all(self) -> None:
-        for conn in list(self.open):
-            conn.close()
-        self._idle.clear()
+class _HeadTooLarge(Exception):
+    pass
 
 
 class UpstreamConnection(asyncio.Protocol):
-    def __init__(self, pool: UpstreamPool, upstream: Upstream) -> None:
+    def __init__(self, pool: UpstreamPool[UpstreamConnection], upstream: Upstream,
+                 clock: Clock, max_header_bytes: int) -> None:
         self.pool = pool
         self.upstream = upstream
+        self.clock = clock
+        self.max_header_bytes = max_header_bytes
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.parser: httptools.HttpResponseParser | None = None
-        self.tunnel: ClientConnection | None = None
+        self.tunnel: Tunnel | None = None
+        self.tunnel_peer: Downstream | None = None
         self.closed = False
         self.reused = False
+        self.paused = False  # reading paused by us, because the client is slow to read
         self.last_activity = 0.0
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
+        self._in_head = False
+        self._head_size = 0
+        self._head_raw = 0
         # Completion is acted on after feed_data returns, never inside a parser callback: acting
         # on it may hand this connection to the next exchange, which needs a fresh parser.
         self.completed = False
         self.keep_alive = False
+
+    @property
+    def busy(self) -> bool:
+        return self.exchange is not None
 
     # asyncio.Protocol
 
@@ -103,28 +75,53 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.open.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.write(data)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.from_upstream(data, self.clock.now)
             return
         ex = self.exchange
-        if ex is None or self.parser is None:
-            # Bytes from an idle upstream: it is not speaking HTTP as we expect; drop it.
+        parser = self.parser
+        if ex is None or parser is None:
+            # Bytes from an idle upstream: not an answer to anything; nobody may read them.
             self.close()
             return
-        self.last_activity = time.monotonic()
+        self.last_activity = self.clock.now
+        if self._in_head:
+            self._head_raw += len(data)
         try:
-            self.parser.feed_data(data)
-            if self.completed:
-                self.completed = False
-                ex.conn.response_complete(ex, self)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = int(exc.args[0]) if exc.args else len(data)
             ex.conn.start_tunnel(ex, self, data[offset:])
+            return
         except httptools.HttpParserError as exc:
-            self.exchange = None
-            self.close()
-            ex.conn.upstream_failed(ex, 502, "upstream_bad_response",
-                                    f"{ex.describe()} sent a malformed HTTP response: {exc}")
+            if self.completed:
+                # A complete response, then bytes nobody asked for: the response stands, the
+                # connection goes.
+                self.completed = False
+                ex.conn.response_complete(ex, reusable=False)
+                self.close()
+                return
+            self._fail(ex, exc)
+            return
+        if self.completed:
+            self.completed = False
+            ex.conn.response_complete(ex, reusable=self.keep_alive)
+        elif self._in_head and self._head_raw > self.max_header_bytes + 65536:
+            # One header still accumulating inside httptools (on_header fires when complete).
+            self._fail(ex, _HeadTooLarge())
+
+    def _fail(self, ex: Exchange, exc: Exception) -> None:
+        self.exchange = None
+        self.close()
+        if isinstance(exc, _HeadTooLarge) or self._head_size > self.max_header_bytes:
+            ex.conn.upstream_failed(
+                ex, 502, "upstream_header_too_large",
+                f"{ex.describe()} sent a response header section larger than "
+                f"{self.max_header_bytes} bytes (router.max_response_header_bytes)")
+            return
+        ex.conn.upstream_failed(ex, 502, "upstream_bad_response",
+                                f"{ex.describe()} sent a malformed HTTP response: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -132,18 +129,38 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel is not None:
             tunnel, self.tunnel = self.tunnel, None
             tunnel.close()
+            if self.tunnel_peer is not None:
+                self.tunnel_peer.tunnel_closed()
             return
         ex, self.exchange = self.exchange, None
         if ex is not None:
             ex.conn.upstream_lost(ex, self)
 
     def pause_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.conn.set_upstream_backpressure(True)
+        # The upstream does not read what we send (a request body, tunnel bytes): stop reading
+        # the client until it does.
+        peer = self.tunnel_peer if self.tunnel is not None else (
+            self.exchange.conn if self.exchange is not None else None)
+        if peer is not None:
+            peer.set_upstream_backpressure(True)
 
     def resume_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.conn.set_upstream_backpressure(False)
+        peer = self.tunnel_peer if self.tunnel is not None else (
+            self.exchange.conn if self.exchange is not None else None)
+        if peer is not None:
+            peer.set_upstream_backpressure(False)
+
+    # flow control, asked by the client side
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
 
     # exchange handling
 
@@ -154,7 +171,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
         self.completed = False
         ex.upstream_conn = self
-        self.last_activity = time.monotonic()
+        self.last_activity = self.clock.now
+        if ex.conn.write_paused:
+            self.pause()  # the client still has not read the last response
         pending = ex.pending
         ex.pending = None
         self.transport.write(ex.head if not pending else ex.head + b"".join(pending))
@@ -162,11 +181,18 @@ class UpstreamConnection(asyncio.Protocol):
     def detach(self, reusable: bool) -> None:
         self.exchange = None
         self.parser = None
-        if reusable and not self.closed:
+        transport = self.transport
+        if reusable and not self.closed and transport is not None \
+                and not transport.get_write_buffer_size():
+            self.resume()
             self.reused = True
             self.pool.put(self)
         else:
             self.close()
+
+    def skip_body(self) -> None:
+        """The response has no body whatever its head says (an answer to HEAD)."""
+        self.completed = True
 
     def close(self) -> None:
         if not self.closed:
@@ -177,16 +203,27 @@ class UpstreamConnection(asyncio.Protocol):
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self.completed:
+            raise _AfterResponse
+        self._in_head = True
+        self._head_size = 0
+
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.max_header_bytes:
+            raise _HeadTooLarge
 
     def on_headers_complete(self) -> None:
         ex = self.exchange
         assert ex is not None
         assert self.parser is not None
+        self._in_head = False
+        self._head_raw = 0
         status = self.parser.get_status_code()
         headers, self._headers = self._headers, []
         reason, self._reason = self._reason, b""
@@ -194,6 +231,8 @@ class UpstreamConnection(asyncio.Protocol):
         ex.conn.response_head(ex, status, reason, headers)
 
     def on_body(self, body: bytes) -> None:
+        if self.completed:
+            raise _AfterResponse  # bytes after a HEAD response's head
         ex = self.exchange
         if ex is not None:
             ex.conn.response_body(ex, body)

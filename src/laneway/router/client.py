@@ -1,0 +1,920 @@
+"""The router's hot path: one asyncio Protocol per client connection.
+
+`httptools` finds message boundaries and the few headers that matter; the request head is
+re-serialised once (hop-by-hop headers dropped, `headers.py` says which and why), bodies are
+forwarded as they arrive. The routing decision is one dict hit on the service's routes
+(`core.routes.decide`). Backpressure uses pause_reading/resume_reading both ways; there is no
+task per request, only a connect task when no pooled upstream connection is idle. Timeouts are
+checked by a sweep (`timeouts.py`), limits at accept (`limits.py`), tunnels in `tunnel.py`.
+
+What the client side guarantees:
+- the upstream receives only complete, well-framed requests the client sent, in order; a
+  request whose framing cannot be forwarded exactly is answered `400`/`501` and nothing of it
+  is forwarded;
+- responses go back in request order, each to the connection that asked (one exchange at a
+  time per upstream connection);
+- every buffer is bounded: reading the client pauses while a request waits (pipelining), while
+  the upstream does not read, and while an upgrade waits for its `101`; reading the upstream
+  pauses while the client does not read.
+
+We write this ourselves rather than using an HTTP framework because it is the product's hot path
+(see PERFORMANCE.md): frameworks parse, decode and re-encode every header and body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from laneway.core.baggage import key_from_baggage, key_from_tracestate
+from laneway.core.hops import Hop, trace_context
+from laneway.core.routes import ForkRoute, Upstream, decide
+from laneway.router.exchange import Carrier, Exchange
+from laneway.router.headers import (
+    FRAMING,
+    HOP_BY_HOP,
+    STANDARD_CONNECTION_TOKENS,
+    absolute_target,
+    drop_named,
+    is_token,
+    tokens,
+)
+from laneway.router.limits import ConnectionBudget
+from laneway.router.pool import UpstreamPool
+from laneway.router.responses import error_response
+from laneway.router.timeouts import Clock
+from laneway.router.tunnel import Tunnel
+from laneway.router.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from laneway.router.hops import HopRecorder
+
+__all__ = ["ClientConnection", "ServiceContext"]
+
+VIA = b"via: 1.1 laneway\r\n"
+# Hops carry wall-clock start times; one monotonic read per request, shifted once to the epoch.
+WALL_OFFSET = time.time() - time.monotonic()
+MAX_HEADER_FIELDS = 200
+MAX_METHOD = 64
+
+
+class ServiceContext:
+    """What every connection of one service's listener shares."""
+
+    __slots__ = (
+        "baseline", "budget", "client_timeout", "clock", "connect_tasks", "connect_timeout",
+        "connections", "extra_headers", "keepalive_timeout", "max_connections",
+        "max_header_bytes", "max_response_header_bytes", "name", "name_b", "pool", "recorder",
+        "request_head_timeout", "routes", "served_by", "tunnel_timeout", "upstream_timeout",
+    )
+
+    def __init__(self, name: str, recorder: HopRecorder, pool: UpstreamPool[UpstreamConnection],
+                 *, clock: Clock, budget: ConnectionBudget, extra_headers: frozenset[bytes],
+                 connect_timeout: float, upstream_timeout: float, request_head_timeout: float,
+                 keepalive_timeout: float, client_timeout: float, tunnel_timeout: float,
+                 max_connections: int, max_header_bytes: int,
+                 max_response_header_bytes: int) -> None:
+        self.name = name
+        self.name_b = name.encode()
+        self.routes: dict[str, ForkRoute] = {}
+        self.baseline: Upstream | None = None
+        self.recorder = recorder
+        self.pool = pool
+        self.clock = clock
+        self.budget = budget
+        self.extra_headers = extra_headers
+        self.connect_timeout = connect_timeout
+        self.upstream_timeout = upstream_timeout
+        self.request_head_timeout = request_head_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.client_timeout = client_timeout
+        self.tunnel_timeout = tunnel_timeout
+        self.max_connections = max_connections
+        self.max_header_bytes = max_header_bytes
+        self.max_response_header_bytes = max_response_header_bytes
+        self.connections: set[ClientConnection] = set()
+        self.connect_tasks: set[asyncio.Task[None]] = set()
+        self.served_by: dict[str, bytes] = {}  # sandbox -> b"service@sandbox", built once
+
+
+class _Rejected(Exception):
+    """Raised in a parser callback to stop parsing; `ClientConnection._rejection` says why."""
+
+
+class ClientConnection(asyncio.Protocol):
+    """A downstream connection: parses requests, routes each, streams responses back."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.clock = ctx.clock
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.closed = False
+        self.counted = False
+        self.active: Exchange | None = None
+        self.parsing: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self.tunnel: Tunnel | None = None
+        self.tunnel_up: Carrier | None = None
+        self.write_paused = False
+        self.last_seen = 0.0
+        self.head_started = 0.0
+        self.write_paused_at = 0.0
+        self.closing_at = 0.0
+        self.served_any = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._head_size = 0
+        self._in_head = False
+        self._begins = 0
+        self._rejection: tuple[int, str, str] | None = None
+        self._ignore_rest = False  # after `Connection: close`, or once a request was rejected
+        self._method: bytes | None = None  # an extension method llhttp does not know
+        self._method_wait = b""  # the start of a request whose method is not complete yet
+        self._raw_head: bytes | None = None
+        self._synthetic = False  # parsing a made-up head that re-frames a body (no upgrade)
+        self._paused_by_upstream = False
+        self._paused_by_queue = False
+        self._paused_for_upgrade = False
+        self._reading_paused = False
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they implement its interface.
+        self.transport = cast(asyncio.Transport, transport)
+        ctx = self.ctx
+        refusal = ctx.budget.refusal(len(ctx.connections), ctx.max_connections)
+        if refusal is not None:
+            self.closed = True
+            self.transport.write(error_response(503, "too_many_connections", refusal,
+                                                close=True))
+            self.transport.close()
+            return
+        self.counted = True
+        ctx.budget.open += 1
+        ctx.connections.add(self)
+        self.last_seen = self.clock.now
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.from_client(data, self.clock.now)
+            return
+        if self.closed or self._ignore_rest:
+            return
+        self.last_seen = self.clock.now
+        parsing = self.parsing
+        if parsing is not None and parsing.upgrade:
+            # Bytes after an upgrade request, before the upstream's 101: hold them (reading is
+            # paused, so this is at most one read).
+            parsing.tunnel_data += data
+            return
+        if self._method_wait:
+            data, self._method_wait = self._method_wait + data, b""
+        at_boundary = parsing is None and not self._in_head
+        begins = self._begins
+        # Raw bytes since the current head began: catches one huge header that httptools is
+        # still accumulating (on_header only fires once a field is complete).
+        self._head_bytes = self._head_bytes + len(data) if self._in_head else len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = int(exc.args[0]) if exc.args else len(data)
+            self._upgraded(data[offset:])
+            return
+        except httptools.HttpParserInvalidMethodError:
+            if at_boundary and self._begins == begins + 1:
+                self._extension_method(data)
+            elif not at_boundary and self._begins == begins and self._raw_head is not None:
+                self._extension_method(self._raw_head + data)
+            else:
+                self._reject(400, "bad_request", "malformed HTTP request: an unknown method in "
+                             "a pipelined request (send extension methods on their own)")
+            return
+        except httptools.HttpParserCallbackError:
+            if self._rejection is not None:
+                self._reject(*self._rejection)
+                return
+            raise
+        except httptools.HttpParserError as exc:
+            if not self._ignore_rest:  # bytes after `Connection: close` are ignored (RFC 9112)
+                self._reject(400, "bad_request", f"malformed HTTP request: {exc}")
+            return
+        if self._in_head:
+            if self._head_bytes > self.ctx.max_header_bytes + 65536:
+                self._reject(431, "header_too_large", self._too_large_message())
+            elif at_boundary and self._begins == begins + 1:
+                self._raw_head = data  # kept until the method is known to llhttp
+            elif self._raw_head is not None and self._begins == begins:
+                self._raw_head += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.counted:
+            self.counted = False
+            self.ctx.budget.open -= 1
+        self.ctx.connections.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+            if self.tunnel_up is not None:
+                self.tunnel_up.close()
+        for ex in [self.active, *self.queue]:
+            if ex is not None and not ex.done:
+                # 499: the client went away before the response was complete (nginx's code).
+                self._finish(ex, ex.status if ex.response_started else 499, reusable=False)
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        # The client does not read as fast as the upstream sends: stop reading the upstream.
+        self.write_paused = True
+        self.write_paused_at = self.clock.now
+        up = self.tunnel_up if self.tunnel is not None else (
+            self.active.upstream_conn if self.active is not None else None)
+        if up is not None:
+            up.pause()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        up = self.tunnel_up if self.tunnel is not None else (
+            self.active.upstream_conn if self.active is not None else None)
+        if up is not None:
+            up.resume()
+
+    # httptools callbacks (requests)
+
+    def on_message_begin(self) -> None:
+        if self._synthetic:
+            return
+        self._begins += 1
+        self._url = b""
+        self._headers = []
+        self._in_head = True
+        self._head_size = 0
+        self.head_started = self.clock.now
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if len(self._headers) > MAX_HEADER_FIELDS or self._head_size > self.ctx.max_header_bytes:
+            self._rejection = (431, "header_too_large", self._too_large_message())
+            raise _Rejected
+
+    def on_headers_complete(self) -> None:
+        if self._synthetic:
+            return
+        self._in_head = False
+        self._head_bytes = 0
+        self._raw_head = None
+        ex = Exchange(self)
+        ex.started = time.monotonic()
+        parser = self.parser
+        method = self._method or parser.get_method()
+        self._method = None
+        ex.method = method.decode("ascii", "replace")
+        ex.is_head = method == b"HEAD"
+        ex.keep_alive = parser.should_keep_alive()
+        ex.http11 = parser.get_http_version() == "1.1"
+        url = self._url
+        ex.path = url[:512].decode("latin-1")
+        self._build(ex, method, url, parser.should_upgrade())
+        if self._rejection is not None:
+            raise _Rejected
+        self.parsing = ex
+        if self.active is None:
+            self._start(ex)
+        else:
+            self.queue.append(ex)
+            self._paused_by_queue = True
+            self._sync_reading()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is None or ex.local is not None:
+            return
+        if ex.request_chunked:
+            ex.send_body(b"%x\r\n%b\r\n" % (len(body), body), self.clock.now)
+        else:
+            ex.send_body(body, self.clock.now)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        if ex is None:
+            return
+        if ex.cancel_upgrade:
+            # llhttp ends an upgrade request at its head; a declined upgrade's body follows
+            # and is parsed again (`_upgraded`).
+            ex.cancel_upgrade = False
+            if ex.has_body:
+                return
+        ex.request_done = True
+        if ex.request_chunked and ex.local is None:
+            ex.send_body(b"0\r\n\r\n", self.clock.now)
+        if not ex.keep_alive:
+            self._ignore_rest = True  # what follows `Connection: close` is not read
+        if not ex.upgrade:
+            self.parsing = None
+
+    # request side
+
+    def _build(self, ex: Exchange, method: bytes, url: bytes, llhttp_upgrade: bool) -> None:
+        ctx = self.ctx
+        if method == b"CONNECT":
+            self._rejection = (405, "method_not_allowed",
+                               "laneway's router does not tunnel CONNECT; send the request "
+                               "to the service itself")
+            return
+        try:
+            absolute = absolute_target(url)
+        except ValueError as exc:
+            self._rejection = (400, "bad_request", f"malformed HTTP request: {exc}")
+            return
+        if absolute is not None:
+            url = absolute[1]
+        lines: list[bytes] = [method, b" ", url, b" HTTP/1.1\r\n"]
+        baggage: list[bytes] = []
+        tracestate = b""
+        traceparent = b""
+        extra_key = b""
+        connection_tokens: list[bytes] = []
+        codings: list[bytes] = []
+        upgrade_value = b""
+        hosts = 0
+        for name, value in self._headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"transfer-encoding":
+                    codings.extend(tokens(value))
+                elif lname == b"connection":
+                    connection_tokens.extend(tokens(value))
+                elif lname == b"upgrade":
+                    upgrade_value = value
+                continue
+            if lname == b"host":
+                hosts += 1
+                if absolute is not None:
+                    continue  # replaced by the target's authority below
+            elif lname == b"baggage":
+                baggage.append(value)
+            elif lname == b"content-length":
+                ex.has_body = value.strip() not in (b"0", b"")
+                if ex.has_body:
+                    ex.body_length = int(value)  # llhttp has checked it is one number
+            elif lname == b"traceparent":
+                traceparent = value
+            elif lname == b"tracestate":
+                tracestate = value
+            elif ctx.extra_headers and lname in ctx.extra_headers and not extra_key:
+                extra_key = value.strip()
+            lines.append(name)
+            lines.append(b": ")
+            lines.append(value)
+            lines.append(b"\r\n")
+        if codings:
+            if codings != [b"chunked"]:
+                self._rejection = (501, "unsupported_transfer_coding",
+                                   "the request's transfer-encoding "
+                                   f"{b', '.join(codings).decode('latin-1')!r} is not "
+                                   "supported; send the body with `chunked` alone or a "
+                                   "content-length")
+                return
+            ex.request_chunked = True
+            ex.has_body = True
+        if hosts > 1:
+            self._rejection = (400, "bad_request",
+                               "malformed HTTP request: more than one Host header")
+            return
+        if absolute is not None:
+            lines.append(b"host: " + absolute[0] + b"\r\n")
+        elif hosts == 0:
+            if ex.http11:
+                self._rejection = (400, "bad_request", "malformed HTTP request: an HTTP/1.1 "
+                                   "request must carry a Host header (RFC 9112 §3.2)")
+                return
+            lines.append(b"host: " + self._local_host() + b"\r\n")  # a proxy must send one
+        extra_tokens = frozenset(t for t in connection_tokens
+                                 if t not in STANDARD_CONNECTION_TOKENS and t not in FRAMING)
+        if extra_tokens:
+            lines = drop_named(lines, extra_tokens, 4)
+        if ex.request_chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        if llhttp_upgrade:
+            # Upgrades the router forwards: a protocol other than h2c (which it does not
+            # speak upstream yet), on a request without a body (a body would be held until a
+            # 101 that a plain server never sends).
+            offered = [t for t in tokens(upgrade_value) if t != b"h2c"] \
+                if not ex.has_body else []
+            if offered:
+                ex.upgrade = True
+                lines.append(b"connection: upgrade\r\nupgrade: " + upgrade_value + b"\r\n")
+            else:
+                ex.cancel_upgrade = True
+        lines.append(VIA)
+        lines.append(b"\r\n")
+        ex.head = b"".join(lines)
+        if traceparent:
+            ex.trace_id, ex.parent_id = trace_context(traceparent)
+
+        key = None
+        if baggage:
+            key = key_from_baggage(baggage[0] if len(baggage) == 1 else b",".join(baggage))
+        if key is None and tracestate:
+            key = key_from_tracestate(tracestate)
+        if key is None and extra_key:
+            key = extra_key.decode("utf-8", "replace")
+        route = decide(ctx.routes, key)
+        if key is not None:
+            ex.key = key
+        if route is None:
+            ex.upstream = ctx.baseline
+            ex.served_by = ctx.name_b
+            if ex.upstream is None:
+                ex.error = (f"baseline service {ctx.name} has no running process yet "
+                            "(starting, or its command failed); see `laneway status`")
+                ex.local = error_response(503, "baseline_not_ready", ex.error,
+                                          served_by=ctx.name_b, close=ex.has_body,
+                                          extra={"service": ctx.name})
+            return
+        ex.destination = route.sandbox
+        ex.fork = route.fork
+        served = ctx.served_by.get(route.sandbox)
+        if served is None:
+            served = ctx.served_by[route.sandbox] = route.served_by.encode()
+        ex.served_by = served
+        if route.ready and route.upstream is not None:
+            ex.upstream = route.upstream
+            return
+        ex.error = route.reason
+        # A request with a body we will not read ends its connection; one without keeps it.
+        ex.local = error_response(
+            503, "fork_not_ready", route.reason, served_by=ex.served_by, close=ex.has_body,
+            extra={"service": ctx.name, "sandbox": route.sandbox, "fork": route.fork,
+                   "routing_key": key or ""},
+        )
+
+    def _local_host(self) -> bytes:
+        """`host:port` this client connected to, for a request that named no Host."""
+        sockname = self.transport.get_extra_info("sockname") if self.transport else None
+        if not sockname:
+            return b"localhost"
+        host = str(sockname[0])
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{sockname[1]}".encode()
+
+    def _extension_method(self, raw: bytes) -> None:
+        """A method llhttp does not know (any RFC 9110 token is a method): parse the request
+        with a stand-in method and forward the real one."""
+        method, space, rest = raw.partition(b" ")
+        if not space:
+            if len(raw) < MAX_METHOD and is_token(raw):
+                self.parser = httptools.HttpRequestParser(self)
+                self._method_wait = raw  # the method is not complete yet
+                self._in_head = False
+                return
+            self._reject(400, "bad_request", "malformed HTTP request: invalid method")
+            return
+        if len(method) > MAX_METHOD or not is_token(method):
+            self._reject(400, "bad_request", "malformed HTTP request: the method is not a "
+                         "token (RFC 9110 §9.1)")
+            return
+        self.parser = httptools.HttpRequestParser(self)
+        self._in_head = False
+        self._raw_head = None
+        self._method = method
+        self.data_received(b"GET " + rest)
+
+    def _upgraded(self, rest: bytes) -> None:
+        """llhttp stopped at an upgrade request's head. Forwarded upgrades wait for the 101;
+        declined ones go on as plain HTTP/1.1 from the same bytes."""
+        if self._rejection is not None:
+            self._reject(*self._rejection)
+            return
+        ex = self.parsing
+        if ex is not None and ex.upgrade:
+            ex.tunnel_data = rest
+            self._paused_for_upgrade = True
+            self._sync_reading()
+            return
+        self.parser = httptools.HttpRequestParser(self)
+        if ex is not None and not ex.request_done:
+            # Re-frame the body it announced with a made-up head, so that llhttp reads it.
+            framing = b"transfer-encoding: chunked" if ex.request_chunked else \
+                b"content-length: %d" % ex.body_length
+            self._synthetic = True
+            try:
+                self.parser.feed_data(b"PUT / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+            finally:
+                self._synthetic = False
+        if rest:
+            self.data_received(rest)
+
+    def _start(self, ex: Exchange) -> None:
+        self.active = ex
+        if ex.local is not None:
+            self._respond_locally(ex, ex.local, ex.local_status)
+            return
+        upstream = ex.upstream
+        assert upstream is not None
+        conn = self.ctx.pool.take(upstream)
+        if conn is not None:
+            conn.attach(ex)  # timeouts: the sweep checks every client's exchange
+            return
+        self._connect(ex, upstream)
+
+    def _connect(self, ex: Exchange, upstream: Upstream) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._open_upstream(ex, upstream), name=f"laneway-connect-{self.ctx.name}"
+        )
+        self.ctx.connect_tasks.add(task)
+        task.add_done_callback(self.ctx.connect_tasks.discard)
+
+    async def _open_upstream(self, ex: Exchange, upstream: Upstream) -> None:
+        loop = asyncio.get_running_loop()
+        pool = self.ctx.pool
+        # A request waiting for its connection is in flight too (`UpstreamPool.busy`).
+        pool.connecting[upstream] = pool.connecting.get(upstream, 0) + 1
+        try:
+            await self._open_and_attach(ex, upstream, loop, pool)
+        finally:
+            left = pool.connecting[upstream] - 1
+            if left:
+                pool.connecting[upstream] = left
+            else:
+                del pool.connecting[upstream]
+
+    async def _open_and_attach(self, ex: Exchange, upstream: Upstream,
+                               loop: asyncio.AbstractEventLoop,
+                               pool: UpstreamPool[UpstreamConnection]) -> None:
+        ctx = self.ctx
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: UpstreamConnection(pool, upstream, ctx.clock,
+                                               ctx.max_response_header_bytes),
+                    upstream.host, upstream.port),
+                ctx.connect_timeout,
+            )
+        except TimeoutError:
+            self.upstream_failed(ex, 504, "upstream_connect_timeout",
+                                 f"{ex.describe()} at {upstream.host}:{upstream.port} did not "
+                                 f"accept a connection within {ctx.connect_timeout:g}s")
+            return
+        except OSError as exc:
+            self.upstream_failed(ex, 502, "upstream_refused",
+                                 f"{ex.describe()} at {upstream.host}:{upstream.port} refused "
+                                 f"the connection ({exc.strerror or exc}); is its process "
+                                 "running? see `laneway status`")
+            return
+        if ex.done or self.closed:
+            conn.detach(reusable=not self.closed)
+            return
+        conn.attach(ex)
+
+    # timeouts (called by the sweep; `timeouts.py` has the table)
+
+    def check_timeouts(self, now: float) -> None:
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        ctx = self.ctx
+        if self.tunnel is not None:
+            if now - self.tunnel.last_activity > ctx.tunnel_timeout:
+                self.tunnel.abort()
+            return
+        if transport.is_closing():
+            if now - self.closing_at > ctx.client_timeout:
+                transport.abort()  # its last output was never read: give the memory back
+            return
+        if self.write_paused:
+            if now - self.write_paused_at > ctx.client_timeout:
+                transport.abort()
+            return
+        if self._in_head:
+            if now - self.head_started > ctx.request_head_timeout:
+                self._reject(408, "request_head_timeout",
+                             f"the request's head did not arrive within "
+                             f"{ctx.request_head_timeout:g}s (router.request_head_timeout)")
+            return
+        ex = self.active
+        if ex is None:
+            if self.parsing is None and not self._method_wait:
+                limit = ctx.keepalive_timeout if self.served_any else ctx.request_head_timeout
+                if now - self.last_seen > limit:
+                    self.close()  # an idle connection: closed without a word, as nginx does
+            elif now - self.last_seen > ctx.request_head_timeout:
+                self.close()
+            return
+        if ex.done or ex.local is not None:
+            return
+        if not ex.request_done and not self._reading_paused:
+            # Waiting for the client's body: the client's inactivity, not the upstream's.
+            if now - self.last_seen > ctx.client_timeout:
+                ex.close_client = True
+                self.upstream_failed(ex, 408, "client_timeout",
+                                     f"the request's body stopped arriving for "
+                                     f"{ctx.client_timeout:g}s (router.client_timeout)")
+            return
+        up = ex.upstream_conn
+        if up is not None and now - up.last_activity > ctx.upstream_timeout:
+            ex.upstream_conn = None
+            up.close()
+            self.upstream_failed(ex, 504, "upstream_timeout",
+                                 f"{ex.describe()} did not answer within "
+                                 f"{ctx.upstream_timeout:g}s")
+
+    # response side (called by UpstreamConnection through `exchange.Downstream`)
+
+    def describe_upstream(self, ex: Exchange) -> str:
+        if ex.destination == "baseline":
+            return f"baseline service {self.ctx.name}"
+        return f"fork {self.ctx.name}@{ex.destination}"
+
+    def response_head(self, ex: Exchange, status: int, reason: bytes,
+                      headers: list[tuple[bytes, bytes]]) -> None:
+        if ex.done:
+            return
+        informational = 100 <= status < 200 and status != 101
+        if status == 101 and not ex.upgrade:
+            self._bad_upstream(ex, f"{ex.describe()} switched protocols (101) for a request "
+                                   "that did not ask to upgrade")
+            return
+        lines: list[bytes] = [b"HTTP/1.1 %d %s\r\n" % (status, reason or b"")]
+        codings: list[bytes] = []
+        named: list[bytes] = []
+        has_length = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"transfer-encoding":
+                    codings.extend(tokens(value))
+                elif lname == b"connection":
+                    named.extend(tokens(value))
+                    if status == 101:
+                        lines.append(name + b": " + value + b"\r\n")
+                elif status == 101 and lname == b"upgrade":
+                    lines.append(name + b": " + value + b"\r\n")
+                continue
+            if lname == b"content-length":
+                has_length = True
+            lines.append(name)
+            lines.append(b": ")
+            lines.append(value)
+            lines.append(b"\r\n")
+        if named:
+            drop = frozenset(t for t in named
+                             if t not in STANDARD_CONNECTION_TOKENS and t not in FRAMING)
+            if drop:
+                lines = drop_named(lines, drop, 1)
+        other_codings = [c for c in codings if c != b"chunked"]
+        upstream_framed = has_length or (bool(codings) and codings[-1] == b"chunked")
+        lines.append(b"laneway-served-by: " + ex.served_by + b"\r\n")
+        lines.append(VIA)
+        if not informational:
+            no_body = ex.is_head or status in (101, 204, 304)
+            if other_codings and not no_body:
+                if not ex.http11:
+                    self._bad_upstream(ex, f"{ex.describe()} sent a body with transfer-coding "
+                                           f"{b', '.join(other_codings).decode('latin-1')!r}, "
+                                           "which an HTTP/1.0 client cannot be sent")
+                    return
+                has_length = False  # a coded body is framed by chunked, never by a length
+            ex.status = status
+            ex.response_started = True
+            if not no_body and not has_length:
+                if ex.http11:
+                    ex.rechunk = True
+                    coding = b", ".join([*other_codings, b"chunked"])
+                    lines.append(b"transfer-encoding: " + coding + b"\r\n")
+                else:
+                    ex.close_client = True  # HTTP/1.0 client: the body ends when we close
+            if not upstream_framed and not no_body:
+                ex.close_delimited = True  # its body runs until the upstream closes
+            if (not ex.keep_alive or ex.close_client or (ex.upgrade and status != 101)) \
+                    and status != 101:
+                ex.close_client = True
+                lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        self.write(b"".join(lines))
+        if not informational and ex.is_head and ex.upstream_conn is not None:
+            # No body follows a HEAD response, whatever its content-length says.
+            ex.upstream_conn.skip_body()
+
+    def _bad_upstream(self, ex: Exchange, message: str) -> None:
+        up = ex.upstream_conn
+        ex.upstream_conn = None
+        if up is not None:
+            up.close()
+        self.upstream_failed(ex, 502, "upstream_bad_response", message)
+
+    def response_body(self, ex: Exchange, body: bytes) -> None:
+        if ex.done:
+            return
+        if ex.rechunk:
+            self.write(b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            self.write(body)
+
+    def response_complete(self, ex: Exchange, reusable: bool) -> None:
+        if ex.done or not ex.response_started:
+            return  # the end of a 1xx interim response; the final one follows
+        if ex.rechunk:
+            self.write(b"0\r\n\r\n")
+        self._finish(ex, ex.status, reusable=reusable and ex.request_done)
+
+    def upstream_lost(self, ex: Exchange, up: Carrier) -> None:
+        """The upstream closed while `ex` was using it."""
+        if ex.done:
+            return
+        if ex.response_started:
+            if ex.close_delimited:
+                # A close-delimited body ends here; any other response was cut short.
+                self.response_complete(ex, reusable=False)
+                return
+            self._finish(ex, ex.status, reusable=False)
+            self.close()
+            return
+        if up.reused and ex.retry_allowed and ex.request_done:
+            # A pooled keep-alive connection the upstream had just closed: try a fresh one once.
+            ex.retry_allowed = False
+            ex.upstream_conn = None
+            ex.pending = []
+            assert ex.upstream is not None
+            self._connect(ex, ex.upstream)
+            return
+        self.upstream_failed(ex, 502, "upstream_closed",
+                             f"{ex.describe()} closed the connection without answering "
+                             "(did the process crash? `laneway status` says; `laneway "
+                             "sandbox logs` shows a fork's output)")
+
+    def upstream_failed(self, ex: Exchange, status: int, code: str, message: str) -> None:
+        if ex.done:
+            return
+        if ex.response_started:
+            self._finish(ex, ex.status, reusable=False)
+            self.close()
+            return
+        ex.error = message
+        extra = {"service": self.ctx.name}
+        if ex.destination != "baseline":
+            extra["sandbox"] = ex.destination
+            extra["fork"] = ex.fork
+        unread = (ex.has_body and not ex.request_done) or ex.close_client
+        body = error_response(status, code, message, served_by=ex.served_by, close=unread,
+                              extra=extra)
+        if unread:
+            ex.close_client = True
+        self._respond_locally(ex, body, status)
+
+    def set_upstream_backpressure(self, paused: bool) -> None:
+        self._paused_by_upstream = paused
+        self._sync_reading()
+
+    # tunnels (Upgrade, e.g. WebSocket)
+
+    def start_tunnel(self, ex: Exchange, up: Carrier, rest: bytes) -> None:
+        """The upstream answered 101: from now on both sides are raw byte streams."""
+        assert isinstance(up, UpstreamConnection)
+        if not ex.upgrade or self.transport is None or up.transport is None:
+            self._bad_upstream(ex, f"{ex.describe()} switched protocols (101) for a request "
+                                   "that did not ask to upgrade")
+            return
+        tunnel = Tunnel(self.transport, up.transport, self.clock.now)
+        self.tunnel = tunnel
+        self.tunnel_up = up
+        up.tunnel = tunnel
+        up.tunnel_peer = self
+        up.exchange = None
+        if ex.tunnel_data:
+            up.transport.write(ex.tunnel_data)
+        if rest:
+            self.write(rest)
+        self._record(ex, 101)
+        ex.done = True
+        self.active = None
+        self.parsing = None
+        self._paused_for_upgrade = False
+        if self.write_paused:
+            up.pause()
+        self._sync_reading()
+
+    def tunnel_closed(self) -> None:
+        self.close()
+
+    # bookkeeping
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.closing_at = self.clock.now
+            self.transport.close()
+
+    def _respond_locally(self, ex: Exchange, body: bytes, status: int) -> None:
+        self.write(body)
+        if ex.has_body and not ex.request_done:
+            ex.close_client = True  # its body is not read: the connection cannot be reused
+        self._finish(ex, status, reusable=False)
+
+    def _finish(self, ex: Exchange, status: int, reusable: bool) -> None:
+        ex.done = True
+        up = ex.upstream_conn
+        if up is not None:
+            ex.upstream_conn = None
+            up.detach(reusable)
+        self._record(ex, status)
+        self.served_any = True
+        if self.active is ex:
+            self.active = None
+        if self._paused_by_upstream:
+            self._paused_by_upstream = False  # that upstream connection is no longer ours
+            self._sync_reading()
+        if self.closed:
+            return
+        if ex.close_client or not ex.keep_alive or (ex.upgrade and status != 101):
+            self.queue.clear()
+            self.close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            if not self.queue:
+                self._paused_by_queue = False
+                self._sync_reading()
+            self._start(nxt)
+        elif self._paused_by_queue:
+            self._paused_by_queue = False
+            self._sync_reading()
+
+    def _record(self, ex: Exchange, status: int) -> None:
+        self.ctx.recorder.record(Hop(
+            at=ex.started + WALL_OFFSET,
+            trace_id=ex.trace_id,
+            parent_id=ex.parent_id,
+            service=self.ctx.name,
+            routing_key=ex.key,
+            destination=ex.destination,
+            fork=ex.fork,
+            status=status,
+            duration_ms=(time.monotonic() - ex.started) * 1000.0,
+            method=ex.method,
+            path=ex.path,
+            error=ex.error,
+        ))
+
+    def _reject(self, status: int, code: str, message: str) -> None:
+        """Answer a request the router will not forward, after the responses before it, and
+        read nothing more from this connection."""
+        self._rejection = None
+        self._ignore_rest = True
+        self._in_head = False
+        self._paused_by_queue = True  # nothing more is read
+        self._sync_reading()
+        parsing = self.parsing
+        self.parsing = None
+        if parsing is not None and not parsing.request_done and not parsing.done:
+            # The body of a request already on its way is malformed: that exchange fails.
+            parsing.close_client = True
+            if parsing is self.active:
+                self.upstream_failed(parsing, status, code, message)
+                return
+            self.queue.remove(parsing)
+        ex = Exchange(self)
+        ex.started = time.monotonic()
+        ex.error = message
+        ex.served_by = self.ctx.name_b
+        ex.local = error_response(status, code, message, close=True)
+        ex.local_status = status
+        ex.close_client = True
+        ex.request_done = True
+        ex.method = "-"
+        if self.active is None:
+            self._start(ex)
+        else:
+            self.queue.append(ex)
+
+    def _too_large_message(self) -> str:
+        return (f"the request's header section is larger than "
+                f"{self.ctx.max_header_bytes} bytes (or has more than {MAX_HEADER_FIELDS} "
+                "fields)")
+
+    def _sync_reading(self) -> None:
+        if self.transport is None or self.closed:
+            return
+        paused = self._paused_by_upstream or self._paused_by_queue or self._paused_for_upgrade
+        if paused and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        elif not paused and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
