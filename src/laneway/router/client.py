@@ -333,13 +333,15 @@ class ClientConnection(asyncio.Protocol):
                                "laneway's router does not tunnel CONNECT; send the request "
                                "to the service itself")
             return
-        try:
-            absolute = absolute_target(url)
-        except ValueError as exc:
-            self._rejection = (400, "bad_request", f"malformed HTTP request: {exc}")
-            return
-        if absolute is not None:
-            url = absolute[1]
+        absolute = None
+        if url[:1] != b"/":
+            try:
+                absolute = absolute_target(url)
+            except ValueError as exc:
+                self._rejection = (400, "bad_request", f"malformed HTTP request: {exc}")
+                return
+            if absolute is not None:
+                url = absolute[1]
         lines: list[bytes] = [method, b" ", url, b" HTTP/1.1\r\n"]
         baggage: list[bytes] = []
         tracestate = b""
@@ -401,10 +403,11 @@ class ClientConnection(asyncio.Protocol):
                                    "request must carry a Host header (RFC 9112 §3.2)")
                 return
             lines.append(b"host: " + self._local_host() + b"\r\n")  # a proxy must send one
-        extra_tokens = frozenset(t for t in connection_tokens
-                                 if t not in STANDARD_CONNECTION_TOKENS and t not in FRAMING)
-        if extra_tokens:
-            lines = drop_named(lines, extra_tokens, 4)
+        if connection_tokens:
+            extra_tokens = frozenset(t for t in connection_tokens
+                                     if t not in STANDARD_CONNECTION_TOKENS and t not in FRAMING)
+            if extra_tokens:
+                lines = drop_named(lines, extra_tokens, 4)
         if ex.request_chunked:
             lines.append(b"transfer-encoding: chunked\r\n")
         if llhttp_upgrade:
@@ -675,8 +678,12 @@ class ClientConnection(asyncio.Protocol):
                              if t not in STANDARD_CONNECTION_TOKENS and t not in FRAMING)
             if drop:
                 lines = drop_named(lines, drop, 1)
-        other_codings = [c for c in codings if c != b"chunked"]
-        upstream_framed = has_length or (bool(codings) and codings[-1] == b"chunked")
+        if codings:
+            other_codings = [c for c in codings if c != b"chunked"]
+            upstream_framed = has_length or codings[-1] == b"chunked"
+        else:
+            other_codings = codings
+            upstream_framed = has_length
         lines.append(b"laneway-served-by: " + ex.served_by + b"\r\n")
         lines.append(VIA)
         if not informational:

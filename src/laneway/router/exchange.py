@@ -13,7 +13,9 @@ from typing import Protocol
 
 from laneway.core.routes import Upstream
 
-__all__ = ["Carrier", "Downstream", "Exchange"]
+__all__ = ["PENDING_LIMIT", "Carrier", "Downstream", "Exchange"]
+
+PENDING_LIMIT = 256 * 1024  # request body held while the upstream connection opens
 
 
 class Carrier(Protocol):
@@ -55,15 +57,16 @@ class Exchange:
         "body_length", "cancel_upgrade", "close_client", "close_delimited", "conn",
         "destination", "done", "error", "fork", "has_body", "head", "http11", "is_head",
         "keep_alive", "key", "key_conflict", "local", "local_status", "method", "parent_id",
-        "path", "pending", "rechunk", "request_chunked", "request_done", "response_started",
-        "retry_allowed", "served_by", "started", "status", "trace_id", "tunnel_data",
-        "upgrade", "upstream", "upstream_conn",
+        "path", "pending", "pending_size", "rechunk", "request_chunked", "request_done",
+        "response_started", "retry_allowed", "served_by", "started", "status", "trace_id",
+        "tunnel_data", "upgrade", "upstream", "upstream_conn",
     )
 
     def __init__(self, conn: Downstream) -> None:
         self.conn = conn
         self.head = b""
         self.pending: list[bytes] | None = []
+        self.pending_size = 0
         self.upstream: Upstream | None = None
         self.upstream_conn: Carrier | None = None
         self.local: bytes | None = None  # a response the router writes itself
@@ -111,4 +114,9 @@ class Exchange:
             up.last_activity = now  # an upload in progress is progress (upstream_timeout)
             up.transport.write(framed)
         elif self.pending is not None:
+            # No upstream connection yet (connecting): hold the body, but stop reading the
+            # client once a window's worth is held (`UpstreamConnection.attach` resumes it).
             self.pending.append(framed)
+            self.pending_size += len(framed)
+            if self.pending_size > PENDING_LIMIT:
+                self.conn.set_upstream_backpressure(True)

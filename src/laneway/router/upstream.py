@@ -21,7 +21,7 @@ from typing import cast
 import httptools
 
 from laneway.core.routes import Upstream
-from laneway.router.exchange import Downstream, Exchange
+from laneway.router.exchange import PENDING_LIMIT, Downstream, Exchange
 from laneway.router.pool import UpstreamPool
 from laneway.router.timeouts import Clock
 from laneway.router.tunnel import Tunnel
@@ -176,6 +176,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.pause()  # the client still has not read the last response
         pending = ex.pending
         ex.pending = None
+        if ex.pending_size > PENDING_LIMIT:
+            ex.conn.set_upstream_backpressure(False)  # before the write, which may pause again
         self.transport.write(ex.head if not pending else ex.head + b"".join(pending))
 
     def detach(self, reusable: bool) -> None:
