@@ -230,6 +230,19 @@ class ClientConnection(asyncio.Protocol):
                 self._finish(ex, ex.status if ex.response_started else 499, reusable=False)
         self.queue.clear()
 
+    def eof_received(self) -> bool:
+        """The client shut down its sending side. Requests it sent in full are still
+        answered (then the connection closes); one cut short ends here."""
+        parsing = self.parsing
+        if self.tunnel is not None or (self.active is None and not self.queue) or self._in_head \
+                or (parsing is not None and not parsing.request_done):
+            return False  # asyncio closes the transport
+        self._ignore_rest = True
+        for ex in (self.active, *self.queue):
+            if ex is not None:
+                ex.keep_alive = False  # the last answer closes the connection
+        return True
+
     def pause_writing(self) -> None:
         # The client does not read as fast as the upstream sends: stop reading the upstream.
         self.write_paused = True
@@ -382,6 +395,11 @@ class ClientConnection(asyncio.Protocol):
             lines.append(value)
             lines.append(b"\r\n")
         if codings:
+            if not ex.http11:
+                self._rejection = (400, "bad_request", "malformed HTTP request: "
+                                   "Transfer-Encoding in an HTTP/1.0 request is faulty "
+                                   "framing (RFC 9112 §6.1)")
+                return
             if codings != [b"chunked"]:
                 self._rejection = (501, "unsupported_transfer_coding",
                                    "the request's transfer-encoding "
@@ -710,6 +728,9 @@ class ClientConnection(asyncio.Protocol):
                     and status != 101:
                 ex.close_client = True
                 lines.append(b"connection: close\r\n")
+            elif not ex.http11:
+                # HTTP/1.0 closes by default: say the connection stays (RFC 9112 §C.2.2).
+                lines.append(b"connection: keep-alive\r\n")
         lines.append(b"\r\n")
         self.write(b"".join(lines))
         if not informational and ex.is_head and ex.upstream_conn is not None:
