@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo demo-shop demo-data test lint bench clean
+.PHONY: venv demo demo-shop demo-data test lint bench bench-abuse clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: lint
 
 bench: venv
 	$(BIN)/python bench/run.py
+
+# Group 7 alone: the router under abuse (memory and limits), next to HAProxy.
+bench-abuse: venv
+	BENCH_GROUPS=7 $(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache examples/*/.laneway examples/*/.data

@@ -2,7 +2,8 @@
 
 Groups 1-2 (router vs HAProxy and nginx, routing scale) are in router_bench.py, groups 3-5
 (lifecycle, density, control plane) in lifecycle.py, group 6 (planning passes of the local
-reconciler and the Kubernetes operator) in planning.py. BENCH_GROUPS=1,3 runs a subset.
+reconciler and the Kubernetes operator) in planning.py, group 7 (router under abuse: memory and
+limits, next to HAProxy) in abuse.py. BENCH_GROUPS=1,3 runs a subset.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import abuse
 import lifecycle
 import peers
 import planning
@@ -21,7 +23,7 @@ import router_bench
 
 
 def main() -> None:
-    groups = set(os.environ.get("BENCH_GROUPS", "1,2,3,4,5,6").split(","))
+    groups = set(os.environ.get("BENCH_GROUPS", "1,2,3,4,5,6,7").split(","))
     cpu = next((ln.split(":", 1)[1].strip() for ln in
                 Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
                platform.processor())
@@ -39,6 +41,9 @@ def main() -> None:
         lifecycle.group5(int(os.environ.get("BENCH_STORED", "1000")))
     if "6" in groups:
         planning.main()
+    if "7" in groups:
+        peers.ensure_tools()
+        abuse.main()
 
 
 if __name__ == "__main__":

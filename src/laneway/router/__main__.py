@@ -36,7 +36,10 @@ def _listen(value: str) -> tuple[str, int]:
 
 async def main(args: argparse.Namespace) -> int:
     feed = HttpRoutesFeed(args.routes, args.token, args.token_file)
-    router = Router(RouterSettings(host=args.host))
+    limits = {name: value for name, value in vars(args).items()
+              if name in _LIMIT_FLAGS and value is not None}
+    router = Router(RouterSettings(host=args.host, extra_headers=tuple(args.extra_header),
+                                   **limits))
     try:
         ports = [(service, await router.listen(service, port)) for service, port in args.listen]
     except RouterError as exc:
@@ -67,6 +70,24 @@ parser.add_argument("--baseline", type=_baseline, action="append", default=[],
                     help="where SERVICE's baseline is until the routes feed says otherwise, so "
                          "unkeyed traffic flows before the first table arrives (repeatable)")
 parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+parser.add_argument("--extra-header", action="append", default=[], metavar="NAME",
+                    help="a header whose value is a routing key too (repeatable)")
+# Timeouts and limits (RouterSettings): unset, each keeps the router's default.
+_LIMITS: tuple[tuple[str, type, str], ...] = (
+    ("--connect-timeout", float, "seconds to open an upstream connection"),
+    ("--upstream-timeout", float, "seconds of upstream inactivity (either direction)"),
+    ("--request-head-timeout", float, "seconds from a request's first byte to its head's end"),
+    ("--keepalive-timeout", float, "seconds an idle keep-alive connection is kept"),
+    ("--client-timeout", float, "seconds of client inactivity while the router waits for it "
+                                "(its request body, or it reading the response)"),
+    ("--tunnel-timeout", float, "seconds a tunnel after 101 may be idle both ways"),
+    ("--max-connections", int, "client connections per listener; beyond, 503"),
+    ("--max-header-bytes", int, "the largest request header section"),
+    ("--max-response-header-bytes", int, "the largest response header section (else 502)"),
+)
+for _flag, _type, _help in _LIMITS:
+    parser.add_argument(_flag, type=_type, default=None, help=_help)
+_LIMIT_FLAGS = frozenset(_flag[2:].replace("-", "_") for _flag, _, _ in _LIMITS)
 parser.add_argument("--routes", default=os.environ.get("LANEWAY_ROUTES_URL", ""),
                     help="the routes feed URL (default: $LANEWAY_ROUTES_URL)")
 parser.add_argument("--token", default=os.environ.get("LANEWAY_ROUTES_TOKEN", ""),
