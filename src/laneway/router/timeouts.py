@@ -24,11 +24,14 @@ a few milliseconds of work a second, and nothing on the request path.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-__all__ = ["Clock", "Sweeper", "Timed"]
+__all__ = ["Clock", "Sweeper", "Timed", "release_memory"]
 
 
 class Clock:
@@ -55,6 +58,7 @@ class Sweeper:
         self.interval = interval
         self._connections = connections
         self._handle: asyncio.TimerHandle | None = None
+        self._peak = 0
 
     @property
     def running(self) -> bool:
@@ -71,9 +75,39 @@ class Sweeper:
 
     def _tick(self) -> None:
         now = self.clock.tick()
-        for conn in list(self._connections()):
+        connections = list(self._connections())
+        for conn in connections:
             conn.check_timeouts(now)
+        count = len(connections)
+        self._peak = max(self._peak, count)
+        if self._peak - count >= TRIM_AFTER:
+            # Many connections went away (abuse ended, a burst passed): hand the freed heap
+            # back to the system instead of keeping it as the process's high-water mark.
+            self._peak = count
+            release_memory()
         self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)
+
+
+TRIM_AFTER = 500  # connections gone since the peak before memory is handed back
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Return free heap pages to the system (glibc's malloc_trim; elsewhere a no-op)."""
+    gc.collect()
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def sweep_interval(*timeouts: float) -> float:
