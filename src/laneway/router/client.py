@@ -40,6 +40,7 @@ from laneway.router.headers import (
     STANDARD_CONNECTION_TOKENS,
     absolute_target,
     drop_named,
+    is_host,
     is_token,
     tokens,
 )
@@ -101,6 +102,14 @@ class ServiceContext:
         self.served_by: dict[str, bytes] = {}  # sandbox -> b"service@sandbox", built once
 
 
+# What the request loop does with a field, by lowercased name.
+_HOP, _HOST, _BAGGAGE, _LENGTH, _TRACEPARENT, _TRACESTATE = "hop", "host", "bag", "cl", "tp", "ts"
+_REQUEST_FIELDS: dict[bytes, str] = {
+    **dict.fromkeys(HOP_BY_HOP, _HOP), b"host": _HOST, b"baggage": _BAGGAGE,
+    b"content-length": _LENGTH, b"traceparent": _TRACEPARENT, b"tracestate": _TRACESTATE,
+}
+
+
 class _Rejected(Exception):
     """Raised in a parser callback to stop parsing; `ClientConnection._rejection` says why."""
 
@@ -129,7 +138,6 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
-        self._head_size = 0
         self._in_head = False
         self._begins = 0
         self._rejection: tuple[int, str, str] | None = None
@@ -268,23 +276,27 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._in_head = True
-        self._head_size = 0
         self.head_started = self.clock.now
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Sizes are checked once the head is complete (and, for a head still arriving, on raw
+        # bytes after every read in data_received): nothing to count per field.
         self._headers.append((name, value))
-        self._head_size += len(name) + len(value) + 4
-        if len(self._headers) > MAX_HEADER_FIELDS or self._head_size > self.ctx.max_header_bytes:
-            self._rejection = (431, "header_too_large", self._too_large_message())
-            raise _Rejected
 
     def on_headers_complete(self) -> None:
         if self._synthetic:
             return
+        # The raw bytes read since the head began bound its size: only a head that may be
+        # too large is measured field by field.
+        if self._head_bytes > self.ctx.max_header_bytes \
+                or len(self._headers) > MAX_HEADER_FIELDS:
+            size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
+            if size > self.ctx.max_header_bytes or len(self._headers) > MAX_HEADER_FIELDS:
+                self._rejection = (431, "header_too_large", self._too_large_message())
+                raise _Rejected
         self._in_head = False
         self._head_bytes = 0
         self._raw_head = None
@@ -364,9 +376,14 @@ class ClientConnection(asyncio.Protocol):
         codings: list[bytes] = []
         upgrade_value = b""
         hosts = 0
+        extra_headers = ctx.extra_headers
         for name, value in self._headers:
             lname = name.lower()
-            if lname in HOP_BY_HOP:
+            kind = _REQUEST_FIELDS.get(lname)  # one lookup for the common, plain field
+            if kind is None:
+                if extra_headers and lname in extra_headers and not extra_key:
+                    extra_key = value.strip()
+            elif kind is _HOP:
                 if lname == b"transfer-encoding":
                     codings.extend(tokens(value))
                 elif lname == b"connection":
@@ -374,26 +391,26 @@ class ClientConnection(asyncio.Protocol):
                 elif lname == b"upgrade":
                     upgrade_value = value
                 continue
-            if lname == b"host":
+            elif kind is _HOST:
                 hosts += 1
+                if not is_host(value):
+                    self._rejection = (400, "bad_request", "malformed HTTP request: the Host "
+                                       f"header {value[:100].decode('latin-1')!r} is not a "
+                                       "host[:port] (RFC 9110 §7.2)")
+                    return
                 if absolute is not None:
                     continue  # replaced by the target's authority below
-            elif lname == b"baggage":
+            elif kind is _BAGGAGE:
                 baggage.append(value)
-            elif lname == b"content-length":
+            elif kind is _LENGTH:
                 ex.has_body = value.strip() not in (b"0", b"")
                 if ex.has_body:
                     ex.body_length = int(value)  # llhttp has checked it is one number
-            elif lname == b"traceparent":
+            elif kind is _TRACEPARENT:
                 traceparent = value
-            elif lname == b"tracestate":
+            else:
                 tracestate = value
-            elif ctx.extra_headers and lname in ctx.extra_headers and not extra_key:
-                extra_key = value.strip()
-            lines.append(name)
-            lines.append(b": ")
-            lines.append(value)
-            lines.append(b"\r\n")
+            lines += (name, b": ", value, b"\r\n")
         if codings:
             if not ex.http11:
                 self._rejection = (400, "bad_request", "malformed HTTP request: "
@@ -863,6 +880,7 @@ class ClientConnection(asyncio.Protocol):
             up.detach(reusable)
         self._record(ex, status)
         self.served_any = True
+        self.last_seen = self.clock.now  # keep-alive idle time starts when the answer is done
         if self.active is ex:
             self.active = None
         if self._paused_by_upstream:

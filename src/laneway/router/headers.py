@@ -20,6 +20,7 @@ __all__ = [
     "HOP_BY_HOP",
     "absolute_target",
     "drop_named",
+    "is_host",
     "is_token",
     "tokens",
 ]
@@ -34,6 +35,8 @@ HOP_BY_HOP = frozenset({
 FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
 STANDARD_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]; an empty value is allowed.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(?::[0-9]*)?")
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _ABSOLUTE = re.compile(rb"(?i)(https?)://([^/?#\s]*)([^#\s]*)")
 
@@ -41,6 +44,10 @@ _ABSOLUTE = re.compile(rb"(?i)(https?)://([^/?#\s]*)([^#\s]*)")
 def tokens(value: bytes) -> list[bytes]:
     """A comma-separated list's members, lowercased, empty members skipped."""
     return [t.strip(b" \t").lower() for t in value.split(b",") if t.strip(b" \t")]
+
+
+def is_host(value: bytes) -> bool:
+    return _HOST.fullmatch(value) is not None
 
 
 def is_token(value: bytes) -> bool:
