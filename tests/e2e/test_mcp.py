@@ -76,10 +76,13 @@ async def test_agent_loop_over_stdio(project: Project) -> None:
         assert logs["lines"]
         assert all("error" in line.lower() for line in logs["lines"])
 
+        # A key in the agent's own headers is replaced by the sandbox's, not followed by it.
         error, answer = await call(client, "send_request", url=project.url("a") + "/",
-                                   sandbox="fix")
+                                   sandbox="fix",
+                                   headers={"baggage": "a=1,laneway-key=other0000000"})
         assert not error
         assert answer["path"] == "a → b → c@fix"
+        assert not any(hop.get("key_conflict") for hop in answer["hops"])
         error, trace = await call(client, "get_trace", trace_id=answer["trace_id"])
         assert trace["path"] == answer["path"]
 

@@ -100,6 +100,12 @@ def test_request_prints_answer_and_path(project: Project) -> None:
     assert json.loads(result["body"])["next"]["version"] == "v9"
     traced = project.json("trace", result["trace_id"])
     assert traced["path"] == "a → b@sb → c"
+    # A key the caller sent is replaced by the sandbox's, not followed by it.
+    other = project.json("request", "--sandbox", "sb", "-H",
+                         "baggage: a=1,laneway-key=other0000000", "GET", project.url("a") + "/")
+    assert other["path"] == "a → b@sb → c"
+    assert {hop["routing_key"] for hop in other["hops"]} == {result["routing_key"]}
+    assert not any(hop["key_conflict"] for hop in other["hops"])
 
 
 def test_runs_of_several_sandboxes_do_not_mix(project: Project) -> None:

@@ -40,3 +40,15 @@ def test_the_mcp_result_says_what_to_do_next() -> None:
     assert (result["status"], result["verdict"], result["hops"]) == ("interrupted",
                                                                       "interrupted", 2)
     assert "run_tests again" in result["next"]
+
+
+def test_a_report_with_conflicting_keys_says_so_on_every_client(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    report = {**REPORT, "status": "finished", "verdict": "passed", "exit_code": 0, "note": "",
+              "key_conflicts": 3}
+    print_report(report, "table")
+    assert ("note: 3 hops carried two different laneway-key members; the router used the last "
+            "one, as OpenTelemetry does.") in capsys.readouterr().out
+    result = _compact_report(report)
+    assert result["key_conflicts"] == 3
+    assert result["note"].startswith("3 hops carried two different laneway-key members")

@@ -7,6 +7,7 @@ from laneway.core.runs import (
     find_leaks,
     forks_reached,
     is_error_line,
+    key_conflicts,
     parse_junit,
     render_markdown,
     verdict_of,
@@ -99,3 +100,18 @@ def test_markdown_report_names_everything_a_reviewer_needs() -> None:
     for fragment in ("❌", "`pytest -x`", "`pricing@sb` | 2", "`t::x`: boom",
                      "`orders` called `pricing`", "ERROR boom"):
         assert fragment in text
+
+
+def test_hops_with_conflicting_keys_are_counted_and_reported() -> None:
+    hops = [Hop(1.0, "t1", "", "web", K, "sb", "web@sb#1", 200, 1.0, "GET", "/",
+                key_conflict=True),
+            Hop(1.1, "t1", "", "currency", K, "baseline", "", 200, 1.0, "GET", "/c")]
+    assert key_conflicts(hops) == 1
+    report = {"id": "r1", "sandbox": "sb", "routegroup": None, "routing_key": K,
+              "verdict": "passed", "command_line": "pytest", "exit_code": 0, "duration_s": 1.0,
+              "hops": 2, "forks_reached": {"web@sb": 1}, "failures": [], "leaks": [],
+              "fork_errors": [], "output_tail": [], "note": "", "key_conflicts": 1}
+    assert ("> 1 hop carried two different laneway-key members; the router used the last one, "
+            "as OpenTelemetry does.") in render_markdown(report)
+    del report["key_conflicts"]  # a report saved before the field existed
+    assert "laneway-key" not in render_markdown(report)

@@ -13,6 +13,8 @@ import typer
 
 from laneway.cli.output import console, print_json, table
 from laneway.client import ApiClient, CliError, connect
+from laneway.core.baggage import headers_with_key
+from laneway.core.hops import key_conflict_note
 from laneway.core.runs import render_markdown
 
 __all__ = ["register"]
@@ -40,9 +42,22 @@ def print_hops(hops: list[dict[str, Any]]) -> None:
     for hop in sorted(hops, key=lambda h: h["at"]):
         served = "baseline" if hop["destination"] == "baseline" else \
             f"{hop['service']}@{hop['destination']}"
-        rows.add_row(hop["service"], served, hop["routing_key"] or "-", str(hop["status"]),
-                     f"{hop['duration_ms']:.1f}", f"{hop['method']} {hop['path']}")
+        rows.add_row(hop["service"], served, (hop["routing_key"] or "-") + conflict_mark(hop),
+                     str(hop["status"]), f"{hop['duration_ms']:.1f}",
+                     f"{hop['method']} {hop['path']}")
     console.print(rows)
+    print_conflicts(hops)
+
+
+def conflict_mark(hop: dict[str, Any]) -> str:
+    """` *` after a hop whose baggage carried two different keys (older records lack it)."""
+    return " *" if hop.get("key_conflict") else ""
+
+
+def print_conflicts(hops: list[dict[str, Any]]) -> None:
+    count = sum(1 for hop in hops if hop.get("key_conflict"))
+    if count:
+        console.print(f"* {key_conflict_note(count)}", markup=False)
 
 
 def _check_format(output: str) -> None:
@@ -77,6 +92,8 @@ def print_report(report: dict[str, Any], output: str) -> None:
             console.print(f"  {line}", markup=False)
     if report.get("note"):
         console.print(f"note: {report['note']}", markup=False)
+    if report.get("key_conflicts"):
+        console.print(f"note: {key_conflict_note(int(report['key_conflicts']))}", markup=False)
     console.print(f"report: laneway runs get {report['id']} -o md")
 
 
@@ -221,7 +238,8 @@ def send_request(client: ApiClient, method: str, url: str, *, sandbox: str | Non
     elif routegroup:
         key = client.get(f"/v1/routegroups/{routegroup}")["routingKey"]
     if key:
-        sent["baggage"] = ",".join(p for p in (sent.get("baggage"), f"laneway-key={key}") if p)
+        # Replaced if the caller sent one: two keys would split the request over sandboxes.
+        sent = headers_with_key(sent, key)
     trace_id = secrets.token_hex(16)
     sent.setdefault("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01")
     try:

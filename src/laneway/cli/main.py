@@ -138,9 +138,11 @@ def hops(
         served = hop["service"] if hop["destination"] == "baseline" else \
             f"{hop['service']}@{hop['destination']}"
         rows.add_row(time.strftime("%H:%M:%S", time.localtime(hop["at"])),
-                     hop["trace_id"][:12] or "-", hop["service"], served, str(hop["status"]),
+                     hop["trace_id"][:12] or "-", hop["service"],
+                     served + commands_runs.conflict_mark(hop), str(hop["status"]),
                      f"{hop['duration_ms']:.1f}", f"{hop['method']} {hop['path']}")
     console.print(rows)
+    commands_runs.print_conflicts(data)
     if trace:
         console.print("path: " + commands_runs.path_of(data))
 

@@ -1,11 +1,11 @@
 """The injecting HTTP proxy of a run: `HTTP_PROXY` for the test command.
 
 Test clients that cannot set headers still route into the sandbox: every plain-HTTP request
-they send through this proxy gets the run's routing key added to its `baggage` (and a fresh
-`traceparent` when it has none, so that every request of the run can be traced). Each request
-is forwarded on its own connection and answered with `connection: close`: simple and correct,
-and a test client's throughput is not what a run measures. HTTPS (`CONNECT`) is tunnelled
-untouched: the key cannot be added inside TLS.
+they send through this proxy carries the run's routing key in its `baggage`, in place of any key
+it had (and a fresh `traceparent` when it has none, so that every request of the run can be
+traced). Each request is forwarded on its own connection and answered with
+`connection: close`: simple and correct, and a test client's throughput is not what a run
+measures. HTTPS (`CONNECT`) is tunnelled untouched: the key cannot be added inside TLS.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import contextlib
 import secrets
 from urllib.parse import urlsplit
 
-from laneway.core.baggage import baggage_value, key_from_baggage
+from laneway.core.baggage import with_key
 
 __all__ = ["InjectingProxy"]
 
@@ -101,11 +101,12 @@ class InjectingProxy:
             elif lname == b"transfer-encoding" and b"chunked" in value.lower():
                 chunked = True
             lines.append(name.strip() + b": " + value + b"\r\n")
-        joined = b",".join(baggage)
-        if key_from_baggage(joined) is None:
-            member = baggage_value(self.routing_key).encode()
-            joined = joined + b"," + member if joined else member
-        lines.append(b"baggage: " + joined + b"\r\n")
+        # One `baggage` header, with the run's key as its only `laneway-key` member: a test
+        # that sends another key would otherwise split its request over two sandboxes.
+        # latin-1 keeps every other byte as it came.
+        joined = b",".join(baggage).decode("latin-1")
+        lines.append(b"baggage: " + with_key(joined, self.routing_key).encode("latin-1")
+                     + b"\r\n")
         if not has_traceparent:
             lines.append(f"traceparent: 00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
                          "\r\n".encode())

@@ -39,6 +39,7 @@ from laneway.core.runs import (
     fork_responses,
     forks_reached,
     is_error_line,
+    key_conflicts,
     parse_junit,
     verdict_of,
 )
@@ -175,6 +176,7 @@ class RunManager:
             "cwd": spec.cwd, "status": "running", "verdict": "running", "exit_code": None,
             "timed_out": False, "duration_s": 0.0, "started_at": time.time(),
             "finished_at": None, "forks_reached": dict.fromkeys(forks, 0), "hops": 0,
+            "key_conflicts": 0,
             "fork_responses": {fork: {} for fork in forks},
             "leaks": [], "fork_errors": [], "failures": [], "tests": None,
             "output_tail": [], "output_path": str(run_dir / "output.log"), "note": note,
@@ -338,10 +340,13 @@ class RunManager:
         keyed = [h for h in hops if h.routing_key == key]
         traces = {h.trace_id for h in keyed if h.trace_id}
         related = [h for h in hops if h.trace_id in traces]
+        untraced = [h for h in keyed if not h.trace_id]
         output = run_dir / "output.log"
         return {
             "duration_s": round(duration, 3),
             "forks_reached": forks_reached(keyed, {key}, forks), "hops": len(keyed),
+            # Hops of the run's traces whose baggage carried two keys (core.baggage).
+            "key_conflicts": key_conflicts([*related, *untraced]),
             "proxied_requests": proxied,
             "fork_responses": fork_responses(keyed, {key}, forks),
             "leaks": [leak.to_json() for leak in find_leaks(related, {key})],

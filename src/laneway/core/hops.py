@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Hop", "trace_context"]
+__all__ = ["Hop", "key_conflict_note", "trace_context"]
 
 
 @dataclass(slots=True)  # not frozen: routers build one per request, and frozen init is slower
@@ -26,6 +26,9 @@ class Hop:
     method: str
     path: str
     error: str = ""  # why the router answered itself (503/502/504), empty otherwise
+    # The request's baggage carried `laneway-key` members with different keys: the router used
+    # the last one (core.baggage), but a service's SDK may propagate another.
+    key_conflict: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,6 +44,7 @@ class Hop:
             "method": self.method,
             "path": self.path,
             "error": self.error,
+            "key_conflict": self.key_conflict,
         }
 
     @classmethod
@@ -52,7 +56,17 @@ class Hop:
             fork=str(data["fork"]), status=int(data["status"]),
             duration_ms=float(data["duration_ms"]), method=str(data["method"]),
             path=str(data["path"]), error=str(data.get("error", "")),
+            key_conflict=bool(data.get("key_conflict", False)),  # absent in older records
         )
+
+
+def key_conflict_note(count: int) -> str:
+    """The sentence that reports `count` hops with conflicting keys (empty for none)."""
+    if count <= 0:
+        return ""
+    hops = "1 hop" if count == 1 else f"{count} hops"
+    return (f"{hops} carried two different laneway-key members; the router used the last one, "
+            "as OpenTelemetry does. Whatever adds the second member should replace the first.")
 
 
 def trace_context(traceparent: bytes) -> tuple[str, str]:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from laneway.core.hops import Hop
+from laneway.core.hops import Hop, key_conflict_note
 
 __all__ = [
     "Leak",
@@ -23,6 +23,7 @@ __all__ = [
     "fork_responses",
     "forks_reached",
     "is_error_line",
+    "key_conflicts",
     "parse_junit",
     "render_markdown",
     "verdict_of",
@@ -110,6 +111,11 @@ def fork_responses(hops: Iterable[Hop], keys: set[str],
     return out
 
 
+def key_conflicts(hops: Iterable[Hop]) -> int:
+    """How many of `hops` carried `laneway-key` members with different keys."""
+    return sum(1 for hop in hops if hop.key_conflict)
+
+
 def verdict_of(exit_code: int | None, reached: Mapping[str, int], *,
                allow_unreached: bool) -> Verdict:
     """`passed` only if the command passed and every fork was reached at least once."""
@@ -165,6 +171,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ]
     if report.get("note"):
         lines += [f"> {report['note']}", ""]
+    if report.get("key_conflicts"):
+        lines += [f"> {key_conflict_note(int(report['key_conflicts']))}", ""]
     responses = report.get("fork_responses") or {}
     lines += ["| fork | requests reached | answers |", "|---|---|---|"]
     lines += [f"| `{fork}` | {count} | "

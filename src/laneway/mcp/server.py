@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from laneway import __version__
 from laneway.client import AsyncApiClient, CliError
+from laneway.core.baggage import headers_with_key
+from laneway.core.hops import key_conflict_note
 
 __all__ = ["build_server"]
 
@@ -101,8 +103,11 @@ def _compact_report(report: dict[str, Any]) -> dict[str, Any]:
     out["leaks"] = report.get("leaks", [])[:10]
     out["fork_errors"] = report.get("fork_errors", [])[-20:]
     out["output_tail"] = report.get("output_tail", [])[-25:]
-    if report.get("note"):
-        out["note"] = report["note"]
+    notes = [report.get("note") or "", key_conflict_note(int(report.get("key_conflicts") or 0))]
+    if any(notes):
+        out["note"] = " ".join(n for n in notes if n)
+    if report.get("key_conflicts"):
+        out["key_conflicts"] = report["key_conflicts"]
     if report.get("status") == "running":
         out["next"] = f"still running: call get_run(run_id='{report['id']}') to poll"
     elif report.get("verdict") == "failed":
@@ -124,8 +129,13 @@ def _hops(hops: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "status": h["status"], "ms": round(h["duration_ms"], 1),
              "request": f"{h['method']} {h['path']}"[:200],
              **({"error": h["error"]} if h.get("error") else {}),
-             **({"key": h["routing_key"]} if h.get("routing_key") else {"key": None})}
+             **({"key": h["routing_key"]} if h.get("routing_key") else {"key": None}),
+             **({"key_conflict": True} if h.get("key_conflict") else {})}
             for h in sorted(hops, key=lambda h: h["at"])]
+
+
+def _conflicts_note(hops: list[dict[str, Any]]) -> str:
+    return key_conflict_note(sum(1 for h in hops if h.get("key_conflict")))
 
 
 def _path(hops: list[dict[str, Any]]) -> str:
@@ -230,8 +240,8 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         if sandbox:
             key = (await _call(api.get(f"/v1/sandboxes/{sandbox}"),
                                "list_sandboxes shows the sandboxes there are"))["routingKey"]
-            sent["baggage"] = ",".join(p for p in (sent.get("baggage"),
-                                                   f"laneway-key={key}") if p)
+            # Replaced if the caller sent one: two keys would split the request over sandboxes.
+            sent = headers_with_key(sent, key)
         trace_id = secrets.token_hex(16)
         sent["traceparent"] = f"00-{trace_id}-{secrets.token_hex(8)}-01"
         try:
@@ -247,8 +257,9 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         result: dict[str, Any] = {
             "status": resp.status_code, "served_by": resp.headers.get("laneway-served-by"),
             "body": text, "trace_id": trace_id, "path": _path(hops), "hops": hops}
-        if note:
-            result["note"] = note
+        notes = [note, _conflicts_note(hops)]
+        if any(notes):
+            result["note"] = " ".join(n for n in notes if n)
         return result
 
     @server.tool(description=(
@@ -318,7 +329,10 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         if not hops:
             raise ToolError(f"no hops recorded for trace {trace_id}. Next: send_request returns "
                             "a trace id that is recorded")
-        return {"trace_id": trace_id, "path": _path(hops), "hops": hops}
+        result = {"trace_id": trace_id, "path": _path(hops), "hops": hops}
+        if conflicts := _conflicts_note(hops):
+            result["note"] = conflicts
+        return result
 
     @server.tool(description=(
         "List propagation leaks: traces that carried a sandbox's routing key and lost it, with "

@@ -7,7 +7,14 @@ import contextvars
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from laneway.core.baggage import BAGGAGE_MEMBER, key_from_baggage, key_from_tracestate
+from laneway.core.baggage import (
+    BAGGAGE_MEMBER,
+    baggage_key,
+    key_from_baggage,
+    key_from_tracestate,
+    member_key,
+    with_key,
+)
 
 __all__ = [
     "cache_key",
@@ -60,7 +67,8 @@ def current_routing_key(headers: Mapping[Any, Any] | None = None) -> str | None:
     if otel is not None:
         value = otel[0].get_baggage(BAGGAGE_MEMBER)
         if value:
-            return str(value)
+            # OpenTelemetry-Python keeps a member's properties in its value: `K;ttl=60`.
+            return member_key(str(value))
     return None
 
 
@@ -71,10 +79,8 @@ def message_headers(key: str | None = None) -> dict[str, str]:
     if otel is not None:
         otel[2].inject(headers)  # traceparent, and baggage when the context has some
     key = key or current_routing_key()
-    if key and key_from_baggage(headers.get("baggage", "").encode()) != key:
-        existing = headers.get("baggage")
-        member = f"{BAGGAGE_MEMBER}={key}"
-        headers["baggage"] = f"{existing},{member}" if existing else member
+    if key and baggage_key(headers.get("baggage", "").encode()) != (key, False):
+        headers["baggage"] = with_key(headers.get("baggage"), key)  # replaced, never a second
     return headers
 
 

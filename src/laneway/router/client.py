@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from laneway.core.baggage import key_from_baggage, key_from_tracestate
+from laneway.core.baggage import baggage_key, key_from_tracestate
 from laneway.core.hops import Hop, trace_context
 from laneway.core.routes import ForkRoute, Upstream, decide
 from laneway.router.exchange import Carrier, Exchange
@@ -464,7 +464,10 @@ class ClientConnection(asyncio.Protocol):
 
         key = None
         if baggage:
-            key = key_from_baggage(baggage[0] if len(baggage) == 1 else b",".join(baggage))
+            # Several `baggage` headers are one list in order (RFC 9110 §5.3); the last
+            # `laneway-key` member decides, as the OpenTelemetry SDKs propagate it.
+            key, ex.key_conflict = baggage_key(
+                baggage[0] if len(baggage) == 1 else b",".join(baggage))
         if key is None and tracestate:
             key = key_from_tracestate(tracestate)
         if key is None and extra_key:
@@ -916,6 +919,7 @@ class ClientConnection(asyncio.Protocol):
             method=ex.method,
             path=ex.path,
             error=ex.error,
+            key_conflict=ex.key_conflict,
         ))
 
     def _reject(self, status: int, code: str, message: str) -> None:
