@@ -130,6 +130,8 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: Tunnel | None = None
         self.tunnel_up: Carrier | None = None
         self.write_paused = False
+        self.corked = False
+        self._out: list[bytes] = []
         self.last_seen = 0.0
         self.head_started = 0.0
         self.write_paused_at = 0.0
@@ -861,10 +863,22 @@ class ClientConnection(asyncio.Protocol):
     # bookkeeping
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
+        if self.corked:
+            self._out.append(data)
+        elif self.transport is not None and not self.closed:
             self.transport.write(data)
 
+    def uncork(self) -> None:
+        self.corked = False
+        out = self._out
+        if out:
+            self._out = []
+            if self.transport is not None and not self.closed:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
     def close(self) -> None:
+        if self.corked:
+            self.uncork()  # what was gathered goes out before the close
         if self.transport is not None and not self.transport.is_closing():
             self.closing_at = self.clock.now
             self.transport.close()

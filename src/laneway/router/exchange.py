@@ -37,6 +37,9 @@ class Downstream(Protocol):
     """The client connection an exchange belongs to (see `client.ClientConnection`)."""
 
     write_paused: bool
+    corked: bool  # writes are gathered until `uncork`
+
+    def uncork(self) -> None: ...
 
     def describe_upstream(self, ex: Exchange) -> str: ...
     def response_head(self, ex: Exchange, status: int, reason: bytes,

@@ -88,6 +88,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_activity = self.clock.now
         if self._in_head:
             self._head_raw += len(data)
+        # What this read makes the client side write (a head, body bytes, a chunk's end) goes
+        # out in one write: one system call per read instead of one per piece.
+        client = ex.conn
+        client.corked = True
+        try:
+            self._feed(ex, parser, data)
+        finally:
+            client.uncork()
+
+    def _feed(self, ex: Exchange, parser: httptools.HttpResponseParser, data: bytes) -> None:
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
