@@ -35,9 +35,7 @@ from laneway.core.hops import Hop, trace_context
 from laneway.core.routes import ForkRoute, Upstream, decide
 from laneway.router.exchange import Carrier, Exchange
 from laneway.router.headers import (
-    FRAMING,
     HOP_BY_HOP,
-    STANDARD_CONNECTION_TOKENS,
     absolute_target,
     drop_named,
     is_host,
@@ -441,10 +439,7 @@ class ClientConnection(asyncio.Protocol):
                 return
             lines.append(b"host: " + self._local_host() + b"\r\n")  # a proxy must send one
         if connection_tokens:
-            extra_tokens = frozenset(t for t in connection_tokens
-                                     if t not in STANDARD_CONNECTION_TOKENS and t not in FRAMING)
-            if extra_tokens:
-                lines = drop_named(lines, extra_tokens, 4)
+            lines = drop_named(lines, connection_tokens, 4)
         if ex.request_chunked:
             lines.append(b"transfer-encoding: chunked\r\n")
         if llhttp_upgrade:
@@ -714,10 +709,7 @@ class ClientConnection(asyncio.Protocol):
             lines.append(value)
             lines.append(b"\r\n")
         if named:
-            drop = frozenset(t for t in named
-                             if t not in STANDARD_CONNECTION_TOKENS and t not in FRAMING)
-            if drop:
-                lines = drop_named(lines, drop, 1)
+            lines = drop_named(lines, named, 1)
         if codings:
             other_codings = [c for c in codings if c != b"chunked"]
             upstream_framed = has_length or codings[-1] == b"chunked"

@@ -70,9 +70,14 @@ def absolute_target(url: bytes) -> tuple[bytes, bytes] | None:
     return authority, rest
 
 
-def drop_named(lines: list[bytes], names: frozenset[bytes], start: int) -> list[bytes]:
-    """Remove header lines named by `Connection`; `lines[start:]` come in 4-tuples
+def drop_named(lines: list[bytes], connection: list[bytes], start: int) -> list[bytes]:
+    """Remove the header lines that `Connection` tokens name, except the standard tokens and
+    the framing fields (see the module docstring); `lines[start:]` come in 4-tuples
     (name, b": ", value, b"\\r\\n")."""
+    names = frozenset(t for t in connection
+                      if t not in STANDARD_CONNECTION_TOKENS and t not in FRAMING)
+    if not names:
+        return lines
     out = lines[:start]
     for i in range(start, len(lines), 4):
         if lines[i].lower() not in names:
