@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -29,38 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import peers
 import uvloop
-from tests.protocol.corpus import (
-    test_baggage,
-    test_codings,
-    test_connection,
-    test_framing,
-    test_host,
-    test_limits,
-    test_smuggling,
-    test_timeouts,
-    test_upgrade,
-)
+from tests.protocol.corpus.catalog import CLASSES
 from tests.protocol.corpus.harness import FORK_KEY, Case, Outcome, Target, laneway, run_case
+
+from laneway.router import RouterSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CLASSES = {
-    "framing": test_framing.CASES,
-    "smuggling": test_smuggling.CASES,
-    "connection": test_connection.CASES,
-    "host": test_host.CASES,
-    "codings": test_codings.CASES,
-    "upgrade": test_upgrade.CASES,
-    "limits": test_limits.CASES,
-    "timeouts": test_timeouts.CASES,
-    "baggage": test_baggage.CASES,
-}
-
 # RouterSettings defaults, for the settings a case leaves alone.
-DEFAULTS = {"connect_timeout": 3.0, "upstream_timeout": 60.0, "request_head_timeout": 60.0,
-            "keepalive_timeout": 75.0, "client_timeout": 60.0, "tunnel_timeout": 3600.0,
-            "max_connections": 10_000, "max_header_bytes": 65536,
-            "max_response_header_bytes": 65536}
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(RouterSettings)}
 
 # Why HAProxy and laneway differ, where a case shows it (read from HAProxy 2.6's behaviour and
 # configuration manual; filled in from a run of this script).

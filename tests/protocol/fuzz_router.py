@@ -121,24 +121,13 @@ def one_input(data: bytes) -> None:
 
 
 def write_seeds(folder: Path) -> None:
-    from tests.protocol.corpus import (
-        test_baggage,
-        test_codings,
-        test_connection,
-        test_framing,
-        test_host,
-        test_limits,
-        test_smuggling,
-        test_timeouts,
-        test_upgrade,
-    )
+    from tests.protocol.corpus.catalog import CLASSES
     from tests.protocol.corpus.harness import Write
 
     folder.mkdir(parents=True, exist_ok=True)
     n = 0
-    for module in (test_framing, test_smuggling, test_connection, test_host, test_codings,
-                   test_upgrade, test_limits, test_timeouts, test_baggage):
-        for case in module.CASES:
+    for cases in CLASSES.values():
+        for case in cases:
             data = b"".join(a.data for c in case.clients for a in c.actions
                             if isinstance(a, Write))
             if data and len(data) < 65536:
