@@ -826,9 +826,10 @@ class ClientConnection(asyncio.Protocol):
     def start_tunnel(self, ex: Exchange, up: Carrier, rest: bytes) -> None:
         """The upstream answered 101: from now on both sides are raw byte streams."""
         assert isinstance(up, UpstreamConnection)
-        if not ex.upgrade or self.transport is None or up.transport is None:
-            self._bad_upstream(ex, f"{ex.describe()} switched protocols (101) for a request "
-                                   "that did not ask to upgrade")
+        if ex.done or self.transport is None or up.transport is None:
+            # response_head has already answered a 101 the request did not ask for (502), or
+            # the client is gone: nothing to tunnel.
+            up.close()
             return
         tunnel = Tunnel(self.transport, up.transport, self.clock.now)
         self.tunnel = tunnel

@@ -97,6 +97,13 @@ CASES: tuple[Case, ...] = (
            "the upstream answers an upgrade request with a plain 200: the client gets it",
            b"GET /ws HTTP/1.1\r\n" + WS_HEADERS + b"\r\n", (Resp(200, body=b"/ws"),),
            (U(b"GET /ws HTTP/1.1", *WS_FORWARDED),), closed=None),
+    Case("unasked_101_is_502",
+         "an upstream that switches protocols for a request that did not ask to upgrade: "
+         "502, no tunnel, the bytes after its 101 reach nobody",
+         (Client((Write(GET_B), Read()),
+                 (Resp(502, error=r"switched protocols"),), closed=None),),
+         (U(b"GET /b HTTP/1.1", b"host: x"),),
+         script=(Recv(), Send(SWITCH + b"stray"), Echo())),
     simple("connect_is_405", "CONNECT: 405, nothing forwarded",
            b"CONNECT a.example:443 HTTP/1.1\r\nhost: a.example:443\r\n\r\n",
            (Resp(405, error=r"connect|method"),), (), closed=None),
