@@ -29,6 +29,9 @@ class Hop:
     # The request's baggage carried `laneway-key` members with different keys: the router used
     # the last one (core.baggage), but a service's SDK may propagate another.
     key_conflict: bool = False
+    # A gRPC call's status (0 OK, 14 UNAVAILABLE, ...), from the response's trailers or the
+    # router's own answer; None for plain HTTP. `status` stays the HTTP status (200 for gRPC).
+    grpc_status: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +48,7 @@ class Hop:
             "path": self.path,
             "error": self.error,
             "key_conflict": self.key_conflict,
+            "grpc_status": self.grpc_status,
         }
 
     @classmethod
@@ -57,6 +61,7 @@ class Hop:
             duration_ms=float(data["duration_ms"]), method=str(data["method"]),
             path=str(data["path"]), error=str(data.get("error", "")),
             key_conflict=bool(data.get("key_conflict", False)),  # absent in older records
+            grpc_status=None if data.get("grpc_status") is None else int(data["grpc_status"]),
         )
 
 

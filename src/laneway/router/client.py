@@ -67,7 +67,8 @@ class ServiceContext:
     __slots__ = (
         "baseline", "budget", "client_timeout", "clock", "connect_tasks", "connect_timeout",
         "connections", "extra_headers", "keepalive_timeout", "max_connections",
-        "max_header_bytes", "max_response_header_bytes", "name", "name_b", "pool", "recorder",
+        "max_header_bytes", "max_response_header_bytes", "name", "name_b", "pool", "protocol",
+        "recorder",
         "request_head_timeout", "routes", "served_by", "tunnel_timeout", "upstream_timeout",
     )
 
@@ -76,8 +77,9 @@ class ServiceContext:
                  connect_timeout: float, upstream_timeout: float, request_head_timeout: float,
                  keepalive_timeout: float, client_timeout: float, tunnel_timeout: float,
                  max_connections: int, max_header_bytes: int,
-                 max_response_header_bytes: int) -> None:
+                 max_response_header_bytes: int, protocol: str = "http") -> None:
         self.name = name
+        self.protocol = protocol  # how upstreams are reached: "http", "h2c" or "grpc"
         self.name_b = name.encode()
         self.routes: dict[str, ForkRoute] = {}
         self.baseline: Upstream | None = None

@@ -75,8 +75,10 @@ class Router:
         self._follow_task: asyncio.Task[None] | None = None
         self.updated = asyncio.Event()  # set whenever a feed update is applied (tests wait on it)
 
-    def context(self, service: str) -> ServiceContext:
+    def context(self, service: str, protocol: str = "http") -> ServiceContext:
         ctx = self.contexts.get(service)
+        if ctx is not None:
+            ctx.protocol = protocol
         if ctx is None:
             ctx = ServiceContext(
                 service, self.recorder, self.pool, clock=self.clock, budget=self.budget,
@@ -90,14 +92,19 @@ class Router:
                 max_connections=self.settings.max_connections,
                 max_header_bytes=self.settings.max_header_bytes,
                 max_response_header_bytes=self.settings.max_response_header_bytes,
+                protocol=protocol,
             )
             self.contexts[service] = ctx
             self._bind(ctx)
         return ctx
 
-    async def listen(self, service: str, port: int) -> int:
-        """Serve `service` on `port` (0: any free port); returns the bound port."""
-        ctx = self.context(service)
+    async def listen(self, service: str, port: int, protocol: str = "http") -> int:
+        """Serve `service` on `port` (0: any free port); returns the bound port.
+
+        `protocol` is how the router reaches the service's processes: "http" (HTTP/1.1, and
+        HTTP/2 for gRPC calls), "h2c" or "grpc" (HTTP/2 with prior knowledge for every request).
+        Clients may speak HTTP/1.1 or HTTP/2 (h2c) to the listener whatever it is."""
+        ctx = self.context(service, protocol)
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
