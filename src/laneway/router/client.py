@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
@@ -36,6 +37,7 @@ from laneway.core.routes import ForkRoute, Upstream, decide
 from laneway.router.exchange import Carrier, Exchange
 from laneway.router.headers import (
     HOP_BY_HOP,
+    PREFACE,
     absolute_target,
     drop_named,
     is_host,
@@ -45,7 +47,7 @@ from laneway.router.headers import (
 from laneway.router.limits import ConnectionBudget
 from laneway.router.pool import UpstreamPool
 from laneway.router.responses import error_response
-from laneway.router.timeouts import Clock
+from laneway.router.timeouts import Clock, Served
 from laneway.router.tunnel import Tunnel
 from laneway.router.upstream import UpstreamConnection
 
@@ -65,11 +67,29 @@ class ServiceContext:
     """What every connection of one service's listener shares."""
 
     __slots__ = (
-        "baseline", "budget", "client_timeout", "clock", "connect_tasks", "connect_timeout",
-        "connections", "extra_headers", "keepalive_timeout", "max_connections",
-        "max_header_bytes", "max_response_header_bytes", "name", "name_b", "pool", "protocol",
+        "baseline",
+        "budget",
+        "client_timeout",
+        "clock",
+        "connect_tasks",
+        "connect_timeout",
+        "connections",
+        "extra_headers",
+        "h2_factory",
+        "keepalive_timeout",
+        "max_connections",
+        "max_header_bytes",
+        "max_response_header_bytes",
+        "name",
+        "name_b",
+        "pool",
+        "protocol",
         "recorder",
-        "request_head_timeout", "routes", "served_by", "tunnel_timeout", "upstream_timeout",
+        "request_head_timeout",
+        "routes",
+        "served_by",
+        "tunnel_timeout",
+        "upstream_timeout",
     )
 
     def __init__(self, name: str, recorder: HopRecorder, pool: UpstreamPool[UpstreamConnection],
@@ -97,9 +117,20 @@ class ServiceContext:
         self.max_connections = max_connections
         self.max_header_bytes = max_header_bytes
         self.max_response_header_bytes = max_response_header_bytes
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[Served] = set()
+        # Makes the HTTP/2 side of a connection that opened with the h2c preface (set by the
+        # server; `h2client` sits above this module).
+        self.h2_factory: Callable[[ServiceContext, asyncio.Transport], H2Side] | None = None
         self.connect_tasks: set[asyncio.Task[None]] = set()
         self.served_by: dict[str, bytes] = {}  # sandbox -> b"service@sandbox", built once
+
+
+class H2Side(Served, Protocol):
+    """What `ClientConnection` hands an h2c connection to (`h2client.H2ClientConnection`)."""
+
+    counted: bool
+
+    def data_received(self, data: bytes) -> None: ...
 
 
 # What the request loop does with a field, by lowercased name.
@@ -187,6 +218,14 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._method_wait:
             data, self._method_wait = self._method_wait + data, b""
+        if self._begins == 0 and data[:1] == b"P" and not self._in_head:
+            head = data[:24]
+            if PREFACE.startswith(head):  # HTTP/2 with prior knowledge (h2c, gRPC)
+                if len(head) < 24:
+                    self._method_wait = data  # "P…" may still be POST: read on
+                else:
+                    self._to_h2(data)
+                return
         at_boundary = parsing is None and not self._in_head
         begins = self._begins
         # Raw bytes since the current head began: catches one huge header that httptools is
@@ -510,6 +549,21 @@ class ClientConnection(asyncio.Protocol):
         if ":" in host:
             host = f"[{host}]"
         return f"{host}:{sockname[1]}".encode()
+
+    def _to_h2(self, data: bytes) -> None:
+        """The connection opened with the HTTP/2 preface: the h2 side takes the transport."""
+        ctx = self.ctx
+        transport = self.transport
+        if ctx.h2_factory is None or transport is None:
+            self._reject(400, "bad_request", "this router does not serve HTTP/2")
+            return
+        h2 = ctx.h2_factory(ctx, transport)
+        ctx.connections.discard(self)
+        h2.counted, self.counted = self.counted, False
+        ctx.connections.add(h2)
+        self.closed = True  # nothing reaches this object any more
+        transport.set_protocol(cast(asyncio.BaseProtocol, h2))
+        h2.data_received(data)
 
     def _extension_method(self, raw: bytes) -> None:
         """A method llhttp does not know (any RFC 9110 token is a method): parse the request

@@ -18,6 +18,7 @@ import re
 __all__ = [
     "FRAMING",
     "HOP_BY_HOP",
+    "PREFACE",
     "absolute_target",
     "drop_named",
     "is_host",
@@ -83,3 +84,8 @@ def drop_named(lines: list[bytes], connection: list[bytes], start: int) -> list[
         if lines[i].lower() not in names:
             out.extend(lines[i:i + 4])
     return out
+
+
+# The client connection preface of HTTP/2 with prior knowledge (RFC 9113 §3.4): how the router
+# tells an h2c client from an HTTP/1.1 one on the same port.
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 from laneway.core.routes import Upstream
@@ -37,12 +38,16 @@ class UpstreamPool(Generic[C]):
         self.open: set[C] = set()
         # Connections being opened, per upstream: each carries a request already routed there.
         self.connecting: dict[Upstream, int] = {}
+        # The HTTP/2 side's streams and idle connections, so that one drain covers both.
+        self.also_busy: Callable[[Upstream], int] | None = None
+        self.also_drained: Callable[[Upstream], None] | None = None
 
     def busy(self, upstream: Upstream) -> int:
         """Requests given to `upstream` and not done: on its open connections, or waiting for
         one. Counted when asked (a drain polls it), so the request path pays nothing."""
         return self.connecting.get(upstream, 0) + sum(
-            1 for conn in self.open if conn.busy and conn.upstream == upstream)
+            1 for conn in self.open if conn.busy and conn.upstream == upstream) + (
+            self.also_busy(upstream) if self.also_busy is not None else 0)
 
     async def drained(self, upstream: Upstream, timeout: float, poll: float = 0.02) -> int:
         """Wait until no request given to `upstream` is in flight (at most `timeout` s), then
@@ -54,6 +59,8 @@ class UpstreamPool(Generic[C]):
             await asyncio.sleep(poll)
         for conn in self._idle.pop(upstream, []):
             conn.close()
+        if self.also_drained is not None:
+            self.also_drained(upstream)
         return left
 
     def take(self, upstream: Upstream) -> C | None:

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from laneway.core.feed import FeedUpdate, RoutesFeed
 from laneway.core.routes import RouteTable, apply_changes
 from laneway.router.client import ClientConnection, ServiceContext
+from laneway.router.h2client import H2ClientConnection
+from laneway.router.h2upstream import H2Pool
 from laneway.router.hops import HopRecorder, HopSink
 from laneway.router.limits import ConnectionBudget
 from laneway.router.pool import UpstreamPool
-from laneway.router.timeouts import Clock, Sweeper, sweep_interval
+from laneway.router.timeouts import Clock, Served, Sweeper, sweep_interval
 from laneway.router.upstream import UpstreamConnection
 
 __all__ = ["Router", "RouterError", "RouterSettings"]
@@ -62,6 +64,9 @@ class Router:
         self.table = RouteTable()
         self.recorder = HopRecorder(hop_sink, settings.hop_capacity)
         self.pool: UpstreamPool[UpstreamConnection] = UpstreamPool()
+        self.h2pool = H2Pool()
+        self.pool.also_busy = self.h2pool.busy  # a drain waits for HTTP/2 streams too
+        self.pool.also_drained = self.h2pool.close_idle
         self.clock = Clock()
         self.budget = ConnectionBudget()
         self.sweeper = Sweeper(self.clock, sweep_interval(
@@ -94,6 +99,7 @@ class Router:
                 max_response_header_bytes=self.settings.max_response_header_bytes,
                 protocol=protocol,
             )
+            ctx.h2_factory = self._h2_connection
             self.contexts[service] = ctx
             self._bind(ctx)
         return ctx
@@ -136,7 +142,11 @@ class Router:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
 
-    def _client_connections(self) -> list[ClientConnection]:
+    def _h2_connection(self, ctx: ServiceContext, transport: asyncio.Transport) \
+            -> H2ClientConnection:
+        return H2ClientConnection(ctx, self.h2pool, transport)
+
+    def _client_connections(self) -> list[Served]:
         return [conn for ctx in self.contexts.values() for conn in ctx.connections]
 
     def apply(self, update: FeedUpdate) -> None:
@@ -203,6 +213,7 @@ class Router:
             if ctx.connect_tasks:
                 await asyncio.gather(*ctx.connect_tasks, return_exceptions=True)
         self.pool.close_all()
+        self.h2pool.close_all()
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)

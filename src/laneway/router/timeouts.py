@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-__all__ = ["Clock", "Sweeper", "Timed", "release_memory"]
+__all__ = ["Clock", "Served", "Sweeper", "Timed", "release_memory"]
 
 
 class Clock:
@@ -49,6 +49,12 @@ class Clock:
 
 class Timed(Protocol):
     def check_timeouts(self, now: float) -> None: ...
+
+
+class Served(Timed, Protocol):
+    """A client connection of a listener (HTTP/1.1 or HTTP/2): swept, and closed at the end."""
+
+    def close(self) -> None: ...
 
 
 class Sweeper:
