@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -60,3 +61,27 @@ def test_standalone_router_follows_the_feed_and_survives_the_control_plane(
         finally:
             router.terminate()
             assert router.wait(timeout=10) == 0
+
+
+def test_listeners_take_their_protocol_on_the_command_line(tmp_path: Path) -> None:
+    web, api = free_ports(2)
+    log = tmp_path / "router.log"
+    with log.open("w") as err, subprocess.Popen(
+            [sys.executable, "-m", "laneway.router", "--listen", f"web={web}",
+             "--listen", f"shop.api:grpc={api}/grpc", "--routes", "http://127.0.0.1:1/v1/routes"],
+            stdout=subprocess.PIPE, stderr=err, text=True) as router:
+        try:
+            assert router.stdout is not None
+            lines = [router.stdout.readline() for _ in range(2)]
+            assert lines == [f"laneway router for web on 127.0.0.1:{web}\n",
+                             f"laneway router for shop.api:grpc on 127.0.0.1:{api} (grpc)\n"], \
+                log.read_text()
+        finally:
+            router.terminate()
+            assert router.wait(timeout=10) == 0
+    bad = subprocess.run([sys.executable, "-m", "laneway.router", "--listen", f"api={api}/spdy",
+                          "--routes", "http://127.0.0.1:1/v1/routes"],
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert bad.returncode == 2
+    assert "PROTOCOL one of http, h2c, grpc" in bad.stderr
+    assert "Traceback" not in bad.stderr

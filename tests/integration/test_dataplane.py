@@ -21,7 +21,7 @@ from laneway.dataplane.main import HopBuffer
 from laneway.router import Router, RouterSettings
 from laneway.runtime.local import LocalRuntime
 from laneway.runtime.local import process as process_module
-from laneway.runtime.local.dataplane import DataPlaneRuntime
+from laneway.runtime.local.dataplane import DataPlaneError, DataPlaneRuntime
 from laneway.runtime.local.process import copy_output, free_port
 from tests.integration.test_local_runtime import until
 from tests.upstreams import TestUpstream
@@ -209,5 +209,30 @@ async def test_hops_are_handed_over_once_however_they_are_read(tmp_path: Path,
         paths = [h.path for h in hops]
         assert len(paths) == 100
         assert len(set(paths)) == 100
+    finally:
+        await runtime.close()
+
+
+async def test_listeners_reach_each_service_by_its_declared_protocol(tmp_path: Path) -> None:
+    runtime = DataPlaneRuntime(tmp_path / ".laneway", {}, drain_timeout=5)
+    await runtime.connect()
+    try:
+        web, pricing = free_port(), free_port()
+        await runtime.listen({"web": web, "pricing": pricing}, {"pricing": "grpc"})
+        state = await runtime._call("GET", "/v1/state")
+        assert state["listeners"] == {"web": web, "pricing": pricing}
+        assert state["protocols"] == {"web": "http", "pricing": "grpc"}
+        # The same port, another protocol (laneway.yaml changed): the listener follows.
+        await runtime.listen({"web": web, "pricing": pricing}, {"web": "h2c"})
+        state = await runtime._call("GET", "/v1/state")
+        assert state["protocols"] == {"web": "h2c", "pricing": "http"}
+        # A daemon that predates `protocols` sends only the ports: HTTP/1.1 for all.
+        answer = await runtime._call("PUT", "/v1/listeners", json={"services": {"web": web}})
+        assert answer == {"listeners": {"web": web}, "protocols": {"web": "http"}}
+        with pytest.raises(DataPlaneError, match=r"protocols.web: 'h3' is not one of http, "
+                                                 r"h2c, grpc"):
+            await runtime.listen({"web": web}, {"web": "h3"})
+        async with httpx.AsyncClient() as client:  # the listener still serves
+            assert (await client.get(f"http://127.0.0.1:{web}/")).status_code == 503
     finally:
         await runtime.close()

@@ -3,6 +3,7 @@ the real Kubernetes and Istio schemas, and the team's VirtualService routes kept
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +304,11 @@ def test_router_mode_puts_the_router_in_front_of_the_baseline(
     assert fork_svc["metadata"]["labels"]["laneway.dev/fork-of"] == "pricing"
 
 
+def listens(args: list[str]) -> list[str]:
+    """The values of a sidecar's `--listen` flags."""
+    return [args[i + 1] for i, a in enumerate(args) if a == "--listen"]
+
+
 def _merged(baseline: list[dict[str, Any]], rendered: list[dict[str, Any]]) -> list[
         dict[str, Any]]:
     """The cluster after applying `rendered`: objects of the same kind and name replaced."""
@@ -328,16 +334,17 @@ def test_router_mode_resolves_named_ports_and_serves_each_service_port() -> None
     for obj in objects.values():
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     service = objects[("Service", "orders")]
-    # The gRPC port is not HTTP/1.1: it keeps going straight to the application.
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == [15080, 15081, "grpc"]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [15080, 15081, 15082]
     assert service["metadata"]["annotations"]["laneway.dev/target-ports"] == \
-        '{"80": 9000, "9001": 9001}'
+        '{"80": 9000, "9001": 9001, "9090": 9090}'
+    assert "laneway.dev/unrouted-ports" not in service["metadata"]["annotations"]
     args = objects[("Deployment", "orders")]["spec"]["template"]["spec"]["containers"][-1][
         "args"]
-    assert [args[i + 1] for i, a in enumerate(args) if a == "--listen"] == [
-        "orders.shop:http=15080", "orders.shop:http-admin=15081"]
+    assert listens(args) == ["orders.shop:http=15080", "orders.shop:http-admin=15081",
+                             "orders.shop:grpc=15082/grpc"]
     assert [args[i + 1] for i, a in enumerate(args) if a == "--baseline"] == [
-        "orders.shop:http=127.0.0.1:9000", "orders.shop:http-admin=127.0.0.1:9001"]
+        "orders.shop:http=127.0.0.1:9000", "orders.shop:http-admin=127.0.0.1:9001",
+        "orders.shop:grpc=127.0.0.1:9090"]
     fork_svc = objects[("Service", "orders-lw-sb-o")]
     assert [p["targetPort"] for p in fork_svc["spec"]["ports"]] == [9000, 9001, 9090]
 
@@ -346,9 +353,17 @@ def test_router_mode_resolves_named_ports_and_serves_each_service_port() -> None
     injected = [dict(o, metadata={**o["metadata"], "namespace": "shop"})
                 for o in objects.values() if o["kind"] == "Service"]
     table = build_route_table([], [], injected)
-    assert sorted(table.baseline) == ["orders.shop:http", "orders.shop:http-admin"]
+    assert sorted(table.baseline) == ["orders.shop:grpc", "orders.shop:http",
+                                      "orders.shop:http-admin"]
     first = render_sandbox(doc, baseline, KEY, mode="router")
     assert render_sandbox(doc, _merged(baseline, first), KEY, mode="router") == first
+    # Injected before gRPC ports were routed: the grpc port still went to the application.
+    # The next pass puts it behind the router too, at the same slot, to the same app port.
+    old = copy.deepcopy(service)
+    old["spec"]["ports"][2]["targetPort"] = "grpc"
+    old["metadata"]["annotations"]["laneway.dev/target-ports"] = '{"80": 9000, "9001": 9001}'
+    before = _merged(_merged(baseline, first), [old])
+    assert render_sandbox(doc, before, KEY, mode="router") == first
 
 
 def test_router_mode_errors_name_the_field() -> None:
@@ -372,10 +387,15 @@ def test_router_mode_errors_name_the_field() -> None:
     with pytest.raises(RenderError, match="Service orders is headless"):
         render_sandbox(doc, baseline, KEY, mode="router")
     baseline[1]["spec"].pop("clusterIP")
-    baseline[1]["spec"]["ports"] = [{"name": "grpc", "port": 9090}]
-    with pytest.raises(RenderError, match=r"Service orders has no HTTP/1\.1 port"):
+    baseline[1]["spec"]["ports"] = [{"name": "tcp-db", "port": 5432},
+                                    {"name": "https", "port": 8443}]
+    with pytest.raises(RenderError, match=(
+            r"Service orders has no HTTP, HTTP/2 or gRPC port, so router mode has nothing to "
+            r"route \(port tcp-db: name 'tcp-db' is tcp, not HTTP; .*; port https: name "
+            r"'https' is TLS; ")):
         render_sandbox(doc, baseline, KEY, mode="router")
-    assert len(render_sandbox(doc, baseline, KEY, mode="istio")) == 3  # Istio routes gRPC
+    # Istio mode renders its routes whatever the ports (Envoy applies them to HTTP ones only).
+    assert len(render_sandbox(doc, baseline, KEY, mode="istio")) == 3
 
 
 def test_install_router_mode_adds_the_feed_service_and_token_reviews() -> None:
@@ -393,3 +413,204 @@ def test_install_router_mode_adds_the_feed_service_and_token_reviews() -> None:
     env = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"][
         "containers"][0]["env"]
     assert {"name": "LANEWAY_ROUTING_MODE", "value": "router"} in env
+
+
+# gRPC and HTTP/2 ports (issue 12): Istio's port naming and appProtocol decide, in both modes.
+
+GRPC = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: catalog, namespace: shop}
+spec:
+  selector: {matchLabels: {app: catalog}}
+  template:
+    metadata: {labels: {app: catalog}}
+    spec:
+      containers:
+        - name: catalog
+          image: registry.example/catalog:7
+          ports: [{name: web, containerPort: 8080}, {name: rpc, containerPort: 50051}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec:
+  selector: {app: catalog}
+  ports:
+    - {name: http, port: 80, targetPort: web}
+    - {name: grpc, port: 9090, targetPort: rpc}
+    - {name: grpc-api, port: 9091}
+    - {name: grpc-web, port: 9092}
+    - {name: http2-x, port: 9093}
+    - {name: rpc, port: 9094, appProtocol: grpc}
+    - {name: h2, port: 9095, appProtocol: kubernetes.io/h2c}
+    - {name: tcp-db, port: 5432}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: catalog-legacy, namespace: shop}
+spec:
+  selector: {app: catalog}
+  ports: [{name: grpc, port: 8081, targetPort: web, appProtocol: http}]
+"""
+GRPC_SANDBOX = {"kind": "Sandbox", "metadata": {"name": "sb-g", "namespace": "shop"},
+                "spec": {"forks": [{"workload": {"name": "catalog"},
+                                    "image": "registry.example/catalog:pr-9"}]}}
+
+
+@pytest.mark.parametrize(
+    ("port", "protocol", "reason"),
+    [
+        ({"name": "http", "port": 80}, "http", ""),
+        ({"name": "http-admin", "port": 81}, "http", ""),
+        ({"port": 80}, "http", ""),  # unnamed: HTTP/1.1, the common case
+        ({"name": "grpc", "port": 90}, "grpc", ""),
+        ({"name": "GRPC-api", "port": 90}, "grpc", ""),
+        ({"name": "grpc-web", "port": 90}, "grpc", ""),
+        ({"name": "grpc-web-ui", "port": 90}, "grpc", ""),
+        ({"name": "http2", "port": 90}, "h2c", ""),
+        ({"name": "http2-x", "port": 90}, "h2c", ""),
+        ({"name": "h2c-x", "port": 90}, "h2c", ""),
+        ({"name": "web", "port": 90, "appProtocol": "grpc"}, "grpc", ""),
+        ({"name": "web", "port": 90, "appProtocol": "kubernetes.io/h2c"}, "h2c", ""),
+        ({"name": "web", "port": 90, "appProtocol": "kubernetes.io/ws"}, "http", ""),
+        ({"name": "grpc", "port": 90, "appProtocol": "http"}, "http", ""),  # appProtocol wins
+        ({"name": "http", "port": 90, "appProtocol": "grpc"}, "grpc", ""),
+        ({"name": "tcp-db", "port": 5432}, None, "port tcp-db: name 'tcp-db' is tcp, not HTTP"),
+        ({"name": "redis", "port": 6379}, None, "name 'redis' is redis, not HTTP"),
+        ({"name": "mongo-main", "port": 27017}, None, "is mongo, not HTTP"),
+        ({"name": "https", "port": 443}, None, "name 'https' is TLS"),
+        ({"name": "tls-x", "port": 443}, None, "is TLS"),
+        ({"name": "web", "port": 443, "appProtocol": "kubernetes.io/wss"}, None,
+         "appProtocol 'kubernetes.io/wss' is TLS"),
+        ({"name": "http", "port": 80, "appProtocol": "tcp"}, None, "appProtocol 'tcp' is tcp"),
+        ({"name": "web", "port": 90}, None, "name 'web' names no protocol router mode routes"),
+        ({"name": "dns", "port": 53, "protocol": "UDP"}, None, "UDP; the router proxies TCP"),
+        ({"port": 3306}, None, "Istio takes 3306 for TCP (MySQL)"),
+    ],
+)
+def test_router_protocol_follows_istio_port_naming(port: dict[str, Any], protocol: str | None,
+                                                   reason: str) -> None:
+    from laneway.core.kubernetes.router_mode import router_protocol
+
+    got, why = router_protocol(port)
+    assert got == protocol
+    assert (reason in why) if reason else why == ""
+
+
+@pytest.fixture(scope="module")
+def rendered_grpc_router() -> dict[tuple[str, str], dict[str, Any]]:
+    objects = render_sandbox(GRPC_SANDBOX, list(yaml.safe_load_all(GRPC)), KEY, mode="router")
+    return {(o["kind"], o["metadata"]["name"]): o for o in objects}
+
+
+def test_router_mode_puts_grpc_and_h2c_ports_behind_the_sidecar(
+    rendered_grpc_router: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    for obj in rendered_grpc_router.values():
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    pod = rendered_grpc_router[("Deployment", "catalog")]["spec"]["template"]["spec"]
+    router = pod["containers"][-1]
+    assert router["name"] == "laneway-router"
+    # Slots by position among both Services' ports: tcp-db keeps 15087 unused.
+    assert listens(router["args"]) == [
+        "catalog.shop:http=15080", "catalog.shop:grpc=15081/grpc",
+        "catalog.shop:grpc-api=15082/grpc", "catalog.shop:grpc-web=15083/grpc",
+        "catalog.shop:http2-x=15084/h2c", "catalog.shop:rpc=15085/grpc",
+        "catalog.shop:h2=15086/h2c", "catalog-legacy.shop=15088"]
+    baselines = [router["args"][i + 1] for i, a in enumerate(router["args"])
+                 if a == "--baseline"]
+    assert baselines[:2] == ["catalog.shop:http=127.0.0.1:8080",
+                             "catalog.shop:grpc=127.0.0.1:50051"]  # named targetPorts resolved
+    assert baselines[-1] == "catalog-legacy.shop=127.0.0.1:8080"
+    assert [p["containerPort"] for p in router["ports"]] == [
+        15080, 15081, 15082, 15083, 15084, 15085, 15086, 15088]
+    service = rendered_grpc_router[("Service", "catalog")]
+    assert [p.get("targetPort") for p in service["spec"]["ports"]] == [
+        15080, 15081, 15082, 15083, 15084, 15085, 15086, None]  # tcp-db: straight to the app
+    annotations = service["metadata"]["annotations"]
+    assert yaml.safe_load(annotations["laneway.dev/target-ports"]) == {
+        "80": 8080, "9090": 50051, "9091": 9091, "9092": 9092, "9093": 9093, "9094": 9094,
+        "9095": 9095}
+    unrouted = yaml.safe_load(annotations["laneway.dev/unrouted-ports"])
+    assert list(unrouted) == ["5432"]
+    assert "port tcp-db: name 'tcp-db' is tcp, not HTTP" in unrouted["5432"]
+    legacy = rendered_grpc_router[("Service", "catalog-legacy")]
+    assert legacy["spec"]["ports"][0]["targetPort"] == 15088
+
+    from laneway.core.kubernetes.table import build_route_table
+
+    injected = [o for o in rendered_grpc_router.values() if o["kind"] == "Service"]
+    table = build_route_table([], [], injected)
+    assert sorted(table.baseline) == sorted(
+        entry.split("=")[0] for entry in listens(router["args"]))
+    assert "catalog.shop:tcp-db" not in table.baseline
+
+
+def test_router_mode_grpc_injection_is_idempotent(
+    rendered_grpc_router: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    baseline = list(yaml.safe_load_all(GRPC))
+    first = list(rendered_grpc_router.values())
+    again = render_sandbox(GRPC_SANDBOX, _merged(baseline, first), KEY, mode="router")
+    assert {(o["kind"], o["metadata"]["name"]): o for o in again} == rendered_grpc_router
+
+
+def _istio_schema(kind: str, version: str) -> dict[str, Any]:
+    crds = [d for d in yaml.safe_load_all(ISTIO.read_text()) if d]
+    crd = next(d for d in crds if d["spec"]["names"]["kind"] == kind)
+    return next(v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]
+                if v["name"] == version and v["served"])
+
+
+def test_istio_mode_routes_grpc_ports_like_http_ones() -> None:
+    baseline = list(yaml.safe_load_all(GRPC))
+    team_vs = yaml.safe_load("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: catalog, namespace: shop}
+spec:
+  hosts: [catalog]
+  http:
+    - name: slow-method
+      match: [{uri: {exact: /shop.Catalog/Search}, port: 9090}]
+      timeout: 30s
+      route: [{destination: {host: catalog, port: {number: 9090}}}]
+    - name: default
+      route: [{destination: {host: catalog}}]
+""")
+    rendered = render_sandbox(GRPC_SANDBOX, [*baseline, team_vs], KEY, mode="istio")
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in rendered)
+    assert kinds == [("Deployment", "catalog-lw-sb-g"), ("Service", "catalog-legacy-lw-sb-g"),
+                     ("Service", "catalog-lw-sb-g"), ("VirtualService", "catalog"),
+                     ("VirtualService", "laneway-catalog-legacy")]  # and no DestinationRule
+    for obj in rendered:
+        if obj["kind"] == "VirtualService":
+            jsonschema.validate(obj, _istio_schema("VirtualService", "v1"))
+        else:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    by_name = {o["metadata"]["name"]: o for o in rendered}
+    routes = by_name["catalog"]["spec"]["http"]
+    assert [r["name"] for r in routes] == ["laneway-sb-g", "slow-method", "default"]
+    mine = routes[0]
+    # No port in the match or the destination: the route applies on every HTTP port of the
+    # host (http, grpc, http2, ...) and keeps the port the call came in on.
+    assert all(set(m) == {"headers"} for m in mine["match"])
+    assert mine["route"] == [{"destination": {"host": "catalog-lw-sb-g.shop.svc.cluster.local"}}]
+    baggage = mine["match"][0]["headers"]["baggage"]["regex"]
+    re2.compile(baggage)
+    # gRPC metadata are HTTP/2 headers: a client's baggage arrives as for HTTP.
+    assert envoy_match(baggage, [f"laneway-key={KEY}"])
+    assert envoy_match(baggage, ["tenant=acme", f"laneway-key={KEY};grpc=1"])
+    assert not envoy_match(baggage, ["laneway-key=zzz000000000"])
+    assert envoy_match(mine["match"][1]["headers"]["tracestate"]["regex"],
+                       [f"laneway={KEY}"])
+    # The fork Service keeps every port's name and appProtocol: Istio speaks HTTP/2 to the
+    # fork's grpc/h2c ports as to the baseline's, with no DestinationRule.
+    fork_ports = {p["name"]: p for p in by_name["catalog-lw-sb-g"]["spec"]["ports"]}
+    assert fork_ports["grpc"]["targetPort"] == 50051
+    assert fork_ports["grpc-api"]["port"] == 9091
+    assert fork_ports["rpc"]["appProtocol"] == "grpc"
+    assert fork_ports["h2"]["appProtocol"] == "kubernetes.io/h2c"
+    legacy = by_name["laneway-catalog-legacy"]["spec"]["http"]
+    assert [r["name"] for r in legacy] == ["laneway-sb-g", "laneway-default"]

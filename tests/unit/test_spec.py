@@ -8,6 +8,7 @@ import pytest
 
 from laneway.core.duration import format_duration, parse_duration
 from laneway.core.keys import is_routing_key, new_routing_key
+from laneway.core.plan import DesiredSandbox, desired_baseline, desired_forks
 from laneway.core.spec import (
     SpecError,
     check_sandbox_against_project,
@@ -57,6 +58,14 @@ def test_shell_true_runs_the_line_through_sh() -> None:
         ({"port": 19404}, "services.pricing.port", "already used by service 'currency'"),
         ({"depends_on": ["nope"]}, "services.pricing.depends_on[0]", "unknown service 'nope'"),
         ({"health": "healthz"}, "services.pricing.health", "starting with '/'"),
+        ({"health": "healthz"}, "services.pricing.health", "'grpc:<service>'"),
+        ({"health": "GRPC"}, "services.pricing.health", "'tcp', an HTTP path"),
+        ({"health": "grpc:"}, "services.pricing.health", "after 'grpc:' comes the gRPC service"),
+        ({"health": "grpc:shop Pricing"}, "services.pricing.health", "e.g. grpc:shop.Pricing"),
+        ({"protocol": "grcp"}, "services.pricing.protocol",
+         "must be http (HTTP/1.1), h2c (HTTP/2 with prior knowledge) or grpc, got 'grcp'"),
+        ({"protocol": "HTTP"}, "services.pricing.protocol", "got 'HTTP'"),
+        ({"protocol": 2}, "services.pricing.protocol", "got 2"),
         ({"run": []}, "services.pricing.run", "must name a command"),
         ({"run": "python 'unclosed"}, "services.pricing.run", "cannot split"),
         ({"startup_timeout": "soon"}, "services.pricing.startup_timeout", "not a duration"),
@@ -180,3 +189,31 @@ def test_duplicate_names_in_yaml_are_refused(tmp_path: Path) -> None:
     path.write_text("name: x\nservices:\n  a: {run: x, port: 1}\n  a: {run: y, port: 2}\n")
     with pytest.raises(SpecError, match="line 4, column 3: duplicate key 'a'"):
         load_project(path)
+
+
+@pytest.mark.parametrize("protocol", ["http", "h2c", "grpc"])
+@pytest.mark.parametrize("health", ["tcp", "/healthz", "grpc", "grpc:shop.Pricing",
+                                    "grpc:grpc.health.v1.Health", "grpc:my_svc-2"])
+def test_protocol_and_health_forms_are_accepted(protocol: str, health: str) -> None:
+    svc = parse_project({"name": "x", "services": {
+        "a": {"run": "x", "port": 1, "protocol": protocol, "health": health}}}).services["a"]
+    assert (svc.protocol, svc.health) == (protocol, health)
+
+
+def test_protocol_defaults_to_http_and_forks_keep_the_services_protocol_and_health() -> None:
+    assert parse_project(PROJECT).services["pricing"].protocol == "http"
+    project = parse_project({"name": "shop", "services": {
+        "pricing": {"run": "python p.py", "port": 19403, "protocol": "grpc",
+                    "health": "grpc:shop.Pricing"}}})
+    # A fork is the same service behind the same router: it cannot change how it is reached.
+    with pytest.raises(SpecError) as exc:
+        parse_sandbox({"name": "sb", "forks": [{"service": "pricing", "protocol": "http"}]})
+    assert "Extra inputs are not permitted" in _issues(exc)["forks[0].protocol"]
+    spec = parse_sandbox({"name": "sb", "forks": [{"service": "pricing", "run": "python q.py"}]})
+    resolved = spec.forks[0].resolve(project.services["pricing"])
+    assert (resolved.protocol, resolved.health) == ("grpc", "grpc:shop.Pricing")
+    # The health check the supervisor runs, for the baseline process and for the fork's.
+    assert desired_baseline(project)["pricing"].health == "grpc:shop.Pricing"
+    (fork,) = desired_forks(project, DesiredSandbox(spec, "k" * 12, 0.0)).values()
+    assert fork.unit.startswith("pricing@sb#")
+    assert fork.health == "grpc:shop.Pricing"

@@ -14,7 +14,7 @@ import typer
 from laneway.cli.output import console, print_json, table
 from laneway.client import ApiClient, CliError, connect
 from laneway.core.baggage import headers_with_key
-from laneway.core.hops import key_conflict_note
+from laneway.core.hops import key_conflict_note, status_text
 from laneway.core.runs import render_markdown
 
 __all__ = ["register"]
@@ -43,7 +43,8 @@ def print_hops(hops: list[dict[str, Any]]) -> None:
         served = "baseline" if hop["destination"] == "baseline" else \
             f"{hop['service']}@{hop['destination']}"
         rows.add_row(hop["service"], served, (hop["routing_key"] or "-") + conflict_mark(hop),
-                     str(hop["status"]), f"{hop['duration_ms']:.1f}",
+                     status_text(hop["status"], hop.get("grpc_status")),
+                     f"{hop['duration_ms']:.1f}",
                      f"{hop['method']} {hop['path']}")
     console.print(rows)
     print_conflicts(hops)

@@ -90,7 +90,9 @@ def status(
                   f"up {since(data['startedAt']).removesuffix(' ago')}")
     services = table("SERVICE", "URL", "PHASE", "PID", "RESTARTS", "MESSAGE")
     for svc in data["services"]:
-        services.add_row(svc["name"], svc["url"], phase_style(svc["phase"]),
+        protocol = svc.get("protocol", "http")
+        url = svc["url"] if protocol == "http" else f"{svc['url']} ({protocol})"
+        services.add_row(svc["name"], url, phase_style(svc["phase"]),
                          str(svc["pid"] or "-"), str(svc["restarts"]),
                          svc["message"] if not svc["ready"] else
                          f"last went down: {svc['lastFailure']}" if svc.get("lastFailure")

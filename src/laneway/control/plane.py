@@ -323,6 +323,7 @@ class ControlPlane:
                 "name": name,
                 "url": service_url(svc.port),
                 "port": svc.port,
+                "protocol": svc.protocol,
                 "phase": state.phase if state else "pending",
                 "ready": bool(state and state.phase == "ready"),
                 "message": state.message if state else "waiting for its dependencies",

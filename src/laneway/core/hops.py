@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Hop", "key_conflict_note", "trace_context"]
+__all__ = ["GRPC_CODES", "Hop", "grpc_code_name", "key_conflict_note", "status_text",
+           "trace_context"]
 
 
 @dataclass(slots=True)  # not frozen: routers build one per request, and frozen init is slower
@@ -30,7 +31,10 @@ class Hop:
     # the last one (core.baggage), but a service's SDK may propagate another.
     key_conflict: bool = False
     # A gRPC call's status (0 OK, 14 UNAVAILABLE, ...), from the response's trailers or the
-    # router's own answer; None for plain HTTP. `status` stays the HTTP status (200 for gRPC).
+    # router's own answer; None for plain HTTP. `status` stays the HTTP status (200 for a gRPC
+    # answer), except for the router's own gRPC answers, which record the status the same
+    # failure has over HTTP (503 fork not ready, 502 refused, 504 deadline): runs and reports
+    # read both kinds of hop alike.
     grpc_status: int | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -63,6 +67,25 @@ class Hop:
             key_conflict=bool(data.get("key_conflict", False)),  # absent in older records
             grpc_status=None if data.get("grpc_status") is None else int(data["grpc_status"]),
         )
+
+
+GRPC_CODES = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+)
+
+
+def grpc_code_name(code: int) -> str:
+    return GRPC_CODES[code] if 0 <= code < len(GRPC_CODES) else str(code)
+
+
+def status_text(status: int, grpc_status: int | None) -> str:
+    """A hop's outcome for tables: `200`, or `200 OK` / `503 UNAVAILABLE` for a gRPC call."""
+    if grpc_status is None:
+        return str(status)
+    return f"{status} {grpc_code_name(grpc_status)}"
 
 
 def key_conflict_note(count: int) -> str:

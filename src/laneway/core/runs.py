@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from laneway.core.hops import Hop, key_conflict_note
+from laneway.core.hops import Hop, grpc_code_name, key_conflict_note
 
 __all__ = [
     "Leak",
@@ -106,7 +106,9 @@ def fork_responses(hops: Iterable[Hop], keys: set[str],
         if hop.routing_key in keys and hop.destination != "baseline":
             name = f"{hop.service}@{hop.destination}"
             if name in out:
-                cls = f"{hop.status // 100}xx"
+                # A gRPC error travels in a 200 answer's trailers: it is its own class.
+                cls = f"{hop.status // 100}xx" if not hop.grpc_status else \
+                    f"grpc {grpc_code_name(hop.grpc_status)}"
                 out[name][cls] = out[name].get(cls, 0) + 1
     return out
 

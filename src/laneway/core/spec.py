@@ -11,7 +11,7 @@ import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -27,6 +27,7 @@ from laneway.core.duration import parse_duration
 
 __all__ = [
     "DNS_LABEL_RE",
+    "PROTOCOLS",
     "RESOURCE_REF_RE",
     "ForkSpec",
     "ProjectSpec",
@@ -34,6 +35,7 @@ __all__ = [
     "RouteGroupSpec",
     "RouterSettings",
     "SandboxSpec",
+    "ServiceProtocol",
     "ServiceSpec",
     "SpecError",
     "check_sandbox_against_project",
@@ -129,6 +131,17 @@ def _split_run(value: object) -> object:
     return value
 
 
+# How the router reaches a service's processes: "http" is HTTP/1.1 (gRPC calls still go over
+# HTTP/2), "h2c" and "grpc" are HTTP/2 with prior knowledge for every request.
+ServiceProtocol = Literal["http", "h2c", "grpc"]
+PROTOCOLS: tuple[str, ...] = get_args(ServiceProtocol)
+# `grpc:NAME` names the service asked about in grpc.health.v1.Health/Check (a protobuf
+# package-qualified name such as shop.Pricing); plain `grpc` asks about the whole server.
+_GRPC_HEALTH_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_HEALTH_FORMS = ("'tcp', an HTTP path starting with '/' (e.g. /healthz), or 'grpc' / "
+                 "'grpc:<service>' (e.g. grpc:shop.Pricing)")
+
+
 class ServiceSpec(_Spec):
     """One baseline service: how to run it and where it is reached."""
 
@@ -136,6 +149,7 @@ class ServiceSpec(_Spec):
     port: int = Field(ge=1, le=65535)
     shell: bool = False
     env: dict[str, str] = Field(default_factory=dict)
+    protocol: ServiceProtocol = "http"
     health: str = "tcp"
     depends_on: list[str] = Field(default_factory=list)
     cwd: str | None = None
@@ -176,11 +190,26 @@ class ServiceSpec(_Spec):
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
         return _check_env(value)
 
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, value: object) -> object:
+        if value not in PROTOCOLS:
+            raise ValueError(f"must be http (HTTP/1.1), h2c (HTTP/2 with prior knowledge) or "
+                             f"grpc, got {value!r}")
+        return value
+
     @field_validator("health")
     @classmethod
     def _health(cls, value: str) -> str:
-        if value != "tcp" and not value.startswith("/"):
-            raise ValueError("must be an HTTP path starting with '/' (e.g. /healthz) or 'tcp'")
+        if value in ("tcp", "grpc") or value.startswith("/"):
+            return value
+        name = value.removeprefix("grpc:")
+        if name == value:
+            raise ValueError(f"must be {_HEALTH_FORMS}")
+        if not _GRPC_HEALTH_NAME_RE.match(name):
+            raise ValueError(f"{value!r}: after 'grpc:' comes the gRPC service name to ask "
+                             "grpc.health.v1.Health about, e.g. grpc:shop.Pricing (letters, "
+                             "digits, '_', '.', '-'); plain 'grpc' asks about the whole server")
         return value
 
     @field_validator("startup_timeout", mode="before")

@@ -153,8 +153,9 @@ class Daemon:
         try:
             try:
                 await runtime.connect()
-                await runtime.listen({name: svc.port
-                                      for name, svc in self.project.services.items()})
+                services = self.project.services
+                await runtime.listen({name: svc.port for name, svc in services.items()},
+                                     {name: svc.protocol for name, svc in services.items()})
             except DataPlaneError as exc:
                 raise DaemonError(str(exc)) from exc
             await runtime.sync_hops()

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp
 from laneway.core.feed import update_to_json
 from laneway.core.routes import RouteTable
 from laneway.core.runtime import ProcessSpec
+from laneway.core.spec import PROTOCOLS
 
 if TYPE_CHECKING:
     from laneway.dataplane.main import DataPlane
@@ -75,6 +76,7 @@ def control_app(plane: DataPlane, token: str) -> Starlette:
             "startedAt": plane.started_at,
             "settings": plane.raw_settings,
             "listeners": dict(plane.router.ports),
+            "protocols": plane.listener_protocols(),
             "unitsVersion": plane.units_version,
             "units": plane.units_json(),
             "routes": plane.feed.snapshot().to_json(),
@@ -99,11 +101,19 @@ def control_app(plane: DataPlane, token: str) -> Starlette:
         return JSONResponse({"version": plane.units_version, "units": plane.units_json()})
 
     async def listeners(request: Request) -> JSONResponse:
-        wanted = {str(k): int(v) for k, v in (await request.json())["services"].items()}
-        problems = await plane.set_listeners(wanted)
+        body = await request.json()
+        wanted = {str(k): int(v) for k, v in body["services"].items()}
+        # `protocols` came later (issue 12): a daemon that does not send it gets HTTP/1.1.
+        protocols = {str(k): str(v) for k, v in (body.get("protocols") or {}).items()}
+        for service, protocol in protocols.items():
+            if protocol not in PROTOCOLS:
+                raise _BadRequest(f"protocols.{service}: {protocol!r} is not one of "
+                                  f"{', '.join(PROTOCOLS)}")
+        problems = await plane.set_listeners(wanted, protocols)
         if problems:
             return _error(409, "port_in_use", "; ".join(problems))
-        return JSONResponse({"listeners": dict(plane.router.ports)})
+        return JSONResponse({"listeners": dict(plane.router.ports),
+                             "protocols": plane.listener_protocols()})
 
     async def put_routes(request: Request) -> JSONResponse:
         table = RouteTable.from_json(await request.json())

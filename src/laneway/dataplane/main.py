@@ -31,6 +31,7 @@ import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -156,22 +157,33 @@ class DataPlane:
             self.router.apply([changes])
         return self.feed.version
 
-    async def set_listeners(self, wanted: dict[str, int]) -> list[str]:
-        """Serve exactly `wanted` (service -> public port); returns the problems (a port taken),
+    async def set_listeners(self, wanted: dict[str, int],
+                            protocols: Mapping[str, str] | None = None) -> list[str]:
+        """Serve exactly `wanted` (service -> public port), reaching each service's processes by
+        its protocol in `protocols` ("http" when absent); returns the problems (a port taken),
         each a sentence for the user."""
         problems = []
+        protocols = protocols or {}
         for service in [s for s in self.router.ports if s not in wanted]:
             await self.router.unlisten(service)
         for service, port in wanted.items():
+            protocol = protocols.get(service, "http")
             if self.router.ports.get(service) == port:
+                # Same port, perhaps another protocol (laneway.yaml changed, the daemon was
+                # restarted): the listener stays, its context reaches upstreams the new way.
+                self.router.context(service, protocol)
                 continue
             if service in self.router.ports:
                 await self.router.unlisten(service)
             try:
-                await self.router.listen(service, port)
+                await self.router.listen(service, port, protocol)
             except RouterError as exc:
                 problems.append(str(exc))
         return problems
+
+    def listener_protocols(self) -> dict[str, str]:
+        return {service: self.router.contexts[service].protocol
+                for service in self.router.ports if service in self.router.contexts}
 
     # running
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from laneway import __version__
 from laneway.client import AsyncApiClient, CliError
 from laneway.core.baggage import headers_with_key
-from laneway.core.hops import key_conflict_note
+from laneway.core.hops import grpc_code_name, key_conflict_note
 
 __all__ = ["build_server"]
 
@@ -130,7 +130,9 @@ def _hops(hops: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "request": f"{h['method']} {h['path']}"[:200],
              **({"error": h["error"]} if h.get("error") else {}),
              **({"key": h["routing_key"]} if h.get("routing_key") else {"key": None}),
-             **({"key_conflict": True} if h.get("key_conflict") else {})}
+             **({"key_conflict": True} if h.get("key_conflict") else {}),
+             **({"grpc_status": grpc_code_name(h["grpc_status"])}
+                if h.get("grpc_status") is not None else {})}
             for h in sorted(hops, key=lambda h: h["at"])]
 
 
@@ -148,11 +150,12 @@ def build_server(api: AsyncApiClient) -> MCPServer:
                                   instructions=INSTRUCTIONS)
 
     @server.tool(description=(
-        "List the baseline's services: name, public URL (send requests there), health. Use "
-        "it first, to know what can be forked and where to send requests."))
+        "List the baseline's services: name, public URL (send requests there), protocol, "
+        "health. Use it first, to know what can be forked and where to send requests."))
     async def list_services() -> dict[str, Any]:
         services = await _call(api.get("/v1/services"))
-        return {"services": [{"name": s["name"], "url": s["url"], "phase": s["phase"],
+        return {"services": [{"name": s["name"], "url": s["url"],
+                              "protocol": s.get("protocol", "http"), "phase": s["phase"],
                               **({"message": s["message"]} if not s["ready"] else {})}
                              for s in services]}
 

@@ -1,6 +1,11 @@
-"""`python -m laneway.router --listen SERVICE=PORT ... --routes URL`: routers outside the daemon
-(as the Kubernetes sidecar runs them), fed by a routes feed over HTTP. They keep serving their
-last table while the feed is away."""
+"""`python -m laneway.router --listen SERVICE=PORT[/PROTOCOL] ... --routes URL`: routers outside
+the daemon (as the Kubernetes sidecar runs them), fed by a routes feed over HTTP. They keep
+serving their last table while the feed is away.
+
+PROTOCOL is how a listener's service is reached (`Router.listen`): `http` (HTTP/1.1, the default,
+so `SERVICE=PORT` means what it always did), `h2c` or `grpc` (HTTP/2 with prior knowledge). It
+follows the port after `/`, as in `8080/tcp`: `:` already joins a Service to its port name
+(`orders.shop:grpc=15081/grpc`)."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from pathlib import Path
 import uvloop
 
 from laneway.core.routes import RouteTable, Upstream
+from laneway.core.spec import PROTOCOLS
 from laneway.router.feed_http import HttpRoutesFeed
 from laneway.router.server import Router, RouterError, RouterSettings
 
@@ -27,11 +33,15 @@ def _baseline(value: str) -> tuple[str, Upstream]:
     return service, Upstream(host, int(port))
 
 
-def _listen(value: str) -> tuple[str, int]:
-    service, sep, port = value.rpartition("=")
-    if not sep or not service or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected SERVICE=PORT, e.g. orders=15080")
-    return service, int(port)
+def _listen(value: str) -> tuple[str, int, str]:
+    service, sep, address = value.rpartition("=")
+    port, slash, protocol = address.partition("/")
+    if not sep or not service or not port.isdigit() or not 0 < int(port) < 65536 or (
+            slash and protocol not in PROTOCOLS):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected SERVICE=PORT or SERVICE=PORT/PROTOCOL with PROTOCOL one of "
+            f"{', '.join(PROTOCOLS)}, e.g. orders=15080 or orders=15081/grpc")
+    return service, int(port), protocol or "http"
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -41,7 +51,8 @@ async def main(args: argparse.Namespace) -> int:
     router = Router(RouterSettings(host=args.host, extra_headers=tuple(args.extra_header),
                                    **limits))
     try:
-        ports = [(service, await router.listen(service, port)) for service, port in args.listen]
+        ports = [(service, await router.listen(service, port, protocol), protocol)
+                 for service, port, protocol in args.listen]
     except RouterError as exc:
         print(f"Error: {exc}", file=sys.stderr)  # noqa: T201
         await router.close()
@@ -50,12 +61,15 @@ async def main(args: argparse.Namespace) -> int:
     if args.baseline:
         router.apply(RouteTable(version=0, baseline=dict(args.baseline)))
     router.follow(feed)
-    for service, port in ports:
-        print(f"laneway router for {service} on {args.host}:{port}", flush=True)  # noqa: T201
+    # Handlers first: a SIGTERM sent as soon as the lines below are read stops it gracefully.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    for service, port, protocol in ports:
+        over = "" if protocol == "http" else f" ({protocol})"
+        print(f"laneway router for {service} on {args.host}:{port}{over}",  # noqa: T201
+              flush=True)
     await stop.wait()
     await router.close()
     await feed.aclose()
@@ -64,7 +78,9 @@ async def main(args: argparse.Namespace) -> int:
 
 parser = argparse.ArgumentParser(prog="python -m laneway.router")
 parser.add_argument("--listen", type=_listen, action="append", required=True,
-                    metavar="SERVICE=PORT", help="serve SERVICE on PORT (repeat for several)")
+                    metavar="SERVICE=PORT[/PROTOCOL]",
+                    help="serve SERVICE on PORT (repeat for several); PROTOCOL is how SERVICE "
+                         "is reached: http (HTTP/1.1, the default), h2c or grpc (HTTP/2)")
 parser.add_argument("--baseline", type=_baseline, action="append", default=[],
                     metavar="SERVICE=HOST:PORT",
                     help="where SERVICE's baseline is until the routes feed says otherwise, so "
@@ -95,9 +111,17 @@ parser.add_argument("--token", default=os.environ.get("LANEWAY_ROUTES_TOKEN", ""
 parser.add_argument("--token-file", type=Path, default=None,
                     help="read the bearer token from this file before every request "
                          "(a projected ServiceAccount token in Kubernetes)")
-arguments = parser.parse_args()
-if not arguments.routes:
-    parser.error("--routes (or LANEWAY_ROUTES_URL) is required")
-if arguments.token_file is not None and not arguments.token_file.is_file():
-    parser.error(f"--token-file {arguments.token_file}: no such file")
-sys.exit(uvloop.run(main(arguments)))
+
+
+def run(argv: list[str] | None = None) -> int:
+    arguments = parser.parse_args(argv)
+    if not arguments.routes:
+        parser.error("--routes (or LANEWAY_ROUTES_URL) is required")
+    if arguments.token_file is not None and not arguments.token_file.is_file():
+        parser.error(f"--token-file {arguments.token_file}: no such file")
+    return uvloop.run(main(arguments))
+
+
+# Importable without running (tests read `parser`); `python -m laneway.router` runs it.
+if __name__ == "__main__":
+    sys.exit(run())

@@ -735,6 +735,7 @@ class Call:
                     self._finish(499)
                     return
                 self.down.schedule_flush()
+                self.status = status  # the hop reads as the HTTP contract's (core.hops.Hop)
                 self._response_ended()
                 return
             self.to_down_end = True

@@ -15,10 +15,10 @@ from typing import Any, Literal
 import yaml
 
 __all__ = ["FORK_OF_LABEL", "MANAGED_BY", "ROUTER_LABEL", "ROUTE_PREFIX", "SANDBOX_LABEL",
-           "TARGET_PORTS_ANNOTATION", "Mode", "RenderError", "baseline_deployments",
-           "clean_metadata", "containers_of", "find", "hosts_of", "load_manifests",
-           "namespace_of", "object_name", "original_target_ports", "services_for",
-           "table_service", "virtual_service_of"]
+           "TARGET_PORTS_ANNOTATION", "UNROUTED_PORTS_ANNOTATION", "Mode", "RenderError",
+           "baseline_deployments", "clean_metadata", "containers_of", "find", "hosts_of",
+           "load_manifests", "namespace_of", "object_name", "original_target_ports",
+           "services_for", "table_service", "virtual_service_of"]
 
 Mode = Literal["istio", "router"]
 MANAGED_BY = {"app.kubernetes.io/managed-by": "laneway"}
@@ -26,6 +26,7 @@ SANDBOX_LABEL = "laneway.dev/sandbox"
 FORK_OF_LABEL = "laneway.dev/fork-of"  # on a fork's Service: the baseline Service it forks
 ROUTER_LABEL = "laneway.dev/router"  # "on": a baseline Service whose pods carry the router
 TARGET_PORTS_ANNOTATION = "laneway.dev/target-ports"  # the targetPorts before the router
+UNROUTED_PORTS_ANNOTATION = "laneway.dev/unrouted-ports"  # ports left alone, and why
 ROUTE_PREFIX = "laneway-"  # routes and objects laneway owns; GitOps tools can ignore these
 _DROP_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields",
                   "selfLink", "ownerReferences")
@@ -155,7 +156,8 @@ def original_target_ports(service: Mapping[str, Any],
 
 def table_service(service: Mapping[str, Any], port: Mapping[str, Any]) -> str:
     """The name a Service port has in the routes table: `pricing.shop`, or `pricing.shop:grpc`
-    for a Service with several ports."""
+    (its name, else its number) for a Service with several ports. The router sidecar listens
+    under the same name, whatever the port's protocol (`--listen pricing.shop:grpc=15081/grpc`)."""
     meta = service["metadata"]
     name = f"{meta['name']}.{namespace_of(service, 'default')}"
     ports = service.get("spec", {}).get("ports") or []

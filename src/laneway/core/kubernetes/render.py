@@ -96,6 +96,9 @@ def _fork_service(base: dict[str, Any], sandbox: str, pod_labels: Mapping[str, s
     meta = base["metadata"]
     selector = {k: pod_labels[k] for k in base["spec"]["selector"]}
     selector[SANDBOX_LABEL] = sandbox
+    # Every port with its number, name and appProtocol: Istio picks the protocol it speaks to
+    # the fork from them (`grpc-api` -> HTTP/2), as for the baseline, so gRPC and h2c forks
+    # need no DestinationRule (`h2UpgradePolicy` would only be for a port named http).
     ports = [{**{k: v for k, v in p.items() if k != "nodePort"},
               "targetPort": targets.get(int(p["port"]), p.get("targetPort", p["port"]))}
              for p in base["spec"].get("ports", [])]
@@ -116,6 +119,10 @@ def route_name(sandbox: str) -> str:
 
 
 def _laneway_route(sandbox: str, key: str, host: str) -> dict[str, Any]:
+    # An `http` route, with no port: Istio applies it on every HTTP port of the host, gRPC and
+    # HTTP/2 ones too (a gRPC call is an HTTP/2 request whose metadata are its headers, so
+    # `baggage` matches alike), and sends the request to the port of the fork's Service it came
+    # in on, which `_fork_service` keeps. TCP and TLS ports have no `http` routes.
     return {
         "name": route_name(sandbox),
         "match": [{"headers": {"baggage": {"regex": baggage_regex(key)}}},

@@ -1,5 +1,21 @@
 """Routing mode `router`, for clusters without a mesh: the laneway router as a sidecar in the
-baseline pods of every forked Service, in front of their HTTP/1.1 ports.
+baseline pods of every forked Service, in front of their HTTP ports: HTTP/1.1, HTTP/2 (h2c) and
+gRPC.
+
+Which ports, and how the router talks to the application behind each, follows Istio's protocol
+selection, which teams already write for: a port's `appProtocol` wins, else its name
+`<protocol>[-<suffix>]` (`http`, `http-admin`, `grpc-api`, `grpc-web`, `http2-x`), plus
+Kubernetes' standard appProtocols `kubernetes.io/h2c`, `kubernetes.io/ws` and
+`kubernetes.io/wss`. HTTP and WebSocket ports are reached over HTTP/1.1 (`http`), http2/h2c ports
+over HTTP/2 with prior knowledge (`h2c`), grpc and grpc-web ports over HTTP/2 too (`grpc`). TLS
+(https, tls, wss) and plain TCP protocols (tcp, mongo, mysql, redis, …) are left alone: the
+router reads the routing key from HTTP headers. Each port left alone is named, with the reason,
+in the Service's annotation `laneway.dev/unrouted-ports`.
+
+The sidecar is told each listener's protocol on its command line: `--listen SERVICE=PORT` for
+HTTP/1.1 (the form HTTP-only pods have always had, so an upgrade does not restart them) and
+`--listen SERVICE=PORT/h2c` or `SERVICE=PORT/grpc` otherwise; `/` as in `8080/tcp`, since `:`
+already separates a Service from its port name (`orders.shop:grpc`) and a host from its port.
 
 The Service's `targetPort`s point at the sidecar (the originals kept in an annotation); it
 forwards to the application in the same pod (127.0.0.1) or, for a key with a fork, to the fork's
@@ -19,6 +35,7 @@ from typing import Any
 from laneway.core.kubernetes.objects import (
     ROUTER_LABEL,
     TARGET_PORTS_ANNOTATION,
+    UNROUTED_PORTS_ANNOTATION,
     RenderError,
     baseline_deployments,
     clean_metadata,
@@ -28,9 +45,10 @@ from laneway.core.kubernetes.objects import (
     services_for,
     table_service,
 )
+from laneway.core.spec import ServiceProtocol
 
 __all__ = ["DEFAULT_IMAGE", "FEED_PORT", "TOKEN_AUDIENCE", "RouterSidecar", "inject_router",
-           "speaks_http1", "strip_router"]
+           "router_protocol", "strip_router"]
 
 ROUTER_CONTAINER = "laneway-router"
 TOKEN_VOLUME = "laneway-routes-token"  # noqa: S105 - names, not secrets
@@ -66,17 +84,58 @@ def strip_router(dep: dict[str, Any]) -> None:
             del pod["volumes"]
 
 
-def speaks_http1(port: Mapping[str, Any]) -> bool:
-    """Whether a Service port carries HTTP/1.1, by the convention Istio users know: an
-    `appProtocol` of `http`, or a name `http` / `http-*`. Other named ports (grpc, http2, tcp,
-    redis-…) are left alone; an unnamed TCP port is taken for HTTP, the common case."""
+# Istio's protocols (appProtocol, or a port name's prefix) and Kubernetes' standard appProtocols
+# the router serves -> how it reaches the application. grpc-web is HTTP/2 upstream, as in Istio.
+_ROUTED: dict[str, ServiceProtocol] = {
+    "http": "http", "kubernetes.io/ws": "http",
+    "http2": "h2c", "h2c": "h2c", "kubernetes.io/h2c": "h2c",
+    "grpc": "grpc", "grpc-web": "grpc",
+}
+_TLS = frozenset({"https", "tls", "kubernetes.io/wss"})
+# Istio's protocols that are not HTTP (https and tls are in _TLS).
+_NOT_HTTP = frozenset({"tcp", "mongo", "mysql", "redis", "thrift", "udp"})
+# Unnamed ports Istio takes for TCP instead of sniffing them (SMTP, DNS, MySQL, MongoDB):
+# putting the router in front would break them.
+_WELL_KNOWN_TCP = {25: "SMTP", 53: "DNS", 3306: "MySQL", 27017: "MongoDB"}
+_NAME_IT = ("name it <protocol>[-<suffix>] with http, http2, h2c, grpc or grpc-web, or set "
+            "appProtocol")
+
+
+def router_protocol(port: Mapping[str, Any]) -> tuple[ServiceProtocol | None, str]:
+    """How the router reaches the application behind a Service port (`http`, `h2c`, `grpc`),
+    or None and why router mode leaves the port alone. By Istio's protocol selection: the
+    `appProtocol` if set, else the name `<protocol>[-<suffix>]`; an unnamed TCP port is taken
+    for HTTP/1.1, the common case, unless it is one Istio takes for TCP (3306, …)."""
+    label = f"port {port.get('name') or port.get('port')}"
     if port.get("protocol", "TCP") != "TCP":
-        return False
-    protocol = str(port.get("appProtocol") or "").lower()
-    if protocol:
-        return protocol == "http"
-    name = str(port.get("name") or "").lower()
-    return not name or name == "http" or name.startswith("http-")
+        return None, f"{label}: {port['protocol']}; the router proxies TCP only"
+    app_protocol = str(port.get("appProtocol") or "")
+    name = str(port.get("name") or "")
+    if not app_protocol and not name:
+        number = int(port.get("port") or 0)
+        if number in _WELL_KNOWN_TCP:
+            return None, (f"{label}: unnamed, and Istio takes {number} for TCP "
+                          f"({_WELL_KNOWN_TCP[number]}); {_NAME_IT} if it is HTTP")
+        return "http", ""
+    source = f"appProtocol {app_protocol!r}" if app_protocol else f"name {name!r}"
+    value = (app_protocol or name).lower()
+    if value.startswith("grpc-web"):  # before the cut at '-', as Istio does
+        value = "grpc-web"
+    elif not value.startswith("kubernetes.io/"):
+        value = value.split("-", 1)[0]
+    if value in _ROUTED:
+        return _ROUTED[value], ""
+    if value in _TLS:
+        return None, (f"{label}: {source} is TLS; the router cannot read the routing key in "
+                      "encrypted traffic")
+    if value in _NOT_HTTP:
+        return None, (f"{label}: {source} is {value}, not HTTP; the router reads the routing "
+                      "key from HTTP headers")
+    return None, f"{label}: {source} names no protocol router mode routes ({_NAME_IT})"
+
+
+def _routed(port: Mapping[str, Any]) -> bool:
+    return router_protocol(port)[0] is not None
 
 
 def _check_routable(service: Mapping[str, Any]) -> None:
@@ -84,14 +143,16 @@ def _check_routable(service: Mapping[str, Any]) -> None:
     if service.get("spec", {}).get("clusterIP") == "None":
         raise RenderError(f"Service {name} is headless (clusterIP: None): its callers reach "
                           "pods directly, so router mode cannot stand in front of it")
-    if not any(speaks_http1(p) for p in service.get("spec", {}).get("ports") or []):
-        raise RenderError(f"Service {name} has no HTTP/1.1 port (name it http or http-*, or set "
-                          "appProtocol: http): router mode routes HTTP/1.1")
+    ports = service.get("spec", {}).get("ports") or []
+    if not any(_routed(p) for p in ports):
+        reasons = "; ".join(router_protocol(p)[1] for p in ports)
+        raise RenderError(f"Service {name} has no HTTP, HTTP/2 or gRPC port, so router mode "
+                          f"has nothing to route ({reasons})")
 
 
 def inject_router(objects: list[dict[str, Any]], services: list[dict[str, Any]],
                   namespace: str, sidecar: RouterSidecar) -> list[dict[str, Any]]:
-    """The baseline Services of `services` pointed at the router (their HTTP/1.1 ports), and
+    """The baseline Services of `services` pointed at the router (their HTTP ports), and
     every Deployment they select carrying it, listening for every injected Service that selects
     its pods. Ports are given by position among all ports of the Services selecting the pods,
     so they never move."""
@@ -120,7 +181,8 @@ def inject_router(objects: list[dict[str, Any]], services: list[dict[str, Any]],
             for port in svc.get("spec", {}).get("ports") or []:
                 number = ROUTER_FIRST_PORT + slot
                 slot += 1
-                if svc["metadata"]["name"] not in injected or not speaks_http1(port):
+                protocol = router_protocol(port)[0]
+                if svc["metadata"]["name"] not in injected or protocol is None:
                     continue
                 if number in taken:
                     raise RenderError(f"Deployment {dep_name}: a container already listens on "
@@ -133,7 +195,9 @@ def inject_router(objects: list[dict[str, Any]], services: list[dict[str, Any]],
                 # The baseline is on the command line too, so that a pod serves its own
                 # traffic from its first moment, before (or without) the operator's feed.
                 app_port = original_target_ports(svc, dep)[key[1]]
-                listeners += ["--listen", f"{table_service(svc, port)}={number}",
+                # HTTP/1.1 without a suffix: the arguments of HTTP-only pods stay as they were.
+                listen = f"{number}" if protocol == "http" else f"{number}/{protocol}"
+                listeners += ["--listen", f"{table_service(svc, port)}={listen}",
                               "--baseline", f"{table_service(svc, port)}=127.0.0.1:{app_port}"]
                 ports.append({"name": f"lw-{number}", "containerPort": number})
         if ports:
@@ -148,11 +212,16 @@ def inject_router(objects: list[dict[str, Any]], services: list[dict[str, Any]],
         patched.pop("status", None)
         meta = patched["metadata"] = clean_metadata(patched.get("metadata", {}))
         meta["labels"] = {**(meta.get("labels") or {}), ROUTER_LABEL: "on"}
-        routed = {int(p["port"]) for p in patched["spec"].get("ports") or []
-                  if speaks_http1(p)}
-        meta["annotations"] = {**(meta.get("annotations") or {}), TARGET_PORTS_ANNOTATION:
-                               json.dumps({str(k): v for k, v in sorted(targets.items())
-                                           if k in routed})}
+        routed = {int(p["port"]) for p in patched["spec"].get("ports") or [] if _routed(p)}
+        unrouted = {str(p["port"]): router_protocol(p)[1]
+                    for p in patched["spec"].get("ports") or [] if not _routed(p)}
+        annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                       if k != UNROUTED_PORTS_ANNOTATION}
+        annotations[TARGET_PORTS_ANNOTATION] = json.dumps(
+            {str(k): v for k, v in sorted(targets.items()) if k in routed})
+        if unrouted:  # said where `kubectl describe service` shows it
+            annotations[UNROUTED_PORTS_ANNOTATION] = json.dumps(unrouted)
+        meta["annotations"] = annotations
         for port in patched["spec"].get("ports") or []:
             if int(port["port"]) in routed:
                 port["targetPort"] = router_ports[(meta["name"], int(port["port"]))]

@@ -106,7 +106,7 @@ def build_route_table(sandboxes: Iterable[Mapping[str, Any]],
             continue  # an annotation edited by hand: the Service is left out, not guessed
         for port in svc.get("spec", {}).get("ports") or []:
             if int(port["port"]) not in targets:
-                continue  # a port the router does not stand in front of (not HTTP/1.1)
+                continue  # a port the router does not stand in front of (not HTTP)
             name = table_service(svc, port)
             table.baseline[name] = Upstream("127.0.0.1", targets[int(port["port"])])
             table.forks.setdefault(name, {})

@@ -51,6 +51,7 @@ class DataPlaneRuntime:
         self.adopted = False  # connect() found a data plane already running
         self.pid: int | None = None
         self._listeners: dict[str, int] = {}
+        self._protocols: dict[str, str] = {}
         self._states: dict[str, UnitState] = {}
         self._specs: dict[str, ProcessSpec] = {}
         self._version = -1
@@ -141,7 +142,7 @@ class DataPlaneRuntime:
         log.error("the data plane is gone; starting a new one")
         await self.connect()
         if self._listeners:
-            await self.listen(self._listeners)
+            await self.listen(self._listeners, self._protocols)
         self._changed()
 
     # the Runtime interface
@@ -201,9 +202,14 @@ class DataPlaneRuntime:
                                 timeout=httpx.Timeout(10, read=self.drain_timeout + 30))
         self._take_units(data["version"], data["units"])
 
-    async def listen(self, services: Mapping[str, int]) -> None:
+    async def listen(self, services: Mapping[str, int],
+                     protocols: Mapping[str, str] | None = None) -> None:
+        """Serve each service on its public port; `protocols` says how the routers reach a
+        service's processes ("http", "h2c", "grpc"; absent: "http")."""
         self._listeners = dict(services)
-        await self._call("PUT", "/v1/listeners", json={"services": self._listeners})
+        self._protocols = dict(protocols or {})
+        await self._call("PUT", "/v1/listeners",
+                         json={"services": self._listeners, "protocols": self._protocols})
 
     async def publish_routes(self, table: RouteTable) -> None:
         """Make `table` the one the routers use; returns once they do."""
