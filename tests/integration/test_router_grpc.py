@@ -296,3 +296,33 @@ async def test_plain_http2_to_an_http1_service_and_http1_on_the_same_port(
         assert "laneway-served-by: web" in text
     finally:
         await router.close()
+
+
+async def test_curl_http2_upgrade_with_a_body_is_answered_in_http1(
+        upstream: TestUpstream) -> None:
+    # `curl --http2` offers `Upgrade: h2c`; with a body the router declines and answers in
+    # HTTP/1.1, without hanging.
+    router = Router(RouterSettings())
+    port = await router.listen("web", 0)
+    router.apply(RouteTable(version=1, baseline={"web": Upstream("127.0.0.1", upstream.port)}))
+    try:
+        for args in (["-d", "a=1&b=2"], []):
+            proc = await asyncio.create_subprocess_exec(
+                "curl", "-sS", "--http2", "-i", "--max-time", "5", *args,
+                f"http://127.0.0.1:{port}/echo", stdout=asyncio.subprocess.PIPE)
+            out, _ = await asyncio.wait_for(proc.communicate(), 8)
+            text = out.decode("latin-1")
+            assert proc.returncode == 0, text
+            assert text.startswith("HTTP/1.1 200"), text[:300]
+    finally:
+        await router.close()
+
+
+async def test_http1_to_an_http2_only_service_is_a_clear_505(routed: Routed) -> None:
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(f"http://127.0.0.1:{routed.port}/test.Echo/Unary",
+                                   content=b"{}")
+    assert answer.status_code == 505
+    assert answer.json()["error"] == "http2_only"
+    assert "protocol: grpc" in answer.json()["message"]
+    assert routed.baseline.calls == 0

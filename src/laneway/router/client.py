@@ -619,6 +619,15 @@ class ClientConnection(asyncio.Protocol):
             return
         upstream = ex.upstream
         assert upstream is not None
+        if self.ctx.protocol != "http":
+            # The service's processes speak HTTP/2 only: say so rather than send them HTTP/1.1
+            # they would answer with a protocol error or a hang.
+            self.upstream_failed(ex, 505, "http2_only",
+                                 f"service {self.ctx.name} is declared protocol: "
+                                 f"{self.ctx.protocol}, so its processes are reached over "
+                                 "HTTP/2 only; send HTTP/2 with prior knowledge (a gRPC client, "
+                                 "or curl --http2-prior-knowledge), or declare protocol: http")
+            return
         conn = self.ctx.pool.take(upstream)
         if conn is not None:
             conn.attach(ex)  # timeouts: the sweep checks every client's exchange

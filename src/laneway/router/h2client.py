@@ -24,9 +24,11 @@ services. What a call guarantees:
   passed on, so a call holds at most the window the router granted (`STREAM_WINDOW`), and a
   connection at most its connection window;
 - abuse is bounded: at most `MAX_STREAMS` concurrent streams, a header list of
-  `max_header_bytes`, reading stops while the client does not read what the router writes (a
-  SETTINGS or PING flood cannot pile up answers), and a connection that resets most of the
-  streams it opens (the "rapid reset" attack) is closed with `ENHANCE_YOUR_CALM`.
+  `max_header_bytes`, frames no larger than 16 KiB checked as they arrive (`FrameGuard`: h2
+  would buffer an announced 16 MiB frame whole before checking it), reading stops while the
+  client does not read what the router writes (a SETTINGS or PING flood cannot pile up
+  answers), and a connection that resets most of the streams it opens (the "rapid reset"
+  attack) is closed with `ENHANCE_YOUR_CALM`.
 
 Timeouts: gRPC streams are never cut for inactivity (a server stream may be quiet for hours);
 only their deadline ends them, and a call without one waits `upstream_timeout` for the first
@@ -65,13 +67,12 @@ from laneway.core.hops import Hop, trace_context
 from laneway.core.routes import Upstream, decide
 from laneway.router.client import WALL_OFFSET, ServiceContext
 from laneway.router.exchange import Carrier, Exchange
-from laneway.router.h2upstream import STREAM_WINDOW, H2Pool, H2Upstream
-from laneway.router.headers import HOP_BY_HOP, tokens
+from laneway.router.h2upstream import STREAM_WINDOW, FrameGuard, H2Pool, H2Upstream
+from laneway.router.headers import HOP_BY_HOP, PREFACE, tokens
 from laneway.router.upstream import UpstreamConnection
 
-__all__ = ["PREFACE", "H2ClientConnection"]
+__all__ = ["H2ClientConnection"]
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 Headers = list[tuple[bytes, bytes]]
 
 MAX_STREAMS = 128  # concurrent streams per client connection (SETTINGS_MAX_CONCURRENT_STREAMS)
@@ -79,6 +80,7 @@ CONNECTION_WINDOW = 1024 * 1024  # request bytes one client connection may have 
 # Rapid reset (CVE-2023-44487): a client that cancels most of what it opens is closed.
 RESET_FLOOR = 200
 VIA = b"2 laneway"
+LINGER = 2.0  # seconds a connection ended by a GOAWAY for an error is read (and dropped)
 
 # gRPC status codes (grpc/doc/statuscodes.md) the router answers with or records.
 CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED = 1, 2, 4, 8
@@ -149,6 +151,9 @@ class H2ClientConnection(asyncio.Protocol):
         self.opened = 0
         self.resets = 0
         self.flush_scheduled = False
+        self.guard = FrameGuard(len(PREFACE))
+        self.lingering = False
+        self.lingering_since = 0.0
         self.flush()
 
     # asyncio.Protocol (the transport was made by ClientConnection)
@@ -157,13 +162,17 @@ class H2ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         self.last_seen = self.clock.now
+        if self.lingering:
+            return  # after our GOAWAY: read and drop, so that closing does not reset it away
+        if not self.guard.feed(data):
+            self._goaway(ErrorCodes.FRAME_SIZE_ERROR)
+            return
         try:
             events = self.h2.receive_data(data)
         except ProtocolError:
             # h2 has queued a GOAWAY naming the error (bad preface, a flow-control
             # violation, an oversized header list…): send it and end the connection.
-            self.flush()
-            self.close()
+            self._goaway(None)
             return
         calls = self.calls
         for event in events:
@@ -279,14 +288,28 @@ class H2ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def _calm_down(self) -> None:
-        self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM,
-                                 additional_data=b"too many streams reset by the client")
+        self._goaway(ErrorCodes.ENHANCE_YOUR_CALM, b"too many streams reset by the client")
+
+    def _goaway(self, code: ErrorCodes | None, why: bytes = b"") -> None:
+        """End the connection for a protocol error: the GOAWAY that says why (queued by h2
+        already when `code` is None), then a lingering close. Closing a socket with unread
+        input makes the kernel send a reset, which can destroy the GOAWAY before the client
+        reads it; so the router shuts its sending side, drops what still arrives, and closes
+        when the client does (or `LINGER` seconds later)."""
+        if code is not None:
+            with contextlib.suppress(ProtocolError):
+                self.h2.close_connection(code, additional_data=why or None)
         self.flush()
-        if self.transport is not None:
-            self.transport.close()
-        self.closed = True
+        self.lingering = True
+        self.lingering_since = self.clock.now
         for call in list(self.calls.values()):
             call.down_reset(ErrorCodes.CANCEL)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            try:
+                transport.write_eof()
+            except (OSError, RuntimeError, NotImplementedError):
+                transport.close()
 
     def finished(self, call: Call) -> None:
         self.calls.pop(call.sid, None)
@@ -300,6 +323,10 @@ class H2ClientConnection(asyncio.Protocol):
         if self.closed or self.transport is None:
             return
         ctx = self.ctx
+        if self.lingering:
+            if now - self.lingering_since > LINGER:
+                self.transport.abort()
+            return
         if self.write_paused:
             if now - self.write_paused_at > ctx.client_timeout:
                 self.transport.abort()

@@ -38,7 +38,8 @@ from h2.settings import SettingCodes, Settings
 from laneway.core.routes import Upstream
 from laneway.router.timeouts import Clock
 
-__all__ = ["CONNECTION_WINDOW", "STREAM_WINDOW", "H2Pool", "H2Upstream", "StreamPeer"]
+__all__ = ["CONNECTION_WINDOW", "STREAM_WINDOW", "FrameGuard", "H2Pool", "H2Upstream",
+           "StreamPeer"]
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -64,6 +65,48 @@ class StreamPeer(Protocol):
     def up_window(self) -> None: ...
 
 
+class FrameGuard:
+    """Frame lengths checked as the bytes arrive.
+
+    h2 checks a frame's length against SETTINGS_MAX_FRAME_SIZE only once the whole frame is
+    buffered, so a peer that announces a 16 MiB frame would make it hold 16 MiB per connection.
+    The guard walks the frame headers of each read (9 bytes, then the announced length) and
+    says when one is larger than the router's limit, before h2 buffers anything."""
+
+    __slots__ = ("_head", "_left", "_skip", "max_frame")
+
+    def __init__(self, skip: int, max_frame: int = 16384) -> None:
+        self._skip = skip  # the preface, which is not a frame
+        self._left = 0  # bytes of the current frame's payload still to come
+        self._head = b""  # a frame header split across reads
+        self.max_frame = max_frame
+
+    def feed(self, data: bytes) -> bool:
+        pos = 0
+        end = len(data)
+        if self._skip:
+            pos = min(end, self._skip)
+            self._skip -= pos
+        while pos < end:
+            if self._left:
+                step = min(end - pos, self._left)
+                pos += step
+                self._left -= step
+                continue
+            need = 9 - len(self._head)
+            head = self._head + data[pos:pos + need]
+            pos += need
+            if len(head) < 9:
+                self._head = head
+                return True
+            self._head = b""
+            length = int.from_bytes(head[:3], "big")
+            if length > self.max_frame:
+                return False
+            self._left = length
+        return True
+
+
 class Waiter(Protocol):
     def up_connected(self, conn: H2Upstream) -> None: ...
     def up_connect_failed(self, status: int, code: str, message: str) -> None: ...
@@ -84,6 +127,7 @@ class H2Upstream(asyncio.Protocol):
         self.max_streams = DEFAULT_MAX_STREAMS
         self.last_activity = clock.now
         self.waiting: list[Waiter] = []  # calls given to this connection while it connects
+        self.guard = FrameGuard(0)
 
     @property
     def full(self) -> bool:
@@ -124,6 +168,13 @@ class H2Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.clock.now
+        if not self.guard.feed(data):
+            self.h2.close_connection(ErrorCodes.FRAME_SIZE_ERROR)
+            self.flush()
+            if self.transport is not None:
+                self.transport.close()
+            self._lose("sent an HTTP/2 frame larger than SETTINGS_MAX_FRAME_SIZE")
+            return
         try:
             events = self.h2.receive_data(data)
         except ProtocolError as exc:

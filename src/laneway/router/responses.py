@@ -1,5 +1,5 @@
-"""Responses the router writes itself (400, 405, 408, 431, 501, 502, 503, 504), each saying which
-service, sandbox or fork is at fault and why, as JSON so that test tooling can read it too."""
+"""Responses the router writes itself (400, 405, 408, 431, 501, 502, 503, 504, 505), each saying
+which service, sandbox or fork is at fault and why, as JSON so that test tooling can read it."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ _REASONS = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 
