@@ -1,5 +1,7 @@
 """`make demo`: the shop's baseline, a sandbox that forks pricing, one request sent twice, and
 the shop's tests run against the sandbox (whose report names a propagation leak in orders).
+The chain is web → orders → pricing → currency over HTTP, except orders → pricing, a gRPC call:
+the keyed request crosses HTTP → gRPC → HTTP with the fork on the gRPC side.
 
 Everything goes through the `laneway` command as a user would type it; requests carry a
 `traceparent` so that the path each one took can be read back from the recorded hops.
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 from rich.columns import Columns
 from rich.console import Console
@@ -25,6 +28,7 @@ from rich.panel import Panel
 SHOP = Path(__file__).resolve().parent / "shop"
 LANEWAY = str(Path(sys.executable).parent / "laneway")
 WEB = "http://127.0.0.1:19401"
+GRPC_CODES = {code.value[0]: code.name for code in grpc.StatusCode}  # 0: "OK", 14: "UNAVAILABLE"
 console = Console(highlight=False)
 
 
@@ -43,8 +47,12 @@ def request(key: str | None) -> tuple[dict[str, Any], str, list[dict[str, Any]]]
     headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
     if key:
         headers["baggage"] = f"laneway-key={key}"
-    answer = httpx.get(f"{WEB}/buy", params={"item": "book", "currency": "EUR"},
-                       headers=headers, timeout=10).json()
+    resp = httpx.get(f"{WEB}/buy", params={"item": "book", "currency": "EUR"},
+                     headers=headers, timeout=10)
+    if resp.status_code != 200:
+        raise SystemExit(f"demo: GET /buy ({'key ' + key if key else 'no key'}) answered "
+                         f"{resp.status_code}: {resp.text}")
+    answer = resp.json()
     deadline = time.monotonic() + 5
     hops: list[dict[str, Any]] = []
     while time.monotonic() < deadline:  # hop records arrive in batches, within ~50 ms
@@ -52,12 +60,27 @@ def request(key: str | None) -> tuple[dict[str, Any], str, list[dict[str, Any]]]
         if len(hops) >= 4:
             break
         time.sleep(0.05)
-    return answer, trace_id, hops
+    return answer, trace_id, sorted(hops, key=lambda h: h["at"])  # in the order they started
+
+
+def is_grpc(hop: dict[str, Any]) -> bool:
+    return hop.get("grpc_status") is not None  # None for plain HTTP hops
 
 
 def path_of(hops: list[dict[str, Any]]) -> str:
-    return " → ".join(h["service"] if h["destination"] == "baseline"
-                      else f"[bold magenta]{h['service']}@{h['destination']}[/]" for h in hops)
+    def step(h: dict[str, Any]) -> str:
+        name = h["service"] if h["destination"] == "baseline" \
+            else f"[bold magenta]{h['service']}@{h['destination']}[/]"
+        return f"{name} [cyan](gRPC)[/]" if is_grpc(h) else name
+    return " → ".join(step(h) for h in hops)
+
+
+def status_of(hop: dict[str, Any]) -> str:
+    """The HTTP status, and for a gRPC call its grpc-status (HTTP is 200 even when it fails)."""
+    if not is_grpc(hop):
+        return str(hop["status"])
+    code = hop["grpc_status"]
+    return f"{hop['status']} grpc {GRPC_CODES.get(code, code)}"
 
 
 def panel(title: str, answer: dict[str, Any], hops: list[dict[str, Any]]) -> Panel:
@@ -65,9 +88,24 @@ def panel(title: str, answer: dict[str, Any], hops: list[dict[str, Any]]) -> Pan
     body = (f"[bold]{answer['message']}[/]\n"
             f"discount: {quote['pricing']['discount']}   pricing: {quote['pricing']['pricing']}\n\n"
             f"path: {path_of(hops)}\n" +
-            "\n".join(f"  {h['service']:<9} {h['destination']:<14} {h['status']}  "
+            "\n".join(f"  {h['service']:<9} {h['destination']:<14} {status_of(h):<15} "
                       f"{h['duration_ms']:6.1f} ms" for h in hops))
-    return Panel(body, title=title, width=60)
+    grpc_paths = sorted({h["path"] for h in hops if is_grpc(h)})
+    if grpc_paths:
+        body += "\n  gRPC method: " + ", ".join(grpc_paths)
+    return Panel(body, title=title, width=64)
+
+
+def key_crossed_grpc(sandbox: str, key: str, hops: list[dict[str, Any]]) -> bool:
+    """The keyed request's gRPC hop reached the fork and succeeded, and the fork's own HTTP call
+    (to currency, on the baseline) still carried the key."""
+    grpc_hops = [i for i, h in enumerate(hops) if is_grpc(h)]
+    if len(grpc_hops) != 1:
+        return False
+    i = grpc_hops[0]
+    return (hops[i]["destination"] == sandbox and hops[i]["grpc_status"] == 0
+            and i + 1 < len(hops) and hops[i + 1]["service"] == "currency"
+            and hops[i + 1]["routing_key"] == key)
 
 
 def main() -> None:
@@ -95,6 +133,12 @@ def main() -> None:
             keyed["quote"]["pricing"]["pricing"] == "fork of pricing-promo"
         console.print("[green]✓ only the keyed request reached the fork[/]" if ok else
                       "[red]✗ routing did not behave as expected[/]")
+        crossed = key_crossed_grpc(sandbox["name"], key, keyed_hops)
+        console.print("[green]✓ the key crossed HTTP → gRPC → HTTP: fork answered OK, "
+                      "currency got the key[/]"
+                      if crossed else
+                      "[red]✗ the keyed request did not cross the gRPC hop as expected[/]")
+        ok = ok and crossed
         console.print("\n$ laneway run --sandbox pricing-promo -o md -- "
                       "python -m pytest -q examples/shop/tests")
         console.print("(the shop's own tests, unaware of laneway; the run proxy adds the key)\n")

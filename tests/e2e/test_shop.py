@@ -1,5 +1,6 @@
 """The demo shop under real OpenTelemetry instrumentation: the key survives every hop of the
-instrumented services, and the one endpoint that drops `baggage` is named as a leak."""
+instrumented services, HTTP → gRPC (orders → pricing) → HTTP, and the one endpoint that drops
+`baggage` is named as a leak."""
 
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ def test_opentelemetry_carries_the_key_and_the_leak_is_named(shop: Project) -> N
                      shop.url("web") + "/buy?item=book")
     assert good["path"] == "web → orders → pricing@pricing-promo → currency"
     assert json.loads(good["body"])["quote"]["pricing"]["discount"] == "20%"
+    hops = {h["service"]: h for h in good["hops"]}
+    assert {name: hop["grpc_status"] for name, hop in hops.items()} == {
+        "web": None, "orders": None, "pricing": 0, "currency": None}
+    assert hops["pricing"]["path"] == "/shop.Pricing/Quote"
+    # The fork's HTTP call to currency (on the baseline) still carried the key.
+    assert hops["currency"]["routing_key"] == sandbox["routingKey"]
 
     legacy = shop.json("request", "--sandbox", "pricing-promo", "GET",
                        shop.url("orders") + "/quote-v1?item=book")

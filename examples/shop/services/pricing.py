@@ -1,17 +1,20 @@
-"""pricing: GET /price?item=&currency= reads the list price from its SQLite catalog, applies
-PRICING_DISCOUNT (percent), and asks currency to convert it."""
+"""pricing: the gRPC method shop.Pricing/Quote {item, currency} reads the list price from its
+SQLite catalog, applies PRICING_DISCOUNT (percent), and asks currency (over HTTP) to convert it.
+
+OpenTelemetry's gRPC server interceptor makes the call's `baggage` metadata the current context,
+so the httpx call to currency carries the routing key on: a fork of pricing calls the baseline
+currency with the key still on the request.
+"""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
-from common import VERSION, client, log, serve
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+import grpc
+from common import PRICING_SERVICE, VERSION, client, decode, encode, log, serve_grpc
 
 CURRENCY = os.environ["CURRENCY_URL"]
 DISCOUNT = float(os.environ.get("PRICING_DISCOUNT", "0"))
@@ -31,22 +34,28 @@ def open_catalog() -> sqlite3.Connection:
 catalog = open_catalog()
 
 
-async def price(request: Request) -> JSONResponse:
-    item = request.query_params["item"]
-    currency = request.query_params.get("currency", "EUR")
+async def quote(request: dict[str, Any], context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    item = str(request.get("item", ""))
+    currency = str(request.get("currency", "EUR"))
     row = catalog.execute("SELECT usd FROM catalog WHERE item = ?", (item,)).fetchone()
     if row is None:
         log.warning("unknown item %r", item)
-        return JSONResponse({"error": f"unknown item {item!r}"}, status_code=404)
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown item {item!r}")
     usd = row[0] * (1 - DISCOUNT / 100)
-    resp = await client().get(f"{CURRENCY}/convert", params={"usd": usd, "to": currency})
+    # The caller's deadline bounds the call to currency too: past it, nobody reads the answer.
+    remaining = context.time_remaining()
+    resp = await client().get(f"{CURRENCY}/convert", params={"usd": usd, "to": currency},
+                              timeout=10.0 if remaining is None else max(remaining, 0.001))
+    if resp.status_code != 200:
+        code = grpc.StatusCode.INVALID_ARGUMENT if resp.status_code == 400 \
+            else grpc.StatusCode.UNAVAILABLE
+        await context.abort(code, f"currency answered {resp.status_code}: {resp.text}")
     converted = resp.json()
-    return JSONResponse({"item": item, "amount": converted["amount"], "currency": currency,
-                         "discount": f"{DISCOUNT:g}%", "pricing": VERSION})
+    return {"item": item, "amount": converted["amount"], "currency": currency,
+            "discount": f"{DISCOUNT:g}%", "pricing": VERSION}
 
 
-async def health(request: Request) -> JSONResponse:
-    return JSONResponse({"ok": True})
-
-
-serve(Starlette(routes=[Route("/price", price), Route("/healthz", health)]))
+serve_grpc(grpc.method_handlers_generic_handler(PRICING_SERVICE, {
+    "Quote": grpc.unary_unary_rpc_method_handler(
+        quote, request_deserializer=decode, response_serializer=encode),
+}), PRICING_SERVICE)
