@@ -7,6 +7,10 @@ every method, so the routing key must travel as `baggage` metadata the SDK propa
   next hop's Path.
 - `/chain.Hop/Slow` (unary): the last hop sleeps `sleep` seconds; every hop reports the deadline
   it saw (`time_remaining`).
+- `/chain.Hop/Crash` (unary): a process whose $NAME is in `crash` exits at once, mid-call.
+
+It serves the standard health service (grpc.health.v1, SERVING) for `health: grpc`; with
+$CRASH_AT_START set it exits with status 1 before serving (a fork that cannot start).
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from grpc import aio
+from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import (
     GrpcAioInstrumentorClient,
@@ -64,6 +70,12 @@ class Hop:
                 if self.channel else []
             yield {"i": i, "path": [NAME, *rest]}
 
+    async def crash(self, request: Any, context: aio.ServicerContext) -> Any:
+        if NAME in request.get("crash", []):
+            os._exit(3)
+        rest = (await self._forward("Crash", request, context))["path"] if self.channel else []
+        return {"path": [NAME, *rest]}
+
     async def slow(self, request: Any, context: aio.ServicerContext) -> Any:
         seen = {NAME: context.time_remaining()}
         if self.channel is not None:
@@ -74,6 +86,9 @@ class Hop:
 
 
 async def main() -> None:
+    if os.environ.get("CRASH_AT_START"):
+        print(f"{NAME}: CRASH_AT_START is set, exiting", file=sys.stderr)
+        sys.exit(1)
     trace.set_tracer_provider(TracerProvider())
     GrpcAioInstrumentorServer().instrument()
     GrpcAioInstrumentorClient().instrument()
@@ -86,7 +101,10 @@ async def main() -> None:
             hop.stream, request_deserializer=decode, response_serializer=encode),
         "Slow": grpc.unary_unary_rpc_method_handler(
             hop.slow, request_deserializer=decode, response_serializer=encode),
+        "Crash": grpc.unary_unary_rpc_method_handler(
+            hop.crash, request_deserializer=decode, response_serializer=encode),
     }),))
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     server.add_insecure_port(f"127.0.0.1:{os.environ['PORT']}")
     await server.start()
     await server.wait_for_termination()

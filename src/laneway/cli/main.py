@@ -17,6 +17,7 @@ from laneway.cli import commands_k8s, commands_runs, commands_sandbox
 from laneway.cli.daemon_control import down_environment, start_daemon
 from laneway.cli.output import Output, console, phase_style, print_json, since, table
 from laneway.client import CliError, connect
+from laneway.core.hops import status_text
 
 __all__ = ["app", "main"]
 
@@ -141,7 +142,8 @@ def hops(
             f"{hop['service']}@{hop['destination']}"
         rows.add_row(time.strftime("%H:%M:%S", time.localtime(hop["at"])),
                      hop["trace_id"][:12] or "-", hop["service"],
-                     served + commands_runs.conflict_mark(hop), str(hop["status"]),
+                     served + commands_runs.conflict_mark(hop),
+                     status_text(hop["status"], hop.get("grpc_status")),
                      f"{hop['duration_ms']:.1f}", f"{hop['method']} {hop['path']}")
     console.print(rows)
     commands_runs.print_conflicts(data)
