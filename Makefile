@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo demo-shop demo-data test lint bench bench-abuse clean
+.PHONY: venv demo demo-shop demo-data test lint bench bench-abuse bench-grpc clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: venv
 # Group 7 alone: the router under abuse (memory and limits), next to HAProxy.
 bench-abuse: venv
 	BENCH_GROUPS=7 $(BIN)/python bench/run.py
+
+# Group 8 alone: gRPC (unary, server streaming, bidi) through the router, direct and HAProxy h2c.
+bench-grpc: venv
+	BENCH_GROUPS=8 $(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache examples/*/.laneway examples/*/.data

@@ -20,22 +20,41 @@ KEY = "bench0000000"
 KEY_REGEX = rf"(^|,)[ \t]*laneway-key[ \t]*=[ \t]*{KEY}[ \t]*(;|,|$)"
 
 
-def ensure_tools() -> None:
-    missing = [pkg for tool, pkg in (("wrk", "wrk"), ("haproxy", "haproxy"),
-                                     ("nginx", "nginx-light")) if not shutil.which(tool)
-               and not Path(f"/usr/sbin/{tool}").exists()]
+def ensure_tools(optional: tuple[str, ...] = ()) -> None:
+    """wrk, HAProxy and nginx, installed from Debian when missing; `optional` tools too
+    (h2load, from nghttp2-client), but without them the caller goes on: it checks for them."""
+    packages = {"wrk": "wrk", "haproxy": "haproxy", "nginx": "nginx-light",
+                "h2load": "nghttp2-client"}
+    required = [packages[tool] for tool in ("wrk", "haproxy", "nginx") if not _have(tool)]
+    extra = [packages[tool] for tool in optional if not _have(tool)]
+    missing = required + extra
     if not missing:
         return
     print(f"bench: installing {', '.join(missing)} from Debian", flush=True)
     if os.geteuid() != 0:
-        sys.exit(f"bench: needs {', '.join(missing)}; install them (apt-get install "
-                 f"{' '.join(missing)}) or run as root")
+        if required:
+            sys.exit(f"bench: needs {', '.join(required)}; install them (apt-get install "
+                     f"{' '.join(required)}) or run as root")
+        print(f"bench: not root, cannot install {', '.join(extra)}; going on without",
+              flush=True)
+        return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     if subprocess.run(["apt-get", "install", "-y", "-q", *missing], env=env,
                       capture_output=True, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", *missing], env=env,
-                       capture_output=True, check=True)
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
+        if subprocess.run(["apt-get", "install", "-y", "-q", *missing], env=env,
+                          capture_output=True, check=False).returncode != 0:
+            if required:  # one at a time: an optional package failing does not stop the rest
+                subprocess.run(["apt-get", "install", "-y", "-q", *required], env=env,
+                               capture_output=True, check=True)
+            for pkg in extra:
+                if subprocess.run(["apt-get", "install", "-y", "-q", pkg], env=env,
+                                  capture_output=True, check=False).returncode != 0:
+                    print(f"bench: could not install {pkg}; going on without", flush=True)
+
+
+def _have(tool: str) -> bool:
+    return bool(shutil.which(tool)) or Path(f"/usr/sbin/{tool}").exists()
 
 
 def free_port() -> int:

@@ -3,7 +3,9 @@
 Groups 1-2 (router vs HAProxy and nginx, routing scale) are in router_bench.py, groups 3-5
 (lifecycle, density, control plane) in lifecycle.py, group 6 (planning passes of the local
 reconciler and the Kubernetes operator) in planning.py, group 7 (router under abuse: memory and
-limits, next to HAProxy) in abuse.py. BENCH_GROUPS=1,3 runs a subset.
+limits, next to HAProxy) in abuse.py, group 8 (gRPC unary, server streaming and bidi through the
+router, against direct and HAProxy in h2c mode) in grpc_bench.py. BENCH_GROUPS=1,3 runs a
+subset.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import abuse
+import grpc_bench
 import lifecycle
 import peers
 import planning
@@ -23,7 +26,7 @@ import router_bench
 
 
 def main() -> None:
-    groups = set(os.environ.get("BENCH_GROUPS", "1,2,3,4,5,6,7").split(","))
+    groups = set(os.environ.get("BENCH_GROUPS", "1,2,3,4,5,6,7,8").split(","))
     cpu = next((ln.split(":", 1)[1].strip() for ln in
                 Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
                platform.processor())
@@ -44,6 +47,9 @@ def main() -> None:
     if "7" in groups:
         peers.ensure_tools()
         abuse.main()
+    if "8" in groups:
+        peers.ensure_tools(optional=("h2load",))
+        grpc_bench.main()
 
 
 if __name__ == "__main__":
