@@ -22,13 +22,13 @@ from tests.grpcapps import decode, encode
 
 APP = str(Path(__file__).parents[1] / "apps" / "grpc_chain.py")
 
-CLIENT = f"""
+CLIENT = """
 import json, os, sys
 import grpc
 channel = grpc.insecure_channel(os.environ["TARGET"])
 path = channel.unary_unary("/chain.Hop/Path", request_serializer=lambda m: json.dumps(m).encode(),
                            response_deserializer=json.loads)
-print(path({{}}, metadata=[("baggage", os.environ["LANEWAY_BAGGAGE"])], timeout=10)["path"])
+print(path({}, metadata=[("baggage", os.environ["LANEWAY_BAGGAGE"])], timeout=10)["path"])
 """
 
 

@@ -326,3 +326,57 @@ async def test_http1_to_an_http2_only_service_is_a_clear_505(routed: Routed) -> 
     assert answer.json()["error"] == "http2_only"
     assert "protocol: grpc" in answer.json()["message"]
     assert routed.baseline.calls == 0
+
+
+async def test_grpc_timeout_is_forwarded_reduced_by_the_time_in_the_router() -> None:
+    """A raw HTTP/2 upstream records the grpc-timeout it receives: the router rewrites the
+    client's `2S` to what is left (microseconds), never passes it on unchanged."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        while data := await reader.read(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    seen.extend(v for k, v in event.headers if k == b"grpc-timeout")
+                    conn.send_headers(event.stream_id, [
+                        (b":status", b"200"), (b"content-type", b"application/grpc"),
+                        (b"grpc-status", b"0")], end_stream=True)
+            writer.write(conn.data_to_send())
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    router = Router(RouterSettings())
+    port = await router.listen("svc", 0, protocol="grpc")
+    router.apply(RouteTable(version=1, baseline={
+        "svc": Upstream("127.0.0.1", server.sockets[0].getsockname()[1])}))
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            raw = channel.unary_unary("/x.Y/Z")
+            await raw(b"", timeout=2.0)
+        (value,) = seen
+        assert value.endswith(b"u")
+        assert 1.5 < int(value[:-1]) / 1e6 < 2.0
+    finally:
+        await router.close()
+        server.close()
+
+
+def test_grpc_timeout_values() -> None:
+    from laneway.router.h2client import format_grpc_timeout, parse_grpc_timeout
+    assert parse_grpc_timeout(b"100m") == pytest.approx(0.1)
+    assert parse_grpc_timeout(b"2S") == 2.0
+    assert parse_grpc_timeout(b"1H") == 3600.0
+    assert parse_grpc_timeout(b"123456789S") is None  # more than 8 digits
+    assert parse_grpc_timeout(b"5s") is None  # units are case-sensitive
+    assert format_grpc_timeout(1.5) == b"1500000u"
+    assert format_grpc_timeout(500.0) == b"500000m"
+    assert format_grpc_timeout(10 ** 9) == b"16666666M"
+    assert format_grpc_timeout(-1) == b"0u"

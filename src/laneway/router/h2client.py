@@ -46,8 +46,6 @@ import time
 from collections import deque
 from urllib.parse import quote
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -67,7 +65,13 @@ from laneway.core.hops import Hop, trace_context
 from laneway.core.routes import Upstream, decide
 from laneway.router.client import WALL_OFFSET, ServiceContext
 from laneway.router.exchange import Carrier, Exchange
-from laneway.router.h2upstream import STREAM_WINDOW, FrameGuard, H2Pool, H2Upstream
+from laneway.router.h2upstream import (
+    STREAM_WINDOW,
+    FrameGuard,
+    H2Pool,
+    H2Upstream,
+    new_connection,
+)
 from laneway.router.headers import HOP_BY_HOP, PREFACE, tokens
 from laneway.router.upstream import UpstreamConnection
 
@@ -131,7 +135,7 @@ class H2ClientConnection(asyncio.Protocol):
         self.clock = ctx.clock
         self.h2pool = h2pool
         self.transport: asyncio.Transport | None = transport
-        self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        self.h2 = new_connection(client_side=False)
         self.h2.local_settings = Settings(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
