@@ -35,6 +35,8 @@ from laneway.core.baggage import baggage_key, key_from_tracestate
 from laneway.core.hops import Hop, trace_context
 from laneway.core.routes import ForkRoute, Upstream, decide
 from laneway.router.exchange import Carrier, Exchange
+from laneway.router.h1toh2 import H1ToH2
+from laneway.router.h2upstream import H2Pool
 from laneway.router.headers import (
     HOP_BY_HOP,
     PREFACE,
@@ -76,6 +78,7 @@ class ServiceContext:
         "connections",
         "extra_headers",
         "h2_factory",
+        "h2pool",
         "keepalive_timeout",
         "max_connections",
         "max_header_bytes",
@@ -121,6 +124,7 @@ class ServiceContext:
         # Makes the HTTP/2 side of a connection that opened with the h2c preface (set by the
         # server; `h2client` sits above this module).
         self.h2_factory: Callable[[ServiceContext, asyncio.Transport], H2Side] | None = None
+        self.h2pool: H2Pool | None = None  # HTTP/2 upstream connections (set by the server)
         self.connect_tasks: set[asyncio.Task[None]] = set()
         self.served_by: dict[str, bytes] = {}  # sandbox -> b"service@sandbox", built once
 
@@ -367,6 +371,9 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing
         if ex is None or ex.local is not None:
             return
+        if ex.body_sink is not None:
+            ex.body_sink.body(body)
+            return
         if ex.request_chunked:
             ex.send_body(b"%x\r\n%b\r\n" % (len(body), body), self.clock.now)
         else:
@@ -383,7 +390,9 @@ class ClientConnection(asyncio.Protocol):
             if ex.has_body:
                 return
         ex.request_done = True
-        if ex.request_chunked and ex.local is None:
+        if ex.body_sink is not None:
+            ex.body_sink.body_end()
+        elif ex.request_chunked and ex.local is None:
             ex.send_body(b"0\r\n\r\n", self.clock.now)
         if not ex.keep_alive:
             self._ignore_rest = True  # what follows `Connection: close` is not read
@@ -619,20 +628,36 @@ class ClientConnection(asyncio.Protocol):
             return
         upstream = ex.upstream
         assert upstream is not None
-        if self.ctx.protocol != "http":
-            # The service's processes speak HTTP/2 only: say so rather than send them HTTP/1.1
-            # they would answer with a protocol error or a hang.
-            self.upstream_failed(ex, 505, "http2_only",
-                                 f"service {self.ctx.name} is declared protocol: "
-                                 f"{self.ctx.protocol}, so its processes are reached over "
-                                 "HTTP/2 only; send HTTP/2 with prior knowledge (a gRPC client, "
-                                 "or curl --http2-prior-knowledge), or declare protocol: http")
+        ctx = self.ctx
+        if ctx.protocol != "http":
+            self._to_http2_upstream(ex, upstream)
             return
-        conn = self.ctx.pool.take(upstream)
+        conn = ctx.pool.take(upstream)
         if conn is not None:
             conn.attach(ex)  # timeouts: the sweep checks every client's exchange
             return
         self._connect(ex, upstream)
+
+    def _to_http2_upstream(self, ex: Exchange, upstream: Upstream) -> None:
+        """The service's processes speak HTTP/2 only (`protocol: h2c`/`grpc`): the exchange
+        rides one stream of a pooled HTTP/2 connection (`h1toh2.H1ToH2`)."""
+        ctx = self.ctx
+        if ctx.protocol == "grpc" or ex.upgrade:
+            # gRPC needs HTTP/2 end to end (trailers); an upgrade has no HTTP/2 equivalent here.
+            what = "an upgrade" if ex.upgrade else "HTTP/1.1"
+            self.upstream_failed(ex, 505, "http2_only",
+                                 f"service {ctx.name} is declared protocol: {ctx.protocol}, "
+                                 f"whose processes cannot be sent {what}; send HTTP/2 with "
+                                 "prior knowledge (a gRPC client, or curl "
+                                 "--http2-prior-knowledge), or declare protocol: http")
+            return
+        if ctx.h2pool is None:
+            self.upstream_failed(ex, 502, "upstream_http2_unavailable",
+                                 "this router has no HTTP/2 upstream pool")
+            return
+        bridge = H1ToH2(ex, self.clock)
+        ctx.h2pool.stream(upstream, bridge, self.clock, ctx.max_response_header_bytes,
+                          ctx.connect_timeout)
 
     def _connect(self, ex: Exchange, upstream: Upstream) -> None:
         task = asyncio.get_running_loop().create_task(

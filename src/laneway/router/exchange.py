@@ -13,7 +13,7 @@ from typing import Protocol
 
 from laneway.core.routes import Upstream
 
-__all__ = ["PENDING_LIMIT", "Carrier", "Downstream", "Exchange"]
+__all__ = ["PENDING_LIMIT", "BodySink", "Carrier", "Downstream", "Exchange"]
 
 PENDING_LIMIT = 256 * 1024  # request body held while the upstream connection opens
 
@@ -31,6 +31,11 @@ class Carrier(Protocol):
     def pause(self) -> None: ...
     def resume(self) -> None: ...
     def skip_body(self) -> None: ...
+
+
+class BodySink(Protocol):
+    def body(self, data: bytes) -> None: ...
+    def body_end(self) -> None: ...
 
 
 class Downstream(Protocol):
@@ -57,7 +62,7 @@ class Exchange:
     """One request/response pair: what was asked, where it goes, how far it got."""
 
     __slots__ = (
-        "body_length", "cancel_upgrade", "close_client", "close_delimited", "conn",
+        "body_length", "body_sink", "cancel_upgrade", "close_client", "close_delimited", "conn",
         "destination", "done", "error", "fork", "has_body", "head", "http11", "is_head",
         "keep_alive", "key", "key_conflict", "local", "local_status", "method", "parent_id",
         "path", "pending", "pending_size", "rechunk", "request_chunked", "request_done",
@@ -72,6 +77,8 @@ class Exchange:
         self.pending_size = 0
         self.upstream: Upstream | None = None
         self.upstream_conn: Carrier | None = None
+        # Takes the request body unframed, instead of `send_body` (an HTTP/2 upstream stream)
+        self.body_sink: BodySink | None = None
         self.local: bytes | None = None  # a response the router writes itself
         self.local_status = 503
         self.error = ""

@@ -100,6 +100,7 @@ class Router:
                 protocol=protocol,
             )
             ctx.h2_factory = self._h2_connection
+            ctx.h2pool = self.h2pool
             self.contexts[service] = ctx
             self._bind(ctx)
         return ctx
