@@ -380,3 +380,34 @@ def test_grpc_timeout_values() -> None:
     assert format_grpc_timeout(500.0) == b"500000m"
     assert format_grpc_timeout(10 ** 9) == b"16666666M"
     assert format_grpc_timeout(-1) == b"0u"
+
+
+async def test_quiet_grpc_streams_outlive_the_http1_idle_timeouts() -> None:
+    """Every HTTP/1.1 inactivity timeout at 0.3 s; a server stream that is quiet for 1 s between
+    messages, and a bidi stream idle as long, still complete (only a deadline ends a gRPC
+    stream), while a unary call without a deadline whose answer never starts is ended."""
+    server = await EchoServer("baseline").start()
+    router = Router(RouterSettings(upstream_timeout=0.3, client_timeout=0.3,
+                                   keepalive_timeout=0.3, request_head_timeout=0.3))
+    port = await router.listen("svc", 0, protocol="grpc")
+    router.apply(RouteTable(version=1, baseline={"svc": Upstream("127.0.0.1", server.port)}))
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stream = method(channel, "ServerStream", "unary_stream")
+            got = [m["i"] async for m in stream({"count": 3, "pause": 1.0})]
+            assert got == [0, 1, 2]
+            bidi = method(channel, "Bidi", "stream_stream")()
+            await bidi.write({"a": 1})
+            assert (await bidi.read())["echo"] == {"a": 1}
+            await asyncio.sleep(1.0)
+            await bidi.write({"a": 2})
+            assert (await bidi.read())["echo"] == {"a": 2}
+            await bidi.done_writing()
+            assert await bidi.code() == grpc.StatusCode.OK
+            with pytest.raises(aio.AioRpcError) as err:
+                await method(channel, "Slow")({"sleep": 3})
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "router.upstream_timeout" in (err.value.details() or "")
+    finally:
+        await router.close()
+        await server.stop()

@@ -376,6 +376,7 @@ class Call:
         self.response_done = False  # END_STREAM (or a reset) sent to the client
         self.done = False
         self.retried = False
+        self.body_sent = False
         # upstream over HTTP/2
         self.up: H2Upstream | None = None
         self.up_sid = 0
@@ -575,8 +576,10 @@ class Call:
         if self.done:
             return
         self.up = None
-        if refused and not self.retried and not self.response_started:
-            self.retried = True  # never seen by the upstream: safe to send elsewhere
+        if refused and not self.retried and not self.response_started and not self.body_sent:
+            # Never processed by the upstream (GOAWAY), and no body byte left the router (what
+            # was sent is not kept): safe to send again on another connection, once.
+            self.retried = True
             self._connect()
             return
         self.fail(502, "upstream_closed",
@@ -657,7 +660,7 @@ class Call:
                 queue.popleft()
             up.send_data(sid, chunk)
             down.ack(len(chunk), self.sid)
-            sent = True
+            sent = self.body_sent = True
         if not queue and self.to_up_end:
             if self.to_up_trailers is not None:
                 up.send_trailers(sid, self.to_up_trailers)
