@@ -212,7 +212,8 @@ class H2ClientConnection(asyncio.Protocol):
                         call.pump_down()
                 else:
                     for call in list(calls.values()):
-                        call.pump_down()
+                        if call.to_down or call.to_down_end:
+                            call.pump_down()
             elif isinstance(event, TrailersReceived):
                 call = calls.get(event.stream_id)
                 if call is not None:
@@ -587,7 +588,8 @@ class Call:
                   "`laneway sandbox logs` shows a fork's output)")
 
     def up_window(self) -> None:
-        self.pump_up()
+        if self.to_up or (self.to_up_end and not self.up_ended):
+            self.pump_up()  # only a call with something waiting (a window opened for all)
 
     # the client's side
 
@@ -669,7 +671,7 @@ class Call:
             self.up_ended = True
             sent = True
         if sent:
-            up.flush()
+            up.schedule_flush()
             down.schedule_flush()
 
     def pump_down(self) -> None:
@@ -712,7 +714,7 @@ class Call:
         if sent:
             self.down.schedule_flush()
             if up is not None:
-                up.flush()
+                up.schedule_flush()
         if self.exchange is not None:
             self._h1_flow()
 

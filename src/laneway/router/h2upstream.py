@@ -151,6 +151,7 @@ class H2Upstream(asyncio.Protocol):
         self.max_streams = DEFAULT_MAX_STREAMS
         self.last_activity = clock.now
         self.waiting: list[Waiter] = []  # calls given to this connection while it connects
+        self.flush_scheduled = False
         self.guard = FrameGuard(0)
 
     @property
@@ -270,7 +271,7 @@ class H2Upstream(asyncio.Protocol):
         stream_id = self.h2.get_next_available_stream_id()
         self.h2.send_headers(stream_id, headers, end_stream=end_stream)
         self.streams[stream_id] = peer
-        self.flush()
+        self.schedule_flush()
         return stream_id
 
     def send_window(self, stream_id: int) -> int:
@@ -311,9 +312,17 @@ class H2Upstream(asyncio.Protocol):
         self._ack(size, stream_id)
 
     def flush(self) -> None:
+        self.flush_scheduled = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
+
+    def schedule_flush(self) -> None:
+        """Write what the streams queued once this turn of the loop is done: one system call
+        for every stream a client read touched, not one per stream."""
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def close(self) -> None:
         if not self.closed:
