@@ -20,7 +20,7 @@ from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 
 from laneway.router.exchange import Exchange
-from laneway.router.h2upstream import STREAM_WINDOW, H2Upstream
+from laneway.router.h2upstream import STREAM_WINDOW, H2Upstream, take
 from laneway.router.timeouts import Clock
 
 if TYPE_CHECKING:
@@ -103,12 +103,7 @@ class H1ToH2:
                 window = up.send_window(self.sid)
                 if window <= 0:
                     break
-                chunk = queue[0]
-                if len(chunk) > window:
-                    queue[0] = chunk[window:]
-                    chunk = chunk[:window]
-                else:
-                    queue.popleft()
+                chunk = take(queue, window)
                 self.body_queued -= len(chunk)
                 up.send_data(self.sid, chunk)
             if not queue and self.body_ended:
@@ -193,18 +188,13 @@ class H1ToH2:
             self.ex.conn.response_complete(self.ex, reusable=True)
 
     def up_reset(self, code: int) -> None:
-        self.up = None
-        if self.responded:
-            return
-        self.closed = True
-        if self.ex.response_started:
-            self.ex.conn.upstream_lost(self.ex, self)
-            return
-        self.ex.conn.upstream_failed(self.ex, 502, "upstream_reset",
-                                     f"{self.ex.describe()} reset the stream (HTTP/2 error "
-                                     f"{code})")
+        self._gone("upstream_reset", f"reset the stream (HTTP/2 error {code})")
 
     def up_lost(self, message: str, refused: bool) -> None:
+        self._gone("upstream_closed", f"{message} (did the process crash? `laneway status` says)")
+
+    def _gone(self, code: str, what: str) -> None:
+        """The stream ended without its response: cut short once it began, a 502 before."""
         self.up = None
         if self.responded:
             return
@@ -212,9 +202,7 @@ class H1ToH2:
         if self.ex.response_started:
             self.ex.conn.upstream_lost(self.ex, self)
             return
-        self.ex.conn.upstream_failed(self.ex, 502, "upstream_closed",
-                                     f"{self.ex.describe()} {message} (did the process crash? "
-                                     "`laneway status` says)")
+        self.ex.conn.upstream_failed(self.ex, 502, code, f"{self.ex.describe()} {what}")
 
     def up_window(self) -> None:
         self._pump()

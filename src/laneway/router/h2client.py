@@ -71,6 +71,7 @@ from laneway.router.h2upstream import (
     H2Pool,
     H2Upstream,
     new_connection,
+    take,
 )
 from laneway.router.headers import HOP_BY_HOP, PREFACE, tokens
 from laneway.router.upstream import UpstreamConnection
@@ -654,12 +655,7 @@ class Call:
             window = up.send_window(sid)
             if window <= 0:
                 break
-            chunk = queue[0]
-            if len(chunk) > window:
-                queue[0] = chunk[window:]
-                chunk = chunk[:window]
-            else:
-                queue.popleft()
+            chunk = take(queue, window)
             up.send_data(sid, chunk)
             down.ack(len(chunk), self.sid)
             sent = self.body_sent = True
@@ -687,12 +683,7 @@ class Call:
                 window = min(h2.local_flow_control_window(sid), h2.max_outbound_frame_size)
                 if window <= 0:
                     break
-                chunk = queue[0]
-                if len(chunk) > window:
-                    queue[0] = chunk[window:]
-                    chunk = chunk[:window]
-                else:
-                    queue.popleft()
+                chunk = take(queue, window)
                 end = not queue and self.to_down_end and self.to_down_trailers is None
                 h2.send_data(sid, chunk, end_stream=end)
                 self.to_down_size -= len(chunk)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from typing import Any, Protocol, cast
 
 from h2.config import H2Configuration
@@ -40,7 +41,7 @@ from laneway.core.routes import Upstream
 from laneway.router.timeouts import Clock
 
 __all__ = ["CONNECTION_WINDOW", "STREAM_WINDOW", "FrameGuard", "H2Pool", "H2Upstream",
-           "StreamPeer", "new_connection"]
+           "StreamPeer", "new_connection", "take"]
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -74,6 +75,16 @@ class PlainEncoder(Encoder):
 
     def encode(self, headers: Any, huffman: bool = False) -> bytes:
         return super().encode(headers, huffman=False)
+
+
+def take(queue: deque[bytes], window: int) -> bytes:
+    """The next piece of `queue` that fits in `window` (> 0), removed from the queue."""
+    chunk = queue[0]
+    if len(chunk) > window:
+        queue[0] = chunk[window:]
+        return chunk[:window]
+    queue.popleft()
+    return chunk
 
 
 def h2_config(client_side: bool) -> H2Configuration:
