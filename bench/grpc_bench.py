@@ -39,9 +39,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 PROXY_CORE, LOAD_CORE = 0, 1
-KEY = "bench0000000"
+from peers import KEY  # noqa: E402  (the rule both proxies apply, as in group 1)
+
 BAGGAGE = f"sentry-trace=1, laneway-key={KEY};p=1"
-KEY_REGEX = rf"(^|,)[ \t]*laneway-key[ \t]*=[ \t]*{KEY}[ \t]*(;|,|$)"
 PAYLOAD = 100  # bytes of every request and response message (before the 5-byte prefix)
 STREAM_N = 100  # messages per server stream
 CONNECTIONS, STREAMS = 8, 8  # h2load -c / -m: connections, concurrent streams per connection
@@ -253,32 +253,6 @@ def client(args: argparse.Namespace) -> None:
 
 # --- the group -----------------------------------------------------------------------------
 
-def _haproxy(work: Path, port: int, upstream: int, core: int) -> Any:
-    from peers import Proc
-    conf = work / "haproxy-h2c.cfg"
-    conf.write_text(f"""
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
-frontend lane
-  bind 127.0.0.1:{port} proto h2
-  acl keyed req.fhdr(baggage) -m reg '{KEY_REGEX}'
-  use_backend fork if keyed
-  default_backend base
-backend base
-  server b 127.0.0.1:{upstream} proto h2
-backend fork
-  server f 127.0.0.1:{upstream} proto h2
-""")
-    return Proc(["haproxy", "-f", str(conf)], core, "haproxy")
-
-
 def _self(*argv: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), *argv]
 
@@ -340,7 +314,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def main(seconds: float = 2.5, repeats: int = 3) -> dict[str, Any]:
-    from peers import Proc, free_port, wait_port
+    from peers import Proc, free_port, haproxy, wait_port
     work = Path(tempfile.mkdtemp(prefix="laneway-grpc-bench-"))
     h2load = shutil.which("h2load") is not None
     upstream_port = free_port()
@@ -352,7 +326,8 @@ def main(seconds: float = 2.5, repeats: int = 3) -> dict[str, Any]:
     try:
         procs["laneway"] = Proc(_self("router", "--port", str(ports["laneway"]), "--upstream",
                                       str(upstream_port)), PROXY_CORE, "laneway")
-        procs["haproxy"] = _haproxy(work, ports["haproxy"], upstream_port, PROXY_CORE)
+        procs["haproxy"] = haproxy(work, ports["haproxy"], upstream_port, upstream_port,
+                                   PROXY_CORE, h2=True)
         for name, port in ports.items():
             try:
                 wait_port(port)

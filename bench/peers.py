@@ -127,8 +127,10 @@ http {{ access_log off; keepalive_requests 1000000;
     return Proc(["nginx", "-c", str(conf)], core, "nginx")
 
 
-def haproxy(work: Path, port: int, base: int, fork: int, core: int) -> Proc:
-    conf = work / "haproxy.cfg"
+def haproxy(work: Path, port: int, base: int, fork: int, core: int, h2: bool = False) -> Proc:
+    """HAProxy with the routing rule; `h2`: HTTP/2 with prior knowledge on both sides (h2c)."""
+    proto = " proto h2" if h2 else ""
+    conf = work / ("haproxy-h2c.cfg" if h2 else "haproxy.cfg")
     conf.write_text(f"""
 global
   nbthread 1
@@ -140,14 +142,14 @@ defaults
   timeout server 60s
   http-reuse always
 frontend lane
-  bind 127.0.0.1:{port}
+  bind 127.0.0.1:{port}{proto}
   acl keyed req.fhdr(baggage) -m reg '{KEY_REGEX}'
   use_backend fork if keyed
   default_backend base
 backend base
-  server b 127.0.0.1:{base}
+  server b 127.0.0.1:{base}{proto}
 backend fork
-  server f 127.0.0.1:{fork}
+  server f 127.0.0.1:{fork}{proto}
 """)
     return Proc(["haproxy", "-f", str(conf)], core, "haproxy")
 
