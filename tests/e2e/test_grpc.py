@@ -101,7 +101,7 @@ def test_grpc_services_route_by_key_through_laneway(grpc_project: Project) -> No
 
     grpc_project.write("client.py", CLIENT)
     result = grpc_project.run("run", "-o", "json", "--sandbox", "sb", "--", "sh", "-c",
-                              f"TARGET=127.0.0.1:{grpc_project.ports['a']} "
+                              "TARGET=$LANEWAY_ADDR_A "
                               f"{sys.executable} client.py", check=False)
     report = json.loads(result.stdout)
     assert report["verdict"] == "passed", report

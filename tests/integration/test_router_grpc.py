@@ -411,3 +411,32 @@ async def test_quiet_grpc_streams_outlive_the_http1_idle_timeouts() -> None:
     finally:
         await router.close()
         await server.stop()
+
+
+async def test_a_grpc_service_that_speaks_http1_is_named_as_such(upstream: TestUpstream) -> None:
+    router = Router(RouterSettings())
+    port = await router.listen("svc", 0, protocol="grpc")
+    router.apply(RouteTable(version=1, baseline={"svc": Upstream("127.0.0.1", upstream.port)}))
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(aio.AioRpcError) as err:
+                await method(channel, "Unary")({})
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        details = err.value.details() or ""
+        assert "baseline service svc answered in HTTP/1.1, not HTTP/2" in details
+        assert "protocol: http" in details
+    finally:
+        await router.close()
+
+
+async def test_a_plain_http2_request_a_grpc_server_resets_gets_an_answer(
+        routed: Routed) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--http2-prior-knowledge", "-i", f"http://127.0.0.1:{routed.port}/",
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 10)
+    text = out.decode("latin-1")
+    assert text.startswith("HTTP/2 502"), text[:300]
+    body = json.loads(text.split("\r\n\r\n", 1)[1])
+    assert body["error"] == "upstream_reset"
+    assert "not gRPC calls" in body["message"]

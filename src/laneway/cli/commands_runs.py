@@ -139,8 +139,9 @@ def run(
 ) -> None:
     """Run a test command against a sandbox and report what it proved.
 
-    The command gets LANEWAY_ROUTING_KEY, LANEWAY_BAGGAGE, LANEWAY_URL_<SERVICE> and an
-    HTTP_PROXY that adds the key to plain-HTTP requests. Exit code: 0 passed, 3 vacuous (the
+    The command gets LANEWAY_ROUTING_KEY, LANEWAY_BAGGAGE, LANEWAY_URL_<SERVICE>,
+    LANEWAY_ADDR_<SERVICE> (host:port, for gRPC clients) and an HTTP_PROXY that adds the key to
+    plain-HTTP requests. Exit code: 0 passed, 3 vacuous (the
     command passed but a fork was never reached), 4 interrupted (the daemon stopped before the
     command finished), otherwise the command's own failure code.
     """

@@ -220,7 +220,9 @@ class RunManager:
         if spec.sandbox:
             env["LANEWAY_SANDBOX"] = spec.sandbox
         for name, svc in self.control.project.services.items():
-            env[f"LANEWAY_URL_{name.upper().replace('-', '_')}"] = f"http://127.0.0.1:{svc.port}"
+            suffix = name.upper().replace("-", "_")
+            env[f"LANEWAY_URL_{suffix}"] = f"http://127.0.0.1:{svc.port}"
+            env[f"LANEWAY_ADDR_{suffix}"] = f"127.0.0.1:{svc.port}"  # a gRPC target
         # pytest, however it is invoked, writes JUnit XML where the report looks for it.
         addopts = env.get("PYTEST_ADDOPTS", "")
         env["PYTEST_ADDOPTS"] = f"{addopts} --junitxml={run_dir / 'junit.xml'}".strip()

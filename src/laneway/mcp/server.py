@@ -267,11 +267,13 @@ def build_server(api: AsyncApiClient) -> MCPServer:
 
     @server.tool(description=(
         "Run a test command against a sandbox: it gets LANEWAY_ROUTING_KEY, LANEWAY_BAGGAGE (a "
-        "ready `baggage` header value), LANEWAY_URL_<SERVICE> and an HTTP_PROXY that adds the "
-        "key to plain-HTTP requests. Returns the run's report: verdict (passed only if the "
-        "command passed AND every fork was reached; `vacuous` if it passed without reaching a "
-        "fork), failed tests, errors the forks logged during the run, propagation leaks, "
-        "output tail. Waits up to ~50 s, then returns the run id to poll with get_run."))
+        "ready `baggage` header value), LANEWAY_URL_<SERVICE>, LANEWAY_ADDR_<SERVICE> (host:port, "
+        "for gRPC clients, which must send LANEWAY_BAGGAGE as `baggage` metadata) and an "
+        "HTTP_PROXY that adds the key to plain-HTTP requests. Returns the run's report: verdict "
+        "(passed only if the command passed AND every fork was reached; `vacuous` if it passed "
+        "without reaching a fork), failed tests, errors the forks logged during the run, "
+        "propagation leaks, output tail. Waits up to ~50 s, then returns the run id to poll "
+        "with get_run."))
     async def run_tests(
         sandbox: str,
         command: Annotated[str | list[str], Field(

@@ -191,7 +191,7 @@ class H1ToH2:
         self._gone("upstream_reset", f"reset the stream (HTTP/2 error {code})")
 
     def up_lost(self, message: str, refused: bool) -> None:
-        self._gone("upstream_closed", f"{message} (did the process crash? `laneway status` says)")
+        self._gone("upstream_closed", message)
 
     def _gone(self, code: str, what: str) -> None:
         """The stream ended without its response: cut short once it began, a 502 before."""

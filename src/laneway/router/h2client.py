@@ -569,9 +569,16 @@ class Call:
         if self.done:
             return
         self.up = None
+        message = f"{self.describe()} reset the stream (HTTP/2 error {code})"
+        if not self.grpc and not self.response_started:
+            # A plain HTTP/2 request (curl to a gRPC server, say) that the upstream refused
+            # with a reset: an answer that says so reads better than a bare reset.
+            self.fail(502, "upstream_reset", f"{message}; a gRPC server resets requests that "
+                      "are not gRPC calls" if self.ctx.protocol == "grpc" else message)
+            return
         if self.grpc:
             self.grpc_status = _RESET_STATUS.get(code, INTERNAL)
-        self.error = f"{self.describe()} reset the stream (HTTP/2 error {code})"
+        self.error = message
         self._reset_down(code)
 
     def up_lost(self, message: str, refused: bool) -> None:
@@ -584,9 +591,7 @@ class Call:
             self.retried = True
             self._connect()
             return
-        self.fail(502, "upstream_closed",
-                  f"{self.describe()} {message} (did the process crash? `laneway status` says; "
-                  "`laneway sandbox logs` shows a fork's output)")
+        self.fail(502, "upstream_closed", f"{self.describe()} {message}")
 
     def up_window(self) -> None:
         if self.to_up or (self.to_up_end and not self.up_ended):
@@ -633,7 +638,11 @@ class Call:
             return
         self.response_done = True
         if self.grpc and self.grpc_status is None:
-            self.grpc_status = CANCELLED
+            # A client gives up at its deadline with a reset (CANCEL): that is the deadline.
+            expired = self.deadline is not None and time.monotonic() >= self.deadline - 0.01
+            self.grpc_status = DEADLINE_EXCEEDED if expired else CANCELLED
+            if expired:
+                self.error = "the call's deadline passed (the client gave up at grpc-timeout)"
         if self.up is not None:
             self.up.reset(self.up_sid, ErrorCodes.CANCEL)
             self.up.flush()

@@ -164,6 +164,7 @@ class H2Upstream(asyncio.Protocol):
         self.waiting: list[Waiter] = []  # calls given to this connection while it connects
         self.flush_scheduled = False
         self.guard = FrameGuard(0)
+        self.spoke = False  # the upstream has sent something
 
     @property
     def full(self) -> bool:
@@ -204,6 +205,14 @@ class H2Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.clock.now
+        if not self.spoke and data[:5] == b"HTTP/":
+            # An HTTP/1.1 server answering the preface (most say 400 and close).
+            if self.transport is not None:
+                self.transport.close()
+            self._lose("answered in HTTP/1.1, not HTTP/2: it is not a gRPC or h2c server "
+                       "(declare protocol: http for it)")
+            return
+        self.spoke = True
         if not self.guard.feed(data):
             self.h2.close_connection(ErrorCodes.FRAME_SIZE_ERROR)
             self.flush()
@@ -268,7 +277,8 @@ class H2Upstream(asyncio.Protocol):
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lose("closed the HTTP/2 connection")
+        self._lose("closed the HTTP/2 connection (did the process crash? `laneway status` "
+                   "says; `laneway sandbox logs` shows a fork's output)")
 
     def pause_writing(self) -> None:
         pass  # request bodies are bounded by the upstream's flow-control windows
