@@ -96,6 +96,9 @@ def test_grpc_services_route_by_key_through_laneway(grpc_project: Project) -> No
     assert sorted((h["service"], h["destination"], h["grpc_status"]) for h in hops) == [
         ("a", "baseline", 0), ("b", "sb", 0), ("c", "baseline", 0)]
     assert {h["path"] for h in hops} == {"/chain.Hop/Path"}
+    # Each hop names the process that made the call (issue 13): the test, a, the fork of b.
+    assert sorted((h["service"], h["caller"]) for h in hops) == [
+        ("a", "external"), ("b", "a"), ("c", "b@sb")]
     table = grpc_project.run("hops", "--trace", keyed_trace).stdout
     assert "200 OK" in table
 

@@ -36,6 +36,9 @@ class Hop:
     # failure has over HTTP (503 fork not ready, 502 refused, 504 deadline): runs and reports
     # read both kinds of hop alike.
     grpc_status: int | None = None
+    # Who made the request: `service` (a baseline process), `service@sandbox` (a fork),
+    # `external` (a process laneway does not run), or "" where the router cannot tell.
+    caller: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +56,7 @@ class Hop:
             "error": self.error,
             "key_conflict": self.key_conflict,
             "grpc_status": self.grpc_status,
+            "caller": self.caller,
         }
 
     @classmethod
@@ -66,6 +70,7 @@ class Hop:
             path=str(data["path"]), error=str(data.get("error", "")),
             key_conflict=bool(data.get("key_conflict", False)),  # absent in older records
             grpc_status=None if data.get("grpc_status") is None else int(data["grpc_status"]),
+            caller=str(data.get("caller", "")),
         )
 
 

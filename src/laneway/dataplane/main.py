@@ -116,6 +116,12 @@ class DataPlane:
     # units
 
     def _unit_changed(self) -> None:
+        if self.runtime is not None:
+            # The router names the process behind each connection (hops' `caller`).
+            self.router.callers.set_identities({
+                state.pid: state.service if not state.sandbox
+                else f"{state.service}@{state.sandbox}"
+                for state in self.runtime.states().values() if state.pid})
         self.units_version += 1
         self._units_changed.set()
         self._units_changed = asyncio.Event()

@@ -34,6 +34,7 @@ import httptools
 from laneway.core.baggage import baggage_key, key_from_tracestate
 from laneway.core.hops import Hop, trace_context
 from laneway.core.routes import ForkRoute, Upstream, decide
+from laneway.router.callers import CallerResolver
 from laneway.router.exchange import Carrier, Exchange
 from laneway.router.h1toh2 import H1ToH2
 from laneway.router.h2upstream import H2Pool
@@ -71,6 +72,7 @@ class ServiceContext:
     __slots__ = (
         "baseline",
         "budget",
+        "callers",
         "client_timeout",
         "clock",
         "connect_tasks",
@@ -125,6 +127,7 @@ class ServiceContext:
         # server; `h2client` sits above this module).
         self.h2_factory: Callable[[ServiceContext, asyncio.Transport], H2Side] | None = None
         self.h2pool: H2Pool | None = None  # HTTP/2 upstream connections (set by the server)
+        self.callers: CallerResolver | None = None  # who connects (set by the server)
         self.connect_tasks: set[asyncio.Task[None]] = set()
         self.served_by: dict[str, bytes] = {}  # sandbox -> b"service@sandbox", built once
 
@@ -133,6 +136,7 @@ class H2Side(Served, Protocol):
     """What `ClientConnection` hands an h2c connection to (`h2client.H2ClientConnection`)."""
 
     counted: bool
+    identity: ClientConnection | None  # the connection it came from: its caller, its hops
 
     def data_received(self, data: bytes) -> None: ...
 
@@ -187,6 +191,7 @@ class ClientConnection(asyncio.Protocol):
         self._paused_by_queue = False
         self._paused_for_upgrade = False
         self._reading_paused = False
+        self.caller: str | None = ""  # None while `callers` resolves it
 
     # asyncio.Protocol
 
@@ -205,6 +210,10 @@ class ClientConnection(asyncio.Protocol):
         ctx.budget.open += 1
         ctx.connections.add(self)
         self.last_seen = self.clock.now
+        callers = ctx.callers
+        if callers is not None and callers.active:
+            self.caller = None
+            callers.want(self)
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
@@ -569,6 +578,7 @@ class ClientConnection(asyncio.Protocol):
         h2 = ctx.h2_factory(ctx, transport)
         ctx.connections.discard(self)
         h2.counted, self.counted = self.counted, False
+        h2.identity = self
         ctx.connections.add(h2)
         self.closed = True  # nothing reaches this object any more
         transport.set_protocol(cast(asyncio.BaseProtocol, h2))
@@ -1002,8 +1012,26 @@ class ClientConnection(asyncio.Protocol):
             self._paused_by_queue = False
             self._sync_reading()
 
+    def peer_ports(self) -> tuple[int, int] | None:
+        """(the client's port, ours), for `callers`."""
+        if self.transport is None:
+            return None
+        peer = self.transport.get_extra_info("peername")
+        own = self.transport.get_extra_info("sockname")
+        if not peer or not own or len(peer) < 2:
+            return None
+        return int(peer[1]), int(own[1])
+
+    def record(self, hop: Hop) -> None:
+        """Record a hop of this connection (HTTP/1.1 or, after the preface, HTTP/2) with its
+        caller, resolved now if the batch has not come to it yet."""
+        if self.caller is None and self.ctx.callers is not None:
+            self.ctx.callers.settle_now(self)
+        hop.caller = self.caller or ""
+        self.ctx.recorder.record(hop)
+
     def _record(self, ex: Exchange, status: int) -> None:
-        self.ctx.recorder.record(Hop(
+        self.record(Hop(
             at=ex.started + WALL_OFFSET,
             trace_id=ex.trace_id,
             parent_id=ex.parent_id,

@@ -63,7 +63,7 @@ from h2.settings import SettingCodes, Settings
 from laneway.core.baggage import baggage_key, key_from_tracestate
 from laneway.core.hops import Hop, trace_context
 from laneway.core.routes import Upstream, decide
-from laneway.router.client import WALL_OFFSET, ServiceContext
+from laneway.router.client import WALL_OFFSET, ClientConnection, ServiceContext
 from laneway.router.exchange import Carrier, Exchange
 from laneway.router.h2upstream import (
     STREAM_WINDOW,
@@ -159,6 +159,7 @@ class H2ClientConnection(asyncio.Protocol):
         self.guard = FrameGuard(len(PREFACE))
         self.lingering = False
         self.lingering_since = 0.0
+        self.identity: ClientConnection | None = None  # set by ClientConnection on the switch
         self.flush()
 
     # asyncio.Protocol (the transport was made by ClientConnection)
@@ -841,7 +842,8 @@ class Call:
         self.to_up.clear()
         self.to_down.clear()
         ctx = self.ctx
-        ctx.recorder.record(Hop(
+        identity = self.down.identity
+        (identity.record if identity is not None else ctx.recorder.record)(Hop(
             at=self.started + WALL_OFFSET, trace_id=self.trace_id, parent_id=self.parent_id,
             service=ctx.name, routing_key=self.key, destination=self.destination,
             fork=self.fork, status=status, duration_ms=(time.monotonic() - self.started) * 1e3,

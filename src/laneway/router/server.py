@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from laneway.core.feed import FeedUpdate, RoutesFeed
 from laneway.core.routes import RouteTable, apply_changes
+from laneway.router.callers import CallerResolver
 from laneway.router.client import ClientConnection, ServiceContext
 from laneway.router.h2client import H2ClientConnection
 from laneway.router.h2upstream import H2Pool
@@ -65,6 +66,7 @@ class Router:
         self.recorder = HopRecorder(hop_sink, settings.hop_capacity)
         self.pool: UpstreamPool[UpstreamConnection] = UpstreamPool()
         self.h2pool = H2Pool()
+        self.callers = CallerResolver()  # which process connects (identities from the data plane)
         self.pool.also_busy = self.h2pool.busy  # a drain waits for HTTP/2 streams too
         self.pool.also_drained = self.h2pool.close_idle
         self.clock = Clock()
@@ -101,6 +103,7 @@ class Router:
             )
             ctx.h2_factory = self._h2_connection
             ctx.h2pool = self.h2pool
+            ctx.callers = self.callers
             self.contexts[service] = ctx
             self._bind(ctx)
         return ctx
@@ -215,6 +218,7 @@ class Router:
                 await asyncio.gather(*ctx.connect_tasks, return_exceptions=True)
         self.pool.close_all()
         self.h2pool.close_all()
+        self.callers.close()
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)

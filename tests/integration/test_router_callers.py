@@ -1,0 +1,83 @@
+"""Issue 13, item 1: the router names the process behind each request. Real processes call the
+router: one identified as a baseline service, a shell identified as a fork whose child makes
+the calls (a descendant counts as its unit), curl over HTTP/2 under another identity, and this
+test process, which laneway does not run (`external`)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+from laneway.core.hops import Hop
+from laneway.core.routes import RouteTable, Upstream
+from laneway.router import Router, RouterSettings
+from tests.upstreams import TestUpstream
+
+CALLS = """
+import sys, time, urllib.request
+for i in range(3):
+    urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/from-{sys.argv[2]}-{i}").read()
+time.sleep(float(sys.argv[3]))
+"""
+
+
+async def _spawn(*argv: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(*argv, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL)
+
+
+async def test_each_hop_names_the_process_that_made_it(upstream: TestUpstream) -> None:
+    hops: list[Hop] = []
+    router = Router(RouterSettings(), hop_sink=hops.extend)
+    port = await router.listen("svc", 0)
+    router.apply(RouteTable(version=1, baseline={"svc": Upstream("127.0.0.1", upstream.port)}))
+    # Each waits half a second before calling, so that it is identified first.
+    orders = await _spawn(sys.executable, "-c", "import time; time.sleep(0.5)\n" + CALLS,
+                          str(port), "orders", "0.5")
+    shell = await _spawn("sh", "-c", f"sleep 0.5; {sys.executable} -c '{CALLS}' {port} fork 0.5")
+    curl = await _spawn("sh", "-c", f"sleep 0.5; curl -s --http2-prior-knowledge "
+                                    f"http://127.0.0.1:{port}/from-web-h2 >/dev/null")
+    router.callers.set_identities({orders.pid: "orders", shell.pid: "pricing@sb",
+                                   curl.pid: "web"})
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /from-test HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        await reader.read()
+        writer.close()
+        await asyncio.gather(orders.wait(), shell.wait(), curl.wait())
+        for _ in range(100):
+            router.recorder.flush()
+            if len(hops) >= 8:
+                break
+            await asyncio.sleep(0.02)
+        by_path = {hop.path: hop.caller for hop in hops}
+        assert by_path == {
+            **{f"/from-orders-{i}": "orders" for i in range(3)},
+            **{f"/from-fork-{i}": "pricing@sb" for i in range(3)},
+            "/from-web-h2": "web",
+            "/from-test": "external",
+        }
+        assert [h.to_json()["caller"] for h in hops if h.path == "/from-test"] == ["external"]
+    finally:
+        for proc in (orders, shell, curl):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await router.close()
+
+
+async def test_a_router_without_identities_names_no_caller(upstream: TestUpstream) -> None:
+    hops: list[Hop] = []
+    router = Router(RouterSettings(), hop_sink=hops.extend)
+    port = await router.listen("svc", 0)
+    router.apply(RouteTable(version=1, baseline={"svc": Upstream("127.0.0.1", upstream.port)}))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        await reader.read()
+        writer.close()
+        router.recorder.flush()
+        assert [h.caller for h in hops] == [""]
+    finally:
+        await router.close()
