@@ -4,7 +4,9 @@ It answers `GET /` with its name and version, calling $NEXT_URL first when set a
 incoming `baggage`/`traceparent` onto that call by hand (no OpenTelemetry): the way a service in
 any language can propagate the routing key. Misbehaviour on demand: EXIT_AT_ONCE=1 exits with
 code 3 after printing an error; FAIL_HEALTH=1 never becomes healthy; /drop calls the next hop
-without the baggage (a propagation leak); FAIL_REQUESTS=1 answers 500 and logs an ERROR line.
+without the baggage (a propagation leak); /lose, or LOSE_CONTEXT=1, calls it with no context at
+all (neither baggage nor traceparent: work handed to a thread that lost it); FAIL_REQUESTS=1
+answers 500 and logs an ERROR line.
 """
 
 import http.client
@@ -55,7 +57,8 @@ class Handler(BaseHTTPRequestHandler):
             url = urllib.parse.urlsplit(NEXT)
             conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
             headers = {}
-            for name in ("baggage", "traceparent", "tracestate"):
+            lose = self.path == "/lose" or os.environ.get("LOSE_CONTEXT")
+            for name in () if lose else ("baggage", "traceparent", "tracestate"):
                 if self.headers.get(name) and not (self.path == "/drop" and name == "baggage"):
                     headers[name] = self.headers[name]
             conn.request("GET", self.path, headers=headers)

@@ -92,6 +92,33 @@ def test_a_service_that_drops_baggage_is_named(project: Project) -> None:
     assert {leak["service"] for leak in leaks} == {"a"}
 
 
+def test_a_service_that_loses_its_whole_context_is_named_by_its_process(
+        project: Project) -> None:
+    # a drops traceparent and baggage together on /lose: no trace joins the hops, only the
+    # router's view of who called says where the key fell off.
+    fork(project, "sb", "c")
+    code, report = run(project, "--sandbox", "sb", "--", "sh", "-c", CALL_A.format(path="/lose"))
+    assert (code, report["verdict"]) == (3, "vacuous")
+    assert [(leak["service"], leak["process"], leak["lost_at"], leak["certainty"],
+             leak["found_by"]) for leak in report["leaks"]] == [
+        ("a", "a", "b", "probable", "caller")]
+    assert report["leaks"][0]["serving"].startswith("GET /lose")
+    assert "the key was lost on the way: a probably called b" in report["note"]
+    assert "did not carry the routing key" not in report["note"]
+    leaks = project.json("leaks", "--sandbox", "sb")
+    assert {(leak["service"], leak["certainty"]) for leak in leaks} == {("a", "probable")}
+
+
+def test_a_fork_that_loses_the_context_is_a_certain_leak(project: Project) -> None:
+    fork(project, "sb", "b", "{LOSE_CONTEXT: '1'}")
+    code, report = run(project, "--sandbox", "sb", "--", "sh", "-c", CALL_A.format(path="/"))
+    assert (code, report["verdict"]) == (0, "passed")  # the fork was reached; it leaked after
+    assert [(leak["service"], leak["process"], leak["lost_at"], leak["certainty"])
+            for leak in report["leaks"]] == [("b", "b@sb", "c", "certain")]
+    table = project.run("leaks", "--sandbox", "sb").stdout
+    assert "b@sb" in table
+
+
 def test_request_prints_answer_and_path(project: Project) -> None:
     fork(project, "sb", "b", "{VERSION: v9}")
     result = project.json("request", "--sandbox", "sb", "GET", project.url("a") + "/")

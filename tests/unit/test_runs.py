@@ -8,6 +8,7 @@ from laneway.core.runs import (
     forks_reached,
     is_error_line,
     key_conflicts,
+    leak_sentence,
     parse_junit,
     render_markdown,
     verdict_of,
@@ -115,3 +116,49 @@ def test_hops_with_conflicting_keys_are_counted_and_reported() -> None:
             "as OpenTelemetry does.") in render_markdown(report)
     del report["key_conflicts"]  # a report saved before the field existed
     assert "laneway-key" not in render_markdown(report)
+
+
+def called_by(h: Hop, caller: str) -> Hop:
+    h.caller = caller
+    return h
+
+
+def test_a_fork_calling_without_its_key_is_a_certain_leak_even_without_a_trace() -> None:
+    hops = [
+        hop("web", 0.000, 50, trace=""),
+        hop("orders", 0.005, 40, trace="", destination="sb"),  # the fork, keyed
+        called_by(hop("pricing", 0.010, 20, key="", trace=""), "orders@sb"),
+        called_by(hop("pricing", 0.012, 5, key="", trace=""), "orders@other"),  # not ours
+        called_by(hop("pricing", 0.014, 5, key="", trace=""), "external"),
+    ]
+    leaks = find_leaks(hops, {K})
+    assert [(leak.service, leak.process, leak.lost_at, leak.certainty, leak.found_by)
+            for leak in leaks] == [("orders", "orders@sb", "pricing", "certain", "caller")]
+    assert leaks[0].serving == "GET /orders"
+
+
+def test_a_baseline_process_serving_a_keyed_request_is_a_probable_leak() -> None:
+    hops = [
+        hop("web", 0.000, 50, trace=""),
+        called_by(hop("orders", 0.010, 10, key="", trace=""), "web"),  # during web's request
+        called_by(hop("orders", 0.200, 10, key="", trace=""), "web"),  # later: web was idle
+    ]
+    leaks = find_leaks(hops, {K})
+    assert [(leak.service, leak.certainty, leak.path) for leak in leaks] == [
+        ("web", "probable", "/orders")]
+    sentence = leak_sentence(leaks[0].to_json())
+    assert sentence == ("web probably called orders (/orders) without the key, while serving "
+                        "GET /web (no trace: found by the calling process)")
+
+
+def test_a_leak_found_by_trace_and_by_caller_is_reported_once() -> None:
+    hops = [
+        hop("web", 0.000, 50),
+        hop("orders", 0.005, 40, destination="sb"),
+        called_by(hop("pricing", 0.010, 20, key=""), "orders@sb"),
+    ]
+    leaks = find_leaks(hops, {K})
+    assert [(leak.service, leak.process, leak.found_by) for leak in leaks] == [
+        ("orders", "orders@sb", "trace")]
+    assert "`orders@sb` (fork of orders) called `pricing`" in leak_sentence(
+        leaks[0].to_json(), "`")

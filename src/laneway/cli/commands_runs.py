@@ -15,7 +15,7 @@ from laneway.cli.output import console, print_json, table
 from laneway.client import ApiClient, CliError, connect
 from laneway.core.baggage import headers_with_key
 from laneway.core.hops import key_conflict_note, status_text
-from laneway.core.runs import render_markdown
+from laneway.core.runs import leak_sentence, render_markdown
 
 __all__ = ["register"]
 
@@ -85,8 +85,7 @@ def print_report(report: dict[str, Any], output: str) -> None:
     for failure in report["failures"][:10]:
         console.print(f"[red]failed[/red] {failure['name']}: {failure['message']}")
     for leak in report["leaks"][:10]:
-        console.print(f"[yellow]leak[/yellow]: {leak['service']} called {leak['lost_at']} "
-                      f"({leak['path']}) without the key, trace {leak['trace_id']}")
+        console.print(f"[yellow]leak[/yellow]: {leak_sentence(leak)}", highlight=False)
     if report["fork_errors"]:
         console.print("errors logged by the forks during the run:")
         for line in report["fork_errors"][-10:]:
@@ -287,7 +286,9 @@ def trace(trace_id: str, output: FormatOption = "table", api: ApiOption = None) 
 
 def leaks(sandbox: Annotated[str | None, typer.Option(help="Only this sandbox's key")] = None,
           output: FormatOption = "table", api: ApiOption = None) -> None:
-    """List propagation leaks: traces that carried a routing key and lost it on the way."""
+    """List propagation leaks: where a routing key was lost, found by trace or by the process
+    that made a call without it (a fork: certain; a baseline process serving a keyed request:
+    probable)."""
     found = connect(api).get("/v1/leaks", sandbox=sandbox)
     if output == "json":
         print_json(found)
@@ -295,9 +296,13 @@ def leaks(sandbox: Annotated[str | None, typer.Option(help="Only this sandbox's 
     if not found:
         console.print("no propagation leaks recorded")
         return
-    rows = table("DROPPED BY", "CALLING", "PATH", "TRACE")
+    rows = table("DROPPED BY", "PROCESS", "CALLING", "PATH", "WHILE SERVING", "TRACE", "HOW")
     for leak in found:
-        rows.add_row(leak["service"], leak["lost_at"], leak["path"], leak["trace_id"])
+        how = leak.get("found_by", "trace")
+        if leak.get("certainty") == "probable":
+            how += " (probable)"
+        rows.add_row(leak["service"], leak.get("process") or leak["service"], leak["lost_at"],
+                     leak["path"], leak.get("serving") or "-", leak["trace_id"] or "-", how)
     console.print(rows)
     console.print("Each service above received the key but made a call without it: propagate "
                   "`baggage` (OpenTelemetry's default propagators do) on that call.")

@@ -261,16 +261,15 @@ def create_app(control: ControlPlane, token: str,
     @app.get("/v1/leaks")
     async def leaks(sandbox: str | None = None,
                     limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
-        """Traces that carried a routing key and lost it, with the service that dropped it."""
+        """Where a routing key was lost: the service and process that made a call without it
+        (found by trace, or by the calling process), and the request it was serving."""
         if sandbox is not None:
             keys = control.keys_of_sandbox(sandbox)
         else:
             keys = {r.routing_key for kind in ("sandbox", "routegroup")
                     for r in control.store.records(kind)}
         hops = control.hops.query(limit=10_000_000)
-        traces = {h.trace_id for h in hops if h.routing_key in keys and h.trace_id}
-        related = [h for h in hops if h.trace_id in traces]
-        return [leak.to_json() for leak in find_leaks(related, keys)][-limit:]
+        return [leak.to_json() for leak in find_leaks(hops, keys)][-limit:]
 
     @app.get("/v1/audit")
     async def audit(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:

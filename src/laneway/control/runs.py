@@ -40,6 +40,7 @@ from laneway.core.runs import (
     forks_reached,
     is_error_line,
     key_conflicts,
+    leak_sentence,
     parse_junit,
     verdict_of,
 )
@@ -351,7 +352,8 @@ class RunManager:
             "key_conflicts": key_conflicts([*related, *untraced]),
             "proxied_requests": proxied,
             "fork_responses": fork_responses(keyed, {key}, forks),
-            "leaks": [leak.to_json() for leak in find_leaks(related, {key})],
+            # All hops of the run's window: leaks by caller need the keyless ones too.
+            "leaks": [leak.to_json() for leak in find_leaks(hops, {key})],
             "fork_errors": self._fork_errors(logs),
             "output_bytes": output.stat().st_size if output.exists() else 0,
             "output_tail": [ln[:400] for ln in _tail_lines(output, OUTPUT_TAIL)],
@@ -380,9 +382,7 @@ class RunManager:
             note = f"timed out after {spec.timeout_s:g}s; the command was stopped. " + note
         if verdict == "vacuous":
             missing = ", ".join(f for f, n in reached.items() if not n)
-            note = (f"the command passed but never reached {missing}: its requests did not "
-                    "carry the routing key (send LANEWAY_BAGGAGE as the `baggage` header, or "
-                    "use a client that honours HTTP_PROXY). " + note)
+            note = f"the command passed but never reached {missing}: {_unreached(found)}. " + note
         return {
             **found, "status": "finished", "verdict": verdict, "exit_code": exit_code,
             "finished_at": time.time(), "failures": failures[:50], "tests": tests,
@@ -467,3 +467,16 @@ async def _terminate(proc: asyncio.subprocess.Process) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         return await proc.wait()
+
+
+def _unreached(found: dict[str, Any]) -> str:
+    """Why a fork was not reached, from what the run saw: the key never sent, lost on the way
+    (the leak says where), or carried but never routed to the fork's service."""
+    if found["leaks"]:
+        return "the key was lost on the way: " + leak_sentence(found["leaks"][0])
+    if not found["hops"]:
+        return ("no request carried the routing key (send LANEWAY_BAGGAGE as the `baggage` "
+                "header, or use a client that honours HTTP_PROXY)")
+    return ("requests carried the key, but none of them called the forked service (does the "
+            "test exercise it?)")
+

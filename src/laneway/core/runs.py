@@ -1,9 +1,16 @@
 """What a run's report says, computed from plain data: which forks the run reached, where the
 routing key was lost (propagation leaks), the verdict, JUnit failures, and the Markdown report.
 
-A leak is a hop without the key inside a trace that carried it. The service to blame is the one
-whose outbound call lost it: the innermost hop that encloses the keyless hop in time (a service's
-outbound calls happen while its own request is in flight) and still had the key.
+A leak is found two ways:
+
+- by trace: a hop without the key inside a trace that carried it. The service to blame is the
+  one whose outbound call lost it: the innermost hop that encloses the keyless hop in time (a
+  service's outbound calls happen while its own request is in flight) and still had the key;
+- by caller (hops name the process that made them, `Hop.caller`): a request made by a fork of
+  sandbox S without S's key is that fork's leak, certainly, with or without a trace (a service
+  that drops its whole context, traceparent and baggage together, is found this way); an unkeyed
+  request made by a baseline process while it was serving a keyed request is a probable leak of
+  that service, reported with the request it overlapped.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ __all__ = [
     "forks_reached",
     "is_error_line",
     "key_conflicts",
+    "leak_sentence",
     "parse_junit",
     "render_markdown",
     "verdict_of",
@@ -44,10 +52,16 @@ class Leak:
     trace_id: str
     lost_at: str  # the service that received the call without the key
     path: str  # request path at lost_at
+    process: str = ""  # who made the keyless call: `service@sandbox` (a fork) or `service`
+    certainty: Literal["certain", "probable"] = "certain"
+    found_by: Literal["trace", "caller"] = "trace"
+    serving: str = ""  # the keyed request the process was serving when it made the call
 
     def to_json(self) -> dict[str, str]:
         return {"service": self.service, "trace_id": self.trace_id, "lost_at": self.lost_at,
-                "path": self.path}
+                "path": self.path, "process": self.process or self.service,
+                "certainty": self.certainty, "found_by": self.found_by,
+                "serving": self.serving}
 
 
 def _encloses(outer: Hop, inner: Hop) -> bool:
@@ -57,9 +71,11 @@ def _encloses(outer: Hop, inner: Hop) -> bool:
 
 
 def find_leaks(hops: Iterable[Hop], keys: set[str]) -> list[Leak]:
-    """Leaks of `keys` in the traces of `hops` (hops of one trace must all be present)."""
+    """Leaks of `keys` among `hops`: by trace (the hops of a trace must all be present) and by
+    caller (the hops of the same time window)."""
+    every = list(hops)
     traces: dict[str, list[Hop]] = {}
-    for hop in hops:
+    for hop in every:
         if hop.trace_id:
             traces.setdefault(hop.trace_id, []).append(hop)
     leaks: dict[tuple[str, str], Leak] = {}
@@ -80,9 +96,75 @@ def find_leaks(hops: Iterable[Hop], keys: set[str]) -> list[Leak]:
                 if not earlier:
                     continue  # the trace entered here without the key: not a leak
                 caller = earlier[-1]
-            leak = Leak(caller.service, trace_id, hop.service, hop.path)
+            process = hop.caller if hop.caller and hop.caller != "external" else caller.service
+            leak = Leak(caller.service, trace_id, hop.service, hop.path, process=process,
+                        serving=f"{caller.method} {caller.path}")
             leaks.setdefault((caller.service, trace_id), leak)
-    return sorted(leaks.values(), key=lambda leak: (leak.service, leak.trace_id))
+    for leak in _caller_leaks(every, keys):
+        if not any(known.service == leak.service and known.trace_id == leak.trace_id
+                   and leak.trace_id for known in leaks.values()):
+            leaks.setdefault((leak.process, leak.trace_id or f"{leak.lost_at} {leak.path}"),
+                             leak)
+    return sorted(leaks.values(), key=lambda leak: (leak.service, leak.trace_id, leak.path))
+
+
+def _caller_leaks(hops: list[Hop], keys: set[str]) -> list[Leak]:
+    keyed = [h for h in hops if h.routing_key in keys]
+    if not keyed:
+        return []
+    # The sandboxes (or route groups) the keys select, as their forks name themselves.
+    sandboxes = {h.destination for h in keyed if h.destination != "baseline"}
+    serving: dict[str, list[Hop]] = {}  # service -> its keyed hops (what it was serving)
+    for hop in keyed:
+        serving.setdefault(hop.service, []).append(hop)
+    out: list[Leak] = []
+    for hop in hops:
+        caller = hop.caller
+        if not caller or caller == "external" or hop.routing_key in keys:
+            continue
+        service, at, sandbox = caller.partition("@")
+        if at:
+            if sandbox not in sandboxes:
+                continue  # another sandbox's fork, with its own key
+            during = [h for h in serving.get(service, ()) if h.destination == sandbox
+                      and _encloses(h, hop)]
+            out.append(Leak(service, hop.trace_id, hop.service, hop.path, process=caller,
+                            found_by="caller", serving=_request(during)))
+        elif not hop.routing_key:
+            during = [h for h in serving.get(service, ()) if h.destination == "baseline"
+                      and _encloses(h, hop)]
+            if during:
+                out.append(Leak(service, hop.trace_id, hop.service, hop.path, process=caller,
+                                certainty="probable", found_by="caller",
+                                serving=_request(during)))
+    return out
+
+
+def _request(hops: list[Hop]) -> str:
+    if not hops:
+        return ""
+    inner = max(hops, key=lambda h: h.at)
+    trace = f" (trace {inner.trace_id})" if inner.trace_id else ""
+    return f"{inner.method} {inner.path}{trace}"
+
+
+def leak_sentence(leak: Mapping[str, Any], quote: str = "") -> str:
+    """`orders@sb` (fork of orders) called `pricing` (/quote) without the key, while serving
+    GET /buy; trace …: one line for reports, older records (no process) too."""
+    q = quote
+    process = leak.get("process") or leak["service"]
+    who = f"{q}{process}{q}"
+    if process != leak["service"] and "@" in process:
+        who += f" (fork of {leak['service']})"
+    probable = "probably " if leak.get("certainty") == "probable" else ""
+    line = f"{who} {probable}called {q}{leak['lost_at']}{q} ({leak['path']}) without the key"
+    if leak.get("serving"):
+        line += f", while serving {leak['serving']}"
+    if leak.get("trace_id"):
+        line += f"; trace {q}{leak['trace_id']}{q}"
+    else:
+        line += " (no trace: found by the calling process)"
+    return line
 
 
 def forks_reached(hops: Iterable[Hop], keys: set[str], forks: Sequence[str]) -> dict[str, int]:
@@ -185,8 +267,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"- `{f['name']}`: {f['message']}" for f in report["failures"][:20]]
     if report.get("leaks"):
         lines += ["", "**Propagation leaks** (the routing key was dropped)", ""]
-        lines += [f"- `{leak['service']}` called `{leak['lost_at']}` ({leak['path']}) without "
-                  f"the key, trace `{leak['trace_id']}`" for leak in report["leaks"][:20]]
+        lines += [f"- {leak_sentence(leak, '`')}" for leak in report["leaks"][:20]]
     if report.get("fork_errors"):
         lines += ["", "**Errors logged by the forks during the run**", "", "```"]
         lines += [*list(report["fork_errors"][:30]), "```"]

@@ -340,9 +340,12 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         return result
 
     @server.tool(description=(
-        "List propagation leaks: traces that carried a sandbox's routing key and lost it, with "
-        "the service whose outbound call dropped the `baggage` header. A leak means requests "
-        "past that service never reach forks: fix the propagation in that service."))
+        "List propagation leaks: where a sandbox's routing key was lost. Each names the service "
+        "and the process (`service@sandbox` for a fork) whose outbound call dropped the "
+        "`baggage` header, the call, the request it was serving, and how it was found (`trace`, "
+        "or `caller`: the router saw which process made the keyless call; `probable` for a "
+        "baseline process that was serving a keyed request). A leak means requests past that "
+        "service never reach forks: fix the propagation in that service."))
     async def list_leaks(sandbox: str | None = None) -> dict[str, Any]:
         leaks = await _call(api.get("/v1/leaks", sandbox=sandbox, limit=50))
         return {"leaks": leaks}
