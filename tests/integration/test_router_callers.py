@@ -81,3 +81,42 @@ async def test_a_router_without_identities_names_no_caller(upstream: TestUpstrea
         assert [h.caller for h in hops] == [""]
     finally:
         await router.close()
+
+
+def test_sock_diag_and_proc_net_tcp_find_the_same_socket() -> None:
+    import socket
+
+    from laneway.router.callers import SockDiag, _loopback_sockets
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = int(server.getsockname()[1])
+        client.connect(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        mine = int(client.getsockname()[1])
+        diag = SockDiag()
+        try:
+            inode = diag.inode(mine, port)
+            assert inode is not None
+            assert _loopback_sockets({(mine, port)}) == {(mine, port): inode}
+            assert diag.inode(mine, 1) is None  # no such socket
+        finally:
+            diag.close()
+            accepted.close()
+
+
+async def test_without_sock_diag_the_proc_fallback_names_callers(upstream: TestUpstream) -> None:
+    hops: list[Hop] = []
+    router = Router(RouterSettings(), hop_sink=hops.extend)
+    router.callers._diag_failed = True  # as where netlink is refused
+    port = await router.listen("svc", 0)
+    router.apply(RouteTable(version=1, baseline={"svc": Upstream("127.0.0.1", upstream.port)}))
+    caller = await _spawn(sys.executable, "-c", "import time; time.sleep(0.3)\n" + CALLS,
+                          str(port), "unit", "0")
+    router.callers.set_identities({caller.pid: "orders"})
+    try:
+        await caller.wait()
+        router.recorder.flush()
+        assert {h.caller for h in hops} == {"orders"}
+    finally:
+        await router.close()
