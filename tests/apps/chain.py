@@ -6,7 +6,7 @@ any language can propagate the routing key. Misbehaviour on demand: EXIT_AT_ONCE
 code 3 after printing an error; FAIL_HEALTH=1 never becomes healthy; /drop calls the next hop
 without the baggage (a propagation leak); /lose, or LOSE_CONTEXT=1, calls it with no context at
 all (neither baggage nor traceparent: work handed to a thread that lost it); FAIL_REQUESTS=1
-answers 500 and logs an ERROR line.
+answers 500 and logs an ERROR line; RENAME=new renames the answer's `version` field to `new`.
 """
 
 import http.client
@@ -65,7 +65,10 @@ class Handler(BaseHTTPRequestHandler):
             resp = conn.getresponse()
             nxt = json.loads(resp.read())
             conn.close()
-        self._send(200, {"service": NAME, "version": VERSION, "next": nxt})
+        answer = {"service": NAME, "version": VERSION, "next": nxt}
+        if os.environ.get("RENAME"):
+            answer[os.environ["RENAME"]] = answer.pop("version")
+        self._send(200, answer)
 
 
 ThreadingHTTPServer.daemon_threads = True

@@ -119,6 +119,30 @@ def test_a_fork_that_loses_the_context_is_a_certain_leak(project: Project) -> No
     assert "b@sb" in table
 
 
+def test_run_diff_names_a_renamed_field_red_and_a_changed_value_yellow(
+        project: Project) -> None:
+    fork(project, "renamed", "b", "{RENAME: ver}")
+    code, report = run(project, "--sandbox", "renamed", "--diff", "--", "sh", "-c",
+                       CALL_A.format(path="/"))
+    assert (code, report["verdict"]) == (0, "passed")
+    loud = [(f["risk"], f["endpoint"], f["path"], f["kind"]) for f in report["diff"]["findings"]]
+    assert loud == [("red", "GET /", "$.next.version", "missing")]
+    assert report["diff"]["red"] == 1
+    assert report["diff"]["findings"][0]["example"]["url"].endswith("/")
+    markdown = project.run("runs", "get", report["id"], "-o", "md").stdout
+    assert "Diff against the baseline" in markdown
+    assert "`$.next.version`" in markdown
+
+    fork(project, "valued", "b", "{VERSION: v2}")
+    code, report = run(project, "--sandbox", "valued", "--diff", "--", "sh", "-c",
+                       CALL_A.format(path="/"))
+    assert [(f["risk"], f["path"], f["baseline"], f["sandbox"])
+            for f in report["diff"]["findings"]] == [
+        ("yellow", "$.next.version", "baseline", "v2")]
+    assert report["diff"]["summary"] == (
+        "1 request to 1 endpoint replayed: 0 red and 1 yellow findings on 1 endpoint")
+
+
 def test_request_prints_answer_and_path(project: Project) -> None:
     fork(project, "sb", "b", "{VERSION: v9}")
     result = project.json("request", "--sandbox", "sb", "GET", project.url("a") + "/")

@@ -90,11 +90,28 @@ def print_report(report: dict[str, Any], output: str) -> None:
         console.print("errors logged by the forks during the run:")
         for line in report["fork_errors"][-10:]:
             console.print(f"  {line}", markup=False)
+    if report.get("diff"):
+        print_diff(report["diff"])
     if report.get("note"):
         console.print(f"note: {report['note']}", markup=False)
     if report.get("key_conflicts"):
         console.print(f"note: {key_conflict_note(int(report['key_conflicts']))}", markup=False)
     console.print(f"report: laneway runs get {report['id']} -o md")
+
+
+def print_diff(diff: dict[str, Any]) -> None:
+    """The diff against the baseline: red and yellow findings, one line each."""
+    console.print(f"diff: {diff['summary']}", markup=False)
+    colour = {"red": "red", "yellow": "yellow"}
+    for finding in diff.get("findings", [])[:20]:
+        risk = finding["risk"]
+        console.print(f"  [{colour[risk]}]{risk:<6}[/{colour[risk]}] {finding['endpoint']}  "
+                      f"{finding['path']} ({finding['kind']}): baseline "
+                      f"{finding['baseline']!r}, sandbox {finding['sandbox']!r}  "
+                      f"[{finding['raw']}/{finding['samples']} requests, noise "
+                      f"{finding['noise']}]", highlight=False)
+    for reason, count in diff.get("skipped", {}).items():
+        console.print(f"  not replayed: {count} x {reason}", markup=False)
 
 
 def _exit_code(report: dict[str, Any]) -> int:
@@ -131,6 +148,12 @@ def run(
     routegroup: Annotated[str | None, typer.Option(help="...or this route group")] = None,
     allow_unreached: Annotated[bool, typer.Option(
         "--allow-unreached", help="Pass even if a fork was never reached")] = False,
+    diff: Annotated[bool, typer.Option(
+        "--diff", help="Replay the run's requests against the baseline and diff the answers")]
+    = False,
+    diff_unsafe: Annotated[bool, typer.Option(
+        "--diff-unsafe", help="With --diff: replay POST, PUT, DELETE too (they write to the "
+        "shared baseline's data again)")] = False,
     timeout: Annotated[float | None, typer.Option(help="Stop the command after N seconds")] =
     None,
     output: FormatOption = "table",
@@ -149,7 +172,8 @@ def run(
     report = client.request("POST", "/v1/runs", json={
         "sandbox": sandbox, "routegroup": routegroup, "command": command,
         "cwd": os.getcwd(), "env": dict(os.environ), "timeout_s": timeout,
-        "allow_unreached": allow_unreached})
+        "allow_unreached": allow_unreached, "diff": diff or diff_unsafe,
+        "diff_unsafe": diff_unsafe})
     try:
         # The command's own output goes to stderr when stdout carries a machine-readable report.
         _follow_output(client, report["id"], sys.stdout if output == "table" else sys.stderr)

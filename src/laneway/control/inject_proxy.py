@@ -20,6 +20,8 @@ from laneway.core.baggage import with_key
 __all__ = ["InjectingProxy"]
 
 _MAX_HEAD = 65536
+MAX_RECORDED = 500  # requests a run keeps for `--diff`
+MAX_RECORDED_BODY = 65536  # a larger (or chunked) body is not kept: that request is not replayed
 _DROP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
                    b"te", b"upgrade"})
 
@@ -28,6 +30,9 @@ class InjectingProxy:
     def __init__(self, routing_key: str) -> None:
         self.routing_key = routing_key
         self.requests = 0
+        # What the test sent (before the key was added), for a diff against the baseline:
+        # {method, url, headers, body (latin-1) or None when too large or chunked}.
+        self.recorded: list[dict[str, object]] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
@@ -81,6 +86,7 @@ class InjectingProxy:
         port = url.port or 80
         path = (url.path or "/") + (f"?{url.query}" if url.query else "")
         lines = [method + b" " + path.encode("latin-1") + b" HTTP/1.1\r\n"]
+        kept: list[tuple[str, str]] = []
         baggage: list[bytes] = []
         has_traceparent = False
         length = 0
@@ -101,6 +107,15 @@ class InjectingProxy:
             elif lname == b"transfer-encoding" and b"chunked" in value.lower():
                 chunked = True
             lines.append(name.strip() + b": " + value + b"\r\n")
+            if lname not in (b"traceparent", b"tracestate", b"content-length",
+                             b"transfer-encoding", b"host"):
+                kept.append((lname.decode("latin-1"), value.decode("latin-1")))
+        record: dict[str, object] | None = None
+        if len(self.recorded) < MAX_RECORDED:
+            record = {"method": method.decode("latin-1"), "url": target.decode("latin-1"),
+                      "headers": kept, "body": None if chunked or length > MAX_RECORDED_BODY
+                      else ""}
+            self.recorded.append(record)
         # One `baggage` header, with the run's key as its only `laneway-key` member: a test
         # that sends another key would otherwise split its request over two sandboxes.
         # latin-1 keeps every other byte as it came.
@@ -122,7 +137,10 @@ class InjectingProxy:
             if chunked:
                 await _copy_chunked(reader, up_writer)
             elif length:
-                up_writer.write(await reader.readexactly(length))
+                body = await reader.readexactly(length)
+                if record is not None and record["body"] is not None:
+                    record["body"] = body.decode("latin-1")
+                up_writer.write(body)
             await up_writer.drain()
             response_head = await asyncio.wait_for(up_reader.readuntil(b"\r\n\r\n"), 600)
             writer.write(_close_head(response_head))

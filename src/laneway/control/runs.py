@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from laneway.control.diffs import replay_diff
 from laneway.control.errors import Invalid, NotFound, StoreUnavailable
 from laneway.control.inject_proxy import InjectingProxy
 from laneway.control.plane import ControlPlane
@@ -77,6 +78,10 @@ class RunSpec(BaseModel):
         default=None, description="the environment to run with (default: the daemon's)")
     timeout_s: float | None = Field(default=None, gt=0, le=86400)
     allow_unreached: bool = False
+    # Replay the run's own requests against the baseline and the sandbox and diff the answers
+    # (control/diffs.py); `diff_unsafe` replays non-idempotent methods too.
+    diff: bool = False
+    diff_unsafe: bool = False
 
 
 class RunManager:
@@ -291,6 +296,14 @@ class RunManager:
         await self.control.runtime.sync_hops()
         report.update(self._findings(report, forks, logs, run_dir, exit_code, spec,
                                      time.monotonic() - started, proxy.requests))
+        if spec.diff and run_id not in self._interrupting:
+            # After the findings: the replay's keyed requests must not count as the run's.
+            self._save(report)
+            try:
+                report["diff"] = await replay_diff(proxy.recorded, key, unsafe=spec.diff_unsafe)
+            except Exception as exc:  # the diff is extra evidence; its failure is reported
+                log.exception("run %s: the diff failed", run_id)
+                report["diff"] = {"summary": f"the diff failed: {exc}", "findings": []}
         if run_id in self._interrupting:
             self._interrupting.discard(run_id)
             report.update(status="interrupted", verdict="interrupted",

@@ -92,6 +92,20 @@ class Finding:
     raw: int  # requests whose candidate answer differed here
     noise: int  # requests whose two baseline answers differed here
     samples: int
+    example: int = -1  # the first sample (by position) whose candidate differed here
+    left: Any = None  # what the baseline answered there, in that sample
+    right: Any = None  # what the sandbox answered
+
+    def to_json(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "path": self.path, "kind": self.kind,
+                "risk": self.risk, "raw": self.raw, "noise": self.noise,
+                "samples": self.samples, "baseline": _short(self.left),
+                "sandbox": _short(self.right)}
+
+
+def _short(value: Any) -> Any:
+    text = json.dumps(value, default=str)
+    return value if len(text) <= 200 else text[:197] + "..."
 
 
 def _type_name(value: Any) -> str:
@@ -218,11 +232,13 @@ def classify(samples: Iterable[tuple[str, Answer, Answer, Answer]],
     limits = thresholds or Thresholds()
     counts: dict[str, int] = {}
     raw: dict[tuple[str, str, Kind], list[Difference]] = {}
+    first: dict[tuple[str, str, Kind], int] = {}
     noise: dict[tuple[str, str], int] = {}
-    for endpoint, primary, secondary, candidate in samples:
+    for index, (endpoint, primary, secondary, candidate) in enumerate(samples):
         counts[endpoint] = counts.get(endpoint, 0) + 1
         for diff in {(d.path, d.kind): d for d in diff_answers(primary, candidate)}.values():
             raw.setdefault((endpoint, diff.path, diff.kind), []).append(diff)
+            first.setdefault((endpoint, diff.path, diff.kind), index)
         for path in {d.path for d in diff_answers(primary, secondary)}:
             noise[(endpoint, path)] = noise.get((endpoint, path), 0) + 1
     findings = []
@@ -231,6 +247,7 @@ def classify(samples: Iterable[tuple[str, Answer, Answer, Answer]],
         seen_noise = noise.get((endpoint, path), 0)
         risk: Risk = _risk(kind, path, diffs) \
             if significant(len(diffs), seen_noise, n, limits) else "green"
-        findings.append(Finding(endpoint, path, kind, risk, len(diffs), seen_noise, n))
+        findings.append(Finding(endpoint, path, kind, risk, len(diffs), seen_noise, n,
+                                first[(endpoint, path, kind)], diffs[0].left, diffs[0].right))
     order = {"red": 0, "yellow": 1, "green": 2}
     return sorted(findings, key=lambda f: (order[f.risk], f.endpoint, f.path))

@@ -265,6 +265,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if report.get("failures"):
         lines += ["", "**Failed tests**", ""]
         lines += [f"- `{f['name']}`: {f['message']}" for f in report["failures"][:20]]
+    diff = report.get("diff")
+    if diff:
+        lines += ["", f"**Diff against the baseline**: {diff['summary']}", ""]
+        if diff.get("findings"):
+            lines += ["| risk | endpoint | field | change | baseline | sandbox | requests |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| {f['risk']} | `{f['endpoint']}` | `{f['path']}` | {f['kind']} | "
+                      f"`{f['baseline']}` | `{f['sandbox']}` | {f['raw']}/{f['samples']} |"
+                      for f in diff["findings"][:30]]
     if report.get("leaks"):
         lines += ["", "**Propagation leaks** (the routing key was dropped)", ""]
         lines += [f"- {leak_sentence(leak, '`')}" for leak in report["leaks"][:20]]

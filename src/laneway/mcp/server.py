@@ -102,6 +102,10 @@ def _compact_report(report: dict[str, Any]) -> dict[str, Any]:
     out["failures"] = report.get("failures", [])[:20]
     out["leaks"] = report.get("leaks", [])[:10]
     out["fork_errors"] = report.get("fork_errors", [])[-20:]
+    if report.get("diff"):
+        found = report["diff"]
+        out["diff"] = {"summary": found.get("summary"),
+                       "findings": found.get("findings", [])[:15]}
     out["output_tail"] = report.get("output_tail", [])[-25:]
     notes = [report.get("note") or "", key_conflict_note(int(report.get("key_conflicts") or 0))]
     if any(notes):
@@ -283,13 +287,17 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         timeout_s: Annotated[float | None, Field(description="stop the command after this")] =
         600.0,
         allow_unreached: bool = False,
+        diff: Annotated[bool, Field(description=(
+            "also replay the run's GET/HEAD requests against the baseline and diff the answers: "
+            "red = a removed field, a type or status-class change; yellow = values changed "
+            "beyond the baseline's own noise"))] = False,
     ) -> dict[str, Any]:
         # The command runs as this server's user would run it: with this process's
         # environment (the agent's), in its directory unless told otherwise.
         report = await _call(api.request("POST", "/v1/runs", params={"wait": WAIT_S}, json={
             "sandbox": sandbox, "command": command, "cwd": cwd or os.getcwd(),
             "env": dict(os.environ), "timeout_s": timeout_s,
-            "allow_unreached": allow_unreached}),
+            "allow_unreached": allow_unreached, "diff": diff}),
             "check the sandbox name (list_sandboxes) and the command")
         return _compact_report(report)
 

@@ -1,0 +1,95 @@
+"""Replaying requests against the baseline and a sandbox, and diffing the answers (issue 13).
+
+Each request is sent three times through the router it was sent to: without the key (the
+baseline's first answer), with the sandbox's key (the candidate), and without the key again
+(the baseline's second answer, whose differences from the first are the noise). The candidate
+goes between the two baseline answers, so that a clock or counter moves between the baseline
+answers as often as between baseline and candidate. `core.diff` compares and classifies.
+
+Only idempotent methods are replayed unless `unsafe` is asked for: a replayed POST writes to
+the shared baseline's data twice more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from laneway.core.baggage import baggage_value
+from laneway.core.diff import Answer, Thresholds, classify, endpoint_of
+
+__all__ = ["IDEMPOTENT", "replay_diff"]
+
+IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS"))
+_SKIP = frozenset(("baggage", "traceparent", "tracestate", "content-length", "host",
+                   "connection", "transfer-encoding"))
+
+
+def _answer(resp: httpx.Response) -> Answer:
+    return Answer(resp.status_code, {k.lower(): v for k, v in resp.headers.items()},
+                  resp.content)
+
+
+async def replay_diff(requests: Sequence[dict[str, Any]], key: str, *, unsafe: bool = False,
+                      thresholds: Thresholds | None = None,
+                      timeout: float = 10.0) -> dict[str, Any]:
+    """The diff report of `requests` ({method, url, headers, body}) between the baseline and
+    the sandbox whose key is `key`."""
+    samples: list[tuple[str, Answer, Answer, Answer]] = []
+    sent: list[dict[str, Any]] = []
+    skipped: dict[str, int] = {}
+    failed = 0
+    async with httpx.AsyncClient(trust_env=False, timeout=timeout) as client:
+        for request in requests:
+            method = str(request["method"]).upper()
+            if request.get("body") is None:
+                skipped["body not kept (chunked or over 64 KiB)"] = \
+                    skipped.get("body not kept (chunked or over 64 KiB)", 0) + 1
+                continue
+            if method not in IDEMPOTENT and not unsafe:
+                reason = f"{method}: not replayed without --unsafe (it would write twice more)"
+                skipped[reason] = skipped.get(reason, 0) + 1
+                continue
+            headers = [(k, v) for k, v in request.get("headers", []) if k.lower() not in _SKIP]
+            body = str(request.get("body") or "").encode("latin-1")
+            url = str(request["url"])
+            try:
+                answers = []
+                for keyed in (False, True, False):
+                    sending = [*headers, ("baggage", baggage_value(key))] if keyed else headers
+                    answers.append(_answer(await client.request(method, url, headers=sending,
+                                                                content=body or None)))
+            except httpx.HTTPError:
+                failed += 1
+                continue
+            path = httpx.URL(url).raw_path.decode("latin-1")
+            samples.append((endpoint_of(method, path), answers[0], answers[2], answers[1]))
+            sent.append({"method": method, "url": url})
+    findings = classify(samples, thresholds)
+    loud = [f for f in findings if f.risk != "green"]
+    red = sum(1 for f in loud if f.risk == "red")
+    endpoints = len({s[0] for s in samples})
+    changed = len({f.endpoint for f in loud})
+    summary = (f"{_count(len(samples), 'request')} to {_count(endpoints, 'endpoint')} "
+               "replayed: "
+               + (f"{red} red and {len(loud) - red} yellow findings on "
+                  f"{_count(changed, 'endpoint')}"
+                  if loud else "no difference beyond the baseline's own noise"))
+    return {
+        "summary": summary,
+        "replayed": len(samples),
+        "skipped": skipped,
+        "failed": failed,
+        "endpoints": endpoints,
+        "red": red,
+        "yellow": len(loud) - red,
+        "green": len(findings) - len(loud),
+        "findings": [{**f.to_json(), "example": sent[f.example]} for f in loud][:200],
+        "noise": [f.to_json() for f in findings if f.risk == "green"][:50],
+    }
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
