@@ -139,15 +139,22 @@ def main() -> None:
                       if crossed else
                       "[red]✗ the keyed request did not cross the gRPC hop as expected[/]")
         ok = ok and crossed
-        console.print("\n$ laneway run --sandbox pricing-promo -o md -- "
+        console.print("\n$ laneway run --sandbox pricing-promo --diff -o md -- "
                       "python -m pytest -q examples/shop/tests")
-        console.print("(the shop's own tests, unaware of laneway; the run proxy adds the key)\n")
-        run = subprocess.run([LANEWAY, "run", "--sandbox", "pricing-promo", "-o", "md", "--",
+        console.print("(the shop's own tests, unaware of laneway; the run proxy adds the key; "
+                      "--diff replays their requests against the baseline too)\n")
+        run = subprocess.run([LANEWAY, "run", "--sandbox", "pricing-promo", "--diff", "-o",
+                              "md", "--",
                               sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                               "tests"], cwd=SHOP, text=True, capture_output=True, check=False)
         sys.stdout.write(run.stdout)
         sys.stdout.flush()
         ok = ok and run.returncode == 0 and "`orders` called `pricing`" in run.stdout
+        diffed = "Diff against the baseline" in run.stdout and " 0 red and " in run.stdout
+        console.print("[green]✓ the diff: the fork's discount changes values (yellow), "
+                      "nothing red[/]" if diffed else
+                      "[red]✗ the diff against the baseline is not what the fork changed[/]")
+        ok = ok and diffed
         if os.environ.get("DEMO_KEEP"):
             console.print("\nDEMO_KEEP=1: still running. Try:\n"
                           f"  curl '{WEB}/buy?item=book'\n"
