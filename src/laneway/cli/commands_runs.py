@@ -332,9 +332,99 @@ def leaks(sandbox: Annotated[str | None, typer.Option(help="Only this sandbox's 
                   "`baggage` (OpenTelemetry's default propagators do) on that call.")
 
 
+def _since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    from laneway.core.duration import parse_duration
+    try:
+        return time.time() - parse_duration(value)
+    except ValueError as exc:
+        raise CliError(f"--since: {exc}") from exc
+
+
+def captures(
+    service: Annotated[str | None, typer.Option(help="Only this service's exchanges")] = None,
+    since: Annotated[str | None, typer.Option(help="Only the last 10m, 2h, ...")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (newest)")] = 50,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, json or jsonl")] =
+    "table",
+    api: ApiOption = None,
+) -> None:
+    """List captured exchanges (router.capture_services in laneway.yaml): request and answer,
+    credentials hashed. `-o jsonl` exports them, one per line."""
+    if output not in ("table", "json", "jsonl"):
+        raise CliError(f"-o {output}: choose table, json or jsonl")
+    found = connect(api).get("/v1/captures", service=service, since=_since(since), limit=limit)
+    if output == "json":
+        print_json(found)
+        return
+    if output == "jsonl":
+        import json
+        for capture in found:
+            sys.stdout.write(json.dumps(capture) + "\n")
+        return
+    if not found:
+        console.print("no captured exchanges: set router.capture_services in laneway.yaml "
+                      "(e.g. [web]) and send traffic")
+        return
+    rows = table("TIME", "SERVICE", "SERVED BY", "CALLER", "REQUEST", "STATUS", "BODY")
+    for capture in found:
+        served = capture["service"] if capture["destination"] == "baseline" else \
+            f"{capture['service']}@{capture['destination']}"
+        request = capture["request"]
+        rows.add_row(time.strftime("%H:%M:%S", time.localtime(capture["at"])),
+                     capture["service"], served, capture.get("caller") or "-",
+                     f"{request['method']} {request['target']}"[:60],
+                     str(capture["response"]["status"]),
+                     f"{len(capture['response']['body'])} B"
+                     + (" (cut)" if capture.get("truncated") else ""))
+    console.print(rows)
+
+
+def diff(
+    sandbox: Annotated[str, typer.Option(help="The sandbox to compare with the baseline")],
+    service: Annotated[str | None, typer.Option(help="Only this service's captures")] = None,
+    since: Annotated[str | None, typer.Option(help="Only captures of the last 10m, 2h, ...")]
+    = None,
+    unsafe: Annotated[bool, typer.Option(
+        "--unsafe", help="Replay POST, PUT, DELETE too (they write to the shared baseline's "
+        "data again)")] = False,
+    output: FormatOption = "table",
+    api: ApiOption = None,
+) -> None:
+    """Replay captured baseline requests against the baseline and the sandbox, and report what
+    the sandbox changed: red (a removed field, a type or status-class change), yellow (values
+    beyond the baseline's own noise)."""
+    _check_format(output)
+    if unsafe:
+        console.print("warning: --unsafe replays writes three times each against the shared "
+                      "baseline's data", style="yellow")
+    params: dict[str, Any] = {"sandbox": sandbox, "unsafe": unsafe}
+    if service:
+        params["service"] = service
+    if since:
+        params["since"] = _since(since)
+    found = connect(api).request("POST", "/v1/diffs", params=params, timeout=600)
+    if output == "json":
+        print_json(found)
+    elif output == "md":
+        sys.stdout.write(render_markdown_diff(found))
+    else:
+        print_diff(found)
+    if found.get("red"):
+        raise typer.Exit(1)
+
+
+def render_markdown_diff(diff: dict[str, Any]) -> str:
+    from laneway.core.runs import render_diff_markdown
+    return "\n".join(render_diff_markdown(diff)) + "\n"
+
+
 def register(app: typer.Typer) -> None:
     app.command(context_settings={"allow_interspersed_args": False})(run)
     app.add_typer(runs_app, name="runs")
     app.command()(request)
     app.command()(trace)
     app.command()(leaks)
+    app.command()(captures)
+    app.command()(diff)

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 
 from laneway import __version__
+from laneway.control.diffs import captured_requests, replay_diff
 from laneway.control.errors import ControlError, Invalid, NotFound
 from laneway.control.plane import ControlPlane
 from laneway.control.runs import RunManager, RunSpec
@@ -204,6 +205,41 @@ def create_app(control: ControlPlane, token: str,
                                               trace_id=trace.lower() if trace else None,
                                               since=since, limit=limit)
         return [h.to_json() for h in found]
+
+    def _captured(service: str | None, since: float | None) -> list[dict[str, Any]]:
+        return [{"at": h.at, "service": h.service, "destination": h.destination,
+                 "caller": h.caller, "routing_key": h.routing_key, "trace_id": h.trace_id,
+                 **h.capture}
+                for h in control.hops.query(since=since, limit=10_000_000)
+                if h.capture is not None and (service is None or h.service == service)]
+
+    @app.get("/v1/captures")
+    async def captures(service: str | None = None, since: float | None = None,
+                       limit: int = Query(500, ge=1, le=100_000)) -> list[dict[str, Any]]:
+        """Captured exchanges (router.capture_services), oldest first, credentials hashed."""
+        return _captured(service, since)[-limit:]
+
+    @app.post("/v1/diffs")
+    async def diff(sandbox: str, service: str | None = None, since: float | None = None,
+                   unsafe: bool = False,
+                   limit: int = Query(500, ge=1, le=10_000)) -> dict[str, Any]:
+        """Replay captured baseline requests without the sandbox's key, with it, and without
+        it again, and diff the answers (control/diffs.py)."""
+        rec = control.store.get("sandbox", sandbox)
+        if rec is None:
+            raise NotFound(f"sandbox {sandbox!r} not found; `laneway sandbox list` shows them")
+        baseline = [c for c in _captured(service, since)
+                    if c["destination"] == "baseline" and not c["routing_key"]][-limit:]
+        if not baseline:
+            where = f"service {service!r}" if service else "any service"
+            raise Invalid(f"no captured baseline requests for {where}"
+                          + (" in that time" if since else "") + "; capture some first: set "
+                          "router.capture_services in laneway.yaml (e.g. [web]) and send "
+                          "traffic, or use `laneway run --diff`")
+        ports = {name: svc.port for name, svc in control.project.services.items()}
+        requests = captured_requests(baseline, ports)
+        return {"sandbox": sandbox, **await replay_diff(requests, rec.routing_key,
+                                                         unsafe=unsafe)}
 
     @app.get("/v1/routes")
     async def routes(since: int | None = None,

@@ -20,7 +20,7 @@ import httpx
 from laneway.core.baggage import baggage_value
 from laneway.core.diff import Answer, Thresholds, classify, endpoint_of
 
-__all__ = ["IDEMPOTENT", "replay_diff"]
+__all__ = ["IDEMPOTENT", "captured_requests", "replay_diff"]
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS"))
 _SKIP = frozenset(("baggage", "traceparent", "tracestate", "content-length", "host",
@@ -65,7 +65,10 @@ async def replay_diff(requests: Sequence[dict[str, Any]], key: str, *, unsafe: b
                 failed += 1
                 continue
             path = httpx.URL(url).raw_path.decode("latin-1")
-            samples.append((endpoint_of(method, path), answers[0], answers[2], answers[1]))
+            endpoint = endpoint_of(method, path)
+            if request.get("service"):
+                endpoint = f"{request['service']}: {endpoint}"  # several services replayed
+            samples.append((endpoint, answers[0], answers[2], answers[1]))
             sent.append({"method": method, "url": url})
     findings = classify(samples, thresholds)
     loud = [f for f in findings if f.risk != "green"]
@@ -93,3 +96,24 @@ async def replay_diff(requests: Sequence[dict[str, Any]], key: str, *, unsafe: b
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def captured_requests(captures: Sequence[dict[str, Any]], ports: dict[str, int],
+                      host: str = "127.0.0.1") -> list[dict[str, Any]]:
+    """Replayable requests from captured baseline exchanges: to the service's public port, its
+    credentials left out (they were stored hashed), a cut body as not replayable."""
+    out = []
+    for capture in captures:
+        port = ports.get(capture["service"])
+        if port is None:
+            continue
+        request = capture["request"]
+        out.append({
+            "service": capture["service"],
+            "method": request["method"],
+            "url": f"http://{host}:{port}{request['target']}",
+            "headers": [(n, v) for n, v in request["headers"] if not v.startswith("redacted:")],
+            "body": None if capture.get("truncated") else request["body"],
+        })
+    return out
+

@@ -39,6 +39,10 @@ class Hop:
     # Who made the request: `service` (a baseline process), `service@sandbox` (a fork),
     # `external` (a process laneway does not run), or "" where the router cannot tell.
     caller: str = ""
+    # The request and response, where the service is captured (router.capture_services):
+    # {"request": {method, target, headers, body}, "response": {status, headers, body}},
+    # bodies cut at capture_body_bytes, credentials hashed (router/capture.py).
+    capture: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +61,7 @@ class Hop:
             "key_conflict": self.key_conflict,
             "grpc_status": self.grpc_status,
             "caller": self.caller,
+            **({"capture": self.capture} if self.capture is not None else {}),
         }
 
     @classmethod
@@ -71,6 +76,7 @@ class Hop:
             key_conflict=bool(data.get("key_conflict", False)),  # absent in older records
             grpc_status=None if data.get("grpc_status") is None else int(data["grpc_status"]),
             caller=str(data.get("caller", "")),
+            capture=data.get("capture"),
         )
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "key_conflicts",
     "leak_sentence",
     "parse_junit",
+    "render_diff_markdown",
     "render_markdown",
     "verdict_of",
 ]
@@ -146,6 +147,18 @@ def _request(hops: list[Hop]) -> str:
     inner = max(hops, key=lambda h: h.at)
     trace = f" (trace {inner.trace_id})" if inner.trace_id else ""
     return f"{inner.method} {inner.path}{trace}"
+
+
+def render_diff_markdown(diff: Mapping[str, Any]) -> list[str]:
+    """A diff against the baseline (control/diffs.py) as Markdown lines."""
+    lines = [f"**Diff against the baseline**: {diff['summary']}", ""]
+    if diff.get("findings"):
+        lines += ["| risk | endpoint | field | change | baseline | sandbox | requests |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {f['risk']} | `{f['endpoint']}` | `{f['path']}` | {f['kind']} | "
+                  f"`{f['baseline']}` | `{f['sandbox']}` | {f['raw']}/{f['samples']} |"
+                  for f in diff["findings"][:30]]
+    return lines
 
 
 def leak_sentence(leak: Mapping[str, Any], quote: str = "") -> str:
@@ -267,13 +280,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"- `{f['name']}`: {f['message']}" for f in report["failures"][:20]]
     diff = report.get("diff")
     if diff:
-        lines += ["", f"**Diff against the baseline**: {diff['summary']}", ""]
-        if diff.get("findings"):
-            lines += ["| risk | endpoint | field | change | baseline | sandbox | requests |",
-                      "|---|---|---|---|---|---|---|"]
-            lines += [f"| {f['risk']} | `{f['endpoint']}` | `{f['path']}` | {f['kind']} | "
-                      f"`{f['baseline']}` | `{f['sandbox']}` | {f['raw']}/{f['samples']} |"
-                      for f in diff["findings"][:30]]
+        lines += ["", *render_diff_markdown(diff)]
     if report.get("leaks"):
         lines += ["", "**Propagation leaks** (the routing key was dropped)", ""]
         lines += [f"- {leak_sentence(leak, '`')}" for leak in report["leaks"][:20]]

@@ -242,7 +242,8 @@ def _stringify_env(value: Any) -> Any:
 DATAPLANE_ROUTER_FIELDS = (
     "extra_headers", "connect_timeout", "upstream_timeout", "request_head_timeout",
     "keepalive_timeout", "client_timeout", "tunnel_timeout", "max_connections",
-    "max_header_bytes", "max_response_header_bytes", "hop_capacity",
+    "max_header_bytes", "max_response_header_bytes", "hop_capacity", "capture_services",
+    "capture_rate", "capture_body_bytes",
 )
 
 
@@ -263,6 +264,12 @@ class RouterSettings(_Spec):
     max_header_bytes: int = Field(default=65536, ge=1024, le=1048576)
     max_response_header_bytes: int = Field(default=65536, ge=1024, le=1048576)
     hop_capacity: int = Field(default=100_000, ge=100, le=10_000_000)
+    # Request/response pairs the routers keep (opt-in, per service; `*` for all), for
+    # `laneway captures` and `laneway diff`: a sample of them, bodies cut at a size, credentials
+    # replaced by a stable hash. Kept with the hop records, so bounded like them.
+    capture_services: list[str] = Field(default_factory=list)
+    capture_rate: float = Field(default=1.0, gt=0, le=1)
+    capture_body_bytes: int = Field(default=65536, ge=0, le=1048576)
     # How long a replaced or deleted fork may take to finish the requests it has, after it
     # stopped getting new ones and before it gets SIGTERM.
     drain_timeout: float = Field(default=30.0, ge=0, le=3600)

@@ -279,8 +279,9 @@ def main(argv: list[str]) -> int:
     raw = json.loads(args.settings)
     given: dict[str, Any] = {name: value for name, value in raw.items()
                              if name in ROUTER_FIELDS}
-    if "extra_headers" in given:
-        given["extra_headers"] = tuple(given["extra_headers"])
+    for listed in ("extra_headers", "capture_services"):
+        if listed in given:
+            given[listed] = tuple(given[listed])
     settings = RouterSettings(**given)
     # Many client connections are the router's job: lift the soft fd limit, as nginx does.
     raise_fd_limit()

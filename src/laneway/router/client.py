@@ -24,6 +24,7 @@ We write this ourselves rather than using an HTTP framework because it is the pr
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from laneway.core.baggage import baggage_key, key_from_tracestate
 from laneway.core.hops import Hop, trace_context
 from laneway.core.routes import ForkRoute, Upstream, decide
 from laneway.router.callers import CallerResolver
+from laneway.router.capture import Capture
 from laneway.router.exchange import Carrier, Exchange
 from laneway.router.h1toh2 import H1ToH2
 from laneway.router.h2upstream import H2Pool
@@ -73,6 +75,8 @@ class ServiceContext:
         "baseline",
         "budget",
         "callers",
+        "capture_body_bytes",
+        "capture_rate",
         "client_timeout",
         "clock",
         "connect_tasks",
@@ -128,6 +132,8 @@ class ServiceContext:
         self.h2_factory: Callable[[ServiceContext, asyncio.Transport], H2Side] | None = None
         self.h2pool: H2Pool | None = None  # HTTP/2 upstream connections (set by the server)
         self.callers: CallerResolver | None = None  # who connects (set by the server)
+        self.capture_rate = 0.0  # the share of exchanges captured (router.capture_services)
+        self.capture_body_bytes = 65536
         self.connect_tasks: set[asyncio.Task[None]] = set()
         self.served_by: dict[str, bytes] = {}  # sandbox -> b"service@sandbox", built once
 
@@ -368,6 +374,10 @@ class ClientConnection(asyncio.Protocol):
         self._build(ex, method, url, parser.should_upgrade())
         if self._rejection is not None:
             raise _Rejected
+        rate = self.ctx.capture_rate
+        if rate and (rate >= 1.0 or random.random() < rate):
+            ex.capture = Capture(ex.method, url[:2048].decode("latin-1"), list(self._headers),
+                                 self.ctx.capture_body_bytes)
         self.parsing = ex
         if self.active is None:
             self._start(ex)
@@ -380,6 +390,8 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing
         if ex is None or ex.local is not None:
             return
+        if ex.capture is not None:
+            ex.capture.request_piece(body)
         if ex.body_sink is not None:
             ex.body_sink.body(body)
             return
@@ -818,6 +830,9 @@ class ClientConnection(asyncio.Protocol):
             upstream_framed = has_length
         lines.append(b"laneway-served-by: " + ex.served_by + b"\r\n")
         lines.append(VIA)
+        if ex.capture is not None and not informational:
+            ex.capture.status = status
+            ex.capture.response_headers = headers
         if not informational:
             no_body = ex.is_head or status in (101, 204, 304)
             if other_codings and not no_body:
@@ -861,6 +876,8 @@ class ClientConnection(asyncio.Protocol):
     def response_body(self, ex: Exchange, body: bytes) -> None:
         if ex.done:
             return
+        if ex.capture is not None:
+            ex.capture.response_piece(body)
         if ex.rechunk:
             self.write(b"%x\r\n%b\r\n" % (len(body), body))
         else:
@@ -1045,6 +1062,7 @@ class ClientConnection(asyncio.Protocol):
             path=ex.path,
             error=ex.error,
             key_conflict=ex.key_conflict,
+            capture=None if ex.capture is None else ex.capture.finished(status),
         ))
 
     def _reject(self, status: int, code: str, message: str) -> None:

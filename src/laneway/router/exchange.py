@@ -12,6 +12,7 @@ import asyncio
 from typing import Protocol
 
 from laneway.core.routes import Upstream
+from laneway.router.capture import Capture
 
 __all__ = ["PENDING_LIMIT", "BodySink", "Carrier", "Downstream", "Exchange"]
 
@@ -62,7 +63,8 @@ class Exchange:
     """One request/response pair: what was asked, where it goes, how far it got."""
 
     __slots__ = (
-        "body_length", "body_sink", "cancel_upgrade", "close_client", "close_delimited", "conn",
+        "body_length", "body_sink", "cancel_upgrade", "capture", "close_client",
+        "close_delimited", "conn",
         "destination", "done", "error", "fork", "has_body", "head", "http11", "is_head",
         "keep_alive", "key", "key_conflict", "local", "local_status", "method", "parent_id",
         "path", "pending", "pending_size", "rechunk", "request_chunked", "request_done",
@@ -79,6 +81,7 @@ class Exchange:
         self.upstream_conn: Carrier | None = None
         # Takes the request body unframed, instead of `send_body` (an HTTP/2 upstream stream)
         self.body_sink: BodySink | None = None
+        self.capture: Capture | None = None  # the exchange kept for `laneway diff` (capture.py)
         self.local: bytes | None = None  # a response the router writes itself
         self.local_status = 503
         self.error = ""

@@ -57,6 +57,9 @@ class RouterSettings:
     max_header_bytes: int = 65536  # request header section
     max_response_header_bytes: int = 65536  # beyond it the response is a 502
     hop_capacity: int = 100_000
+    capture_services: tuple[str, ...] = ()  # services whose exchanges are captured; "*": all
+    capture_rate: float = 1.0
+    capture_body_bytes: int = 65536
 
 
 class Router:
@@ -101,6 +104,10 @@ class Router:
                 max_response_header_bytes=self.settings.max_response_header_bytes,
                 protocol=protocol,
             )
+            captured = "*" in self.settings.capture_services or \
+                service in self.settings.capture_services
+            ctx.capture_rate = self.settings.capture_rate if captured else 0.0
+            ctx.capture_body_bytes = self.settings.capture_body_bytes
             ctx.h2_factory = self._h2_connection
             ctx.h2pool = self.h2pool
             ctx.callers = self.callers
