@@ -19,7 +19,8 @@ def test_chain_answers():
     assert "error" not in body, body
 """
 REQUIRED = {"list_services", "list_sandboxes", "get_sandbox", "apply_sandbox",
-            "delete_sandbox", "send_request", "run_tests", "get_logs", "get_trace"}
+            "delete_sandbox", "send_request", "run_tests", "get_logs", "get_trace",
+            "list_leaks", "diff_sandbox"}
 
 
 async def call(client: Client, tool: str, **arguments: Any) -> tuple[bool, Any]:
@@ -95,6 +96,16 @@ async def test_agent_loop_over_stdio(project: Project) -> None:
                                    cwd=str(project.root))
         assert report["verdict"] == "passed", report
         assert report["forks_reached"]["c@fix"] >= 1
+
+        # What the fix changed in the answers, beyond the tests: the version, and nothing red.
+        error, report = await call(client, "run_tests", sandbox="fix", command=command,
+                                   cwd=str(project.root), diff=True)
+        assert not error, report
+        assert [(f["risk"], f["path"], f["sandbox"]) for f in report["diff"]["findings"]] == [
+            ("yellow", "$.next.next.version", "fixed")]
+        error, message = await call(client, "diff_sandbox", sandbox="fix")
+        assert error
+        assert "router.capture_services" in message
 
         error, listed = await call(client, "list_sandboxes")
         assert [s["name"] for s in listed["sandboxes"]] == ["fix"]

@@ -358,6 +358,32 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         leaks = await _call(api.get("/v1/leaks", sandbox=sandbox, limit=50))
         return {"leaks": leaks}
 
+    @server.tool(description=(
+        "What a sandbox changed in the answers, beyond your own tests: replays captured "
+        "baseline requests (router.capture_services in laneway.yaml) without the sandbox's "
+        "key, with it, and without it again, and diffs them. `red` = a removed field, a type "
+        "or status-class change (likely a break for callers); `yellow` = values changed beyond "
+        "the baseline's own noise (check they are intended); noise (timestamps, ids) is "
+        "filtered. Returns a summary and the findings per endpoint and field path with both "
+        "values and an example request. For a run's own requests use run_tests(diff=true)."))
+    async def diff_sandbox(
+        sandbox: str,
+        service: Annotated[str | None, Field(description="only this service's captures")] =
+        None,
+        since_s: Annotated[float | None, Field(
+            description="only captures of the last this many seconds")] = None,
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"sandbox": sandbox}
+        if service:
+            params["service"] = service
+        if since_s:
+            params["since"] = time.time() - since_s
+        found = await _call(api.request("POST", "/v1/diffs", params=params),
+                            "check the sandbox name (list_sandboxes), and that captures exist")
+        return {"summary": found.get("summary"), "red": found.get("red"),
+                "yellow": found.get("yellow"), "findings": found.get("findings", [])[:20],
+                "skipped": found.get("skipped", {})}
+
     return server
 
 
