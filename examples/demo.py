@@ -155,6 +155,28 @@ def main() -> None:
                       "nothing red[/]" if diffed else
                       "[red]✗ the diff against the baseline is not what the fork changed[/]")
         ok = ok and diffed
+        console.print("\n$ laneway sandbox apply -f sandbox-pricing-rename.yaml --wait   "
+                      "(a fork of pricing that renames `discount` to `rebate`)")
+        laneway("sandbox", "apply", "-f", "sandbox-pricing-rename.yaml", "--wait",
+                capture=True)
+        console.print("$ laneway run --sandbox pricing-rename --diff -- python -m pytest -q "
+                      "examples/shop/tests\n")
+        renamed = subprocess.run([LANEWAY, "run", "--sandbox", "pricing-rename", "--diff",
+                                  "-o", "json", "--", sys.executable, "-m", "pytest", "-q",
+                                  "-p", "no:cacheprovider", "tests"], cwd=SHOP, text=True,
+                                 capture_output=True, check=False)
+        found = json.loads(renamed.stdout)["diff"] if renamed.stdout.strip() else {}
+        for finding in found.get("findings", []):
+            console.print(f"  [{'red' if finding['risk'] == 'red' else 'yellow'}]"
+                          f"{finding['risk']}[/] {finding['endpoint']} {finding['path']} "
+                          f"({finding['kind']})")
+        red = [(f["endpoint"], f["path"]) for f in found.get("findings", [])
+               if f["risk"] == "red"]
+        broke = red == [("GET /buy", "$.quote.pricing.discount")]
+        console.print("[green]✓ the tests pass, and the diff shows the broken contract: "
+                      "`discount` missing, red[/]" if broke else
+                      "[red]✗ the renamed field was not reported red[/]")
+        ok = ok and broke
         if os.environ.get("DEMO_KEEP"):
             console.print("\nDEMO_KEEP=1: still running. Try:\n"
                           f"  curl '{WEB}/buy?item=book'\n"

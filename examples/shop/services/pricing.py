@@ -18,6 +18,9 @@ from common import PRICING_SERVICE, VERSION, client, decode, encode, log, serve_
 
 CURRENCY = os.environ["CURRENCY_URL"]
 DISCOUNT = float(os.environ.get("PRICING_DISCOUNT", "0"))
+# The name of the answer's discount field: a fork that renames it breaks a contract (the demo's
+# `laneway run --diff` shows it red).
+DISCOUNT_FIELD = os.environ.get("PRICING_DISCOUNT_FIELD", "discount")
 DB = Path(os.environ.get("PRICING_DB", "pricing.db"))
 CATALOG = {"book": 12.5, "lamp": 40.0, "mug": 8.0}
 
@@ -52,7 +55,7 @@ async def quote(request: dict[str, Any], context: grpc.aio.ServicerContext) -> d
         await context.abort(code, f"currency answered {resp.status_code}: {resp.text}")
     converted = resp.json()
     return {"item": item, "amount": converted["amount"], "currency": currency,
-            "discount": f"{DISCOUNT:g}%", "pricing": VERSION}
+            DISCOUNT_FIELD: f"{DISCOUNT:g}%", "pricing": VERSION}
 
 
 serve_grpc(grpc.method_handlers_generic_handler(PRICING_SERVICE, {
