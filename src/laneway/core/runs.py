@@ -15,6 +15,7 @@ A leak is found two ways:
 
 from __future__ import annotations
 
+import bisect
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
@@ -115,9 +116,11 @@ def _caller_leaks(hops: list[Hop], keys: set[str]) -> list[Leak]:
         return []
     # The sandboxes (or route groups) the keys select, as their forks name themselves.
     sandboxes = {h.destination for h in keyed if h.destination != "baseline"}
-    serving: dict[str, list[Hop]] = {}  # service -> its keyed hops (what it was serving)
+    serving: dict[tuple[str, str], _Serving] = {}  # (service, destination) -> its keyed hops
     for hop in keyed:
-        serving.setdefault(hop.service, []).append(hop)
+        serving.setdefault((hop.service, hop.destination), _Serving()).add(hop)
+    for known in serving.values():
+        known.ready()
     out: list[Leak] = []
     for hop in hops:
         caller = hop.caller
@@ -127,18 +130,48 @@ def _caller_leaks(hops: list[Hop], keys: set[str]) -> list[Leak]:
         if at:
             if sandbox not in sandboxes:
                 continue  # another sandbox's fork, with its own key
-            during = [h for h in serving.get(service, ()) if h.destination == sandbox
-                      and _encloses(h, hop)]
+            found = serving.get((service, sandbox))
+            during = found.enclosing(hop) if found else []
             out.append(Leak(service, hop.trace_id, hop.service, hop.path, process=caller,
                             found_by="caller", serving=_request(during)))
         elif not hop.routing_key:
-            during = [h for h in serving.get(service, ()) if h.destination == "baseline"
-                      and _encloses(h, hop)]
+            found = serving.get((service, "baseline"))
+            during = found.enclosing(hop) if found else []
             if during:
                 out.append(Leak(service, hop.trace_id, hop.service, hop.path, process=caller,
                                 certainty="probable", found_by="caller",
                                 serving=_request(during)))
     return out
+
+
+class _Serving:
+    """The keyed hops of one service, by start time: which of them enclose a given hop, found
+    without looking at all of them (a bisection, then back as far as the longest one lasts)."""
+
+    __slots__ = ("hops", "longest", "starts")
+
+    def __init__(self) -> None:
+        self.hops: list[Hop] = []
+        self.starts: list[float] = []
+        self.longest = 0.0
+
+    def add(self, hop: Hop) -> None:
+        self.hops.append(hop)
+
+    def ready(self) -> None:
+        self.hops.sort(key=lambda h: h.at)
+        self.starts = [h.at for h in self.hops]
+        self.longest = max((h.duration_ms / 1000 for h in self.hops), default=0.0)
+
+    def enclosing(self, inner: Hop) -> list[Hop]:
+        end = bisect.bisect_right(self.starts, inner.at + _SLACK)
+        out = []
+        for i in range(end - 1, -1, -1):
+            if self.starts[i] < inner.at - self.longest - _SLACK:
+                break
+            if _encloses(self.hops[i], inner):
+                out.append(self.hops[i])
+        return out
 
 
 def _request(hops: list[Hop]) -> str:
