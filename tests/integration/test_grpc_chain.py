@@ -157,10 +157,10 @@ async def test_the_deadline_shrinks_at_every_hop_and_expires_as_deadline_exceede
         slow = _call(channel, "Slow")
         seen = (await slow({"sleep": 0}, metadata=_meta(K, secrets.token_hex(16)),
                            timeout=5))["seen"]
-        # Each hop sees less than the client's 5 s. (grpcio rounds the grpc-timeout it sends
+        # Each hop sees about the client's 5 s or less. (grpcio rounds the grpc-timeout it sends
         # up to a few significant digits, so a hop may see a few ms more than its caller.)
-        assert 4 < seen["c@sb-k"] < 5
-        assert 4 < seen["b@sb-k"] < 5
+        assert 4 < seen["c@sb-k"] < 5.05
+        assert 4 < seen["b@sb-k"] < 5.05
         assert seen["c@sb-k"] <= seen["b@sb-k"] + 0.05
         assert seen["b@sb-k"] <= seen["a@sb-k"] + 0.05
         with pytest.raises(aio.AioRpcError) as err:

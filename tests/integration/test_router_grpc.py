@@ -196,7 +196,9 @@ async def test_the_deadline_is_forwarded_reduced_and_enforced(routed: Routed) ->
     await method(routed.channel, "Unary")({}, timeout=5.0)
     remaining = routed.baseline.seen_timeouts[-1]
     assert remaining is not None
-    assert 3.0 < remaining <= 5.0
+    # grpcio rounds the grpc-timeout it sends up to a few significant digits (5 s may leave as
+    # 5.01 s); the router's reduction itself is pinned by the raw-upstream test below.
+    assert 3.0 < remaining <= 5.05
     started = time.monotonic()
     with pytest.raises(aio.AioRpcError) as err:
         await method(routed.channel, "Slow")({"sleep": 5}, timeout=0.3, metadata=keyed(KEY))
