@@ -372,7 +372,7 @@ async def test_grpc_timeout_is_forwarded_reduced_by_the_time_in_the_router() -> 
 
 
 def test_grpc_timeout_values() -> None:
-    from laneway.router.h2client import format_grpc_timeout, parse_grpc_timeout
+    from laneway.core.grpc import format_grpc_timeout, parse_grpc_timeout
     assert parse_grpc_timeout(b"100m") == pytest.approx(0.1)
     assert parse_grpc_timeout(b"2S") == 2.0
     assert parse_grpc_timeout(b"1H") == 3600.0

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GRPC_CODES", "Hop", "grpc_code_name", "key_conflict_note", "status_text",
-           "trace_context"]
+from laneway.core.grpc import grpc_code_name
+
+__all__ = ["Hop", "key_conflict_note", "status_text", "trace_context"]
 
 
 @dataclass(slots=True)  # not frozen: routers build one per request, and frozen init is slower
@@ -78,18 +79,6 @@ class Hop:
             caller=str(data.get("caller", "")),
             capture=data.get("capture"),
         )
-
-
-GRPC_CODES = (
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-    "UNAUTHENTICATED",
-)
-
-
-def grpc_code_name(code: int) -> str:
-    return GRPC_CODES[code] if 0 <= code < len(GRPC_CODES) else str(code)
 
 
 def status_text(status: int, grpc_status: int | None) -> str:

@@ -22,7 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from laneway.core.hops import Hop, grpc_code_name, key_conflict_note
+from laneway.core.grpc import grpc_code_name
+from laneway.core.hops import Hop, key_conflict_note
 
 __all__ = [
     "Leak",

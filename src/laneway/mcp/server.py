@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from laneway import __version__
 from laneway.client import AsyncApiClient, CliError
 from laneway.core.baggage import headers_with_key
-from laneway.core.hops import grpc_code_name, key_conflict_note
+from laneway.core.grpc import grpc_code_name
+from laneway.core.hops import key_conflict_note
 
 __all__ = ["build_server"]
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
 from collections import deque
 from urllib.parse import quote
@@ -61,6 +60,7 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 
 from laneway.core.baggage import baggage_key, key_from_tracestate
+from laneway.core.grpc import format_grpc_timeout, parse_grpc_timeout
 from laneway.core.hops import Hop, trace_context
 from laneway.core.routes import Upstream, decide
 from laneway.router.client import WALL_OFFSET, ClientConnection, ServiceContext
@@ -94,28 +94,6 @@ INTERNAL, UNAVAILABLE = 13, 14
 _RESET_STATUS: dict[int, int] = {ErrorCodes.NO_ERROR: INTERNAL, ErrorCodes.CANCEL: CANCELLED,
                  ErrorCodes.REFUSED_STREAM: UNAVAILABLE,
                  ErrorCodes.ENHANCE_YOUR_CALM: RESOURCE_EXHAUSTED}
-
-_TIMEOUT = re.compile(rb"^(\d{1,8})([HMSmun])$")
-_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
-
-
-def parse_grpc_timeout(value: bytes) -> float | None:
-    """`grpc-timeout` in seconds (`100m`, `5S`), None when it is not one."""
-    match = _TIMEOUT.match(value.strip())
-    if match is None:
-        return None
-    return int(match.group(1)) * _UNITS[match.group(2)]
-
-
-def format_grpc_timeout(seconds: float) -> bytes:
-    """The most precise `grpc-timeout` that fits in 8 digits."""
-    seconds = max(seconds, 0.0)
-    for unit, scale in ((b"u", 1e-6), (b"m", 1e-3), (b"S", 1.0), (b"M", 60.0), (b"H", 3600.0)):
-        count = int(seconds / scale)
-        if count <= 99_999_999:
-            return b"%d%s" % (max(count, 1 if seconds > 0 else 0), unit)
-    return b"99999999H"
-
 
 def grpc_message(text: str) -> bytes:
     """`grpc-message` is percent-encoded UTF-8 (everything but printable ASCII and not `%`)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -21,6 +20,8 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
+from laneway.core.grpc import format_grpc_timeout, grpc_code_name
+
 __all__ = ["check_health", "decode_check_response", "encode_check_request", "grpc_verdict"]
 
 HEALTH_CHECK = "grpc.health.v1.Health/Check"
@@ -29,12 +30,6 @@ HEALTH_CHECK = "grpc.health.v1.Health/Check"
 MAX_ANSWER_BYTES = 64 * 1024
 SERVING = 1
 SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
-GRPC_CODES = {
-    0: "OK", 1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED",
-    5: "NOT_FOUND", 6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED",
-    9: "FAILED_PRECONDITION", 10: "ABORTED", 11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED",
-    13: "INTERNAL", 14: "UNAVAILABLE", 15: "DATA_LOSS", 16: "UNAUTHENTICATED",
-}
 
 _Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -192,7 +187,7 @@ def grpc_verdict(service: str, headers: dict[str, str], body: bytes,
         if serving == SERVING:
             return None
         return f"{call} answered {SERVING_STATUS.get(serving, f'status {serving}')}"
-    named = f"grpc-status {code} ({GRPC_CODES.get(code, 'unknown code')})"
+    named = f"grpc-status {code} ({grpc_code_name(code, 'unknown code')})"
     if code == 5:  # how grpcio's HealthServicer answers Check for a name it was never given
         if service:
             return (f"{call} answered {named}: an unknown service to the server's health "
@@ -204,14 +199,6 @@ def grpc_verdict(service: str, headers: dict[str, str], body: bytes,
                 "grpc_health.v1 (grpcio-health-checking) or use health: tcp")
     message = unquote(trailers.get("grpc-message", headers.get("grpc-message", "")))
     return f"{call} answered {named}" + (f": {message[:200]}" if message else "")
-
-
-def _grpc_timeout(seconds: float) -> str:
-    # The header takes at most 8 digits and a unit.
-    millis = max(1, math.ceil(seconds * 1000))
-    if millis < 10**8:
-        return f"{millis}m"
-    return f"{min(math.ceil(seconds), 10**8 - 1)}S"
 
 
 def _header_dict(pairs: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, str]:
@@ -259,7 +246,7 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     conn.send_headers(stream, [
         (b":method", b"POST"), (b":scheme", b"http"), (b":path", f"/{HEALTH_CHECK}".encode()),
         (b":authority", f"127.0.0.1:{port}".encode()), (b"content-type", b"application/grpc"),
-        (b"te", b"trailers"), (b"grpc-timeout", _grpc_timeout(timeout).encode()),
+        (b"te", b"trailers"), (b"grpc-timeout", format_grpc_timeout(timeout)),
         (b"user-agent", b"laneway-health"),
     ])
     conn.send_data(stream, encode_check_request(service), end_stream=True)
