@@ -12,6 +12,7 @@ the shared baseline's data twice more.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,18 +40,17 @@ async def replay_diff(requests: Sequence[dict[str, Any]], key: str, *, unsafe: b
     the sandbox whose key is `key`."""
     samples: list[tuple[str, Answer, Answer, Answer]] = []
     sent: list[dict[str, Any]] = []
-    skipped: dict[str, int] = {}
+    skipped: Counter[str] = Counter()
     failed = 0
     async with httpx.AsyncClient(trust_env=False, timeout=timeout) as client:
         for request in requests:
             method = str(request["method"]).upper()
             if request.get("body") is None:
-                skipped["body not kept (chunked or over 64 KiB)"] = \
-                    skipped.get("body not kept (chunked or over 64 KiB)", 0) + 1
+                skipped["body not kept (chunked or over 64 KiB)"] += 1
                 continue
             if method not in IDEMPOTENT and not unsafe:
-                reason = f"{method}: not replayed without --unsafe (it would write twice more)"
-                skipped[reason] = skipped.get(reason, 0) + 1
+                skipped[f"{method}: not replayed without --unsafe (it would write twice "
+                        "more)"] += 1
                 continue
             headers = [(k, v) for k, v in request.get("headers", []) if k.lower() not in _SKIP]
             body = str(request.get("body") or "").encode("latin-1")
@@ -83,7 +83,7 @@ async def replay_diff(requests: Sequence[dict[str, Any]], key: str, *, unsafe: b
     return {
         "summary": summary,
         "replayed": len(samples),
-        "skipped": skipped,
+        "skipped": dict(skipped),
         "failed": failed,
         "endpoints": endpoints,
         "red": red,

@@ -104,10 +104,9 @@ def find_leaks(hops: Iterable[Hop], keys: set[str]) -> list[Leak]:
                         serving=f"{caller.method} {caller.path}")
             leaks.setdefault((caller.service, trace_id), leak)
     for leak in _caller_leaks(every, keys):
-        if not any(known.service == leak.service and known.trace_id == leak.trace_id
-                   and leak.trace_id for known in leaks.values()):
-            leaks.setdefault((leak.process, leak.trace_id or f"{leak.lost_at} {leak.path}"),
-                             leak)
+        if leak.trace_id and (leak.service, leak.trace_id) in leaks:
+            continue  # found by its trace already
+        leaks.setdefault((leak.process, leak.trace_id or f"{leak.lost_at} {leak.path}"), leak)
     return sorted(leaks.values(), key=lambda leak: (leak.service, leak.trace_id, leak.path))
 
 

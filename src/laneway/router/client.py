@@ -51,7 +51,7 @@ from laneway.router.headers import (
 )
 from laneway.router.limits import ConnectionBudget
 from laneway.router.pool import UpstreamPool
-from laneway.router.responses import error_response
+from laneway.router.responses import connect_failure, error_response
 from laneway.router.timeouts import Clock, Served
 from laneway.router.tunnel import Tunnel
 from laneway.router.upstream import UpstreamConnection
@@ -136,6 +136,54 @@ class ServiceContext:
         self.capture_body_bytes = 65536
         self.connect_tasks: set[asyncio.Task[None]] = set()
         self.served_by: dict[str, bytes] = {}  # sandbox -> b"service@sandbox", built once
+
+    def served(self, route: ForkRoute) -> bytes:
+        """`laneway-served-by` of a fork route: `service@sandbox`, encoded once."""
+        served = self.served_by.get(route.sandbox)
+        if served is None:
+            served = self.served_by[route.sandbox] = route.served_by.encode()
+        return served
+
+
+def choose_key(baggage: list[bytes], tracestate: bytes,
+               extra_key: bytes) -> tuple[str | None, bool]:
+    """The routing key of a request, and whether its `laneway-key` members disagreed: from
+    `baggage` (several headers are one list in order, RFC 9110 §5.3; the last member decides,
+    as the OpenTelemetry SDKs propagate it), else `tracestate`, else a configured header."""
+    key = None
+    conflict = False
+    if baggage:
+        key, conflict = baggage_key(baggage[0] if len(baggage) == 1 else b",".join(baggage))
+    if key is None and tracestate:
+        key = key_from_tracestate(tracestate)
+    if key is None and extra_key:
+        key = extra_key.decode("utf-8", "replace")
+    return key, conflict
+
+
+async def open_http1(ctx: ServiceContext,
+                     upstream: Upstream) -> UpstreamConnection | tuple[int, str, str]:
+    """A new HTTP/1.1 connection to `upstream`, or why there is none (`connect_failure`). The
+    request waiting for it counts as in flight meanwhile (`UpstreamPool.busy`, for drains)."""
+    pool = ctx.pool
+    pool.connecting[upstream] = pool.connecting.get(upstream, 0) + 1
+    try:
+        _, conn = await asyncio.wait_for(
+            asyncio.get_running_loop().create_connection(
+                lambda: UpstreamConnection(pool, upstream, ctx.clock,
+                                           ctx.max_response_header_bytes),
+                upstream.host, upstream.port),
+            ctx.connect_timeout,
+        )
+    except (TimeoutError, OSError) as exc:
+        return connect_failure(exc, upstream.host, upstream.port, ctx.connect_timeout)
+    finally:
+        left = pool.connecting[upstream] - 1
+        if left:
+            pool.connecting[upstream] = left
+        else:
+            del pool.connecting[upstream]
+    return conn
 
 
 class H2Side(Served, Protocol):
@@ -530,16 +578,7 @@ class ClientConnection(asyncio.Protocol):
         if traceparent:
             ex.trace_id, ex.parent_id = trace_context(traceparent)
 
-        key = None
-        if baggage:
-            # Several `baggage` headers are one list in order (RFC 9110 §5.3); the last
-            # `laneway-key` member decides, as the OpenTelemetry SDKs propagate it.
-            key, ex.key_conflict = baggage_key(
-                baggage[0] if len(baggage) == 1 else b",".join(baggage))
-        if key is None and tracestate:
-            key = key_from_tracestate(tracestate)
-        if key is None and extra_key:
-            key = extra_key.decode("utf-8", "replace")
+        key, ex.key_conflict = choose_key(baggage, tracestate, extra_key)
         route = decide(ctx.routes, key)
         if key is not None:
             ex.key = key
@@ -555,10 +594,7 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.destination = route.sandbox
         ex.fork = route.fork
-        served = ctx.served_by.get(route.sandbox)
-        if served is None:
-            served = ctx.served_by[route.sandbox] = route.served_by.encode()
-        ex.served_by = served
+        ex.served_by = ctx.served(route)
         if route.ready and route.upstream is not None:
             ex.upstream = route.upstream
             return
@@ -689,46 +725,14 @@ class ClientConnection(asyncio.Protocol):
         task.add_done_callback(self.ctx.connect_tasks.discard)
 
     async def _open_upstream(self, ex: Exchange, upstream: Upstream) -> None:
-        loop = asyncio.get_running_loop()
-        pool = self.ctx.pool
-        # A request waiting for its connection is in flight too (`UpstreamPool.busy`).
-        pool.connecting[upstream] = pool.connecting.get(upstream, 0) + 1
-        try:
-            await self._open_and_attach(ex, upstream, loop, pool)
-        finally:
-            left = pool.connecting[upstream] - 1
-            if left:
-                pool.connecting[upstream] = left
-            else:
-                del pool.connecting[upstream]
-
-    async def _open_and_attach(self, ex: Exchange, upstream: Upstream,
-                               loop: asyncio.AbstractEventLoop,
-                               pool: UpstreamPool[UpstreamConnection]) -> None:
-        ctx = self.ctx
-        try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: UpstreamConnection(pool, upstream, ctx.clock,
-                                               ctx.max_response_header_bytes),
-                    upstream.host, upstream.port),
-                ctx.connect_timeout,
-            )
-        except TimeoutError:
-            self.upstream_failed(ex, 504, "upstream_connect_timeout",
-                                 f"{ex.describe()} at {upstream.host}:{upstream.port} did not "
-                                 f"accept a connection within {ctx.connect_timeout:g}s")
-            return
-        except OSError as exc:
-            self.upstream_failed(ex, 502, "upstream_refused",
-                                 f"{ex.describe()} at {upstream.host}:{upstream.port} refused "
-                                 f"the connection ({exc.strerror or exc}); is its process "
-                                 "running? see `laneway status`")
-            return
-        if ex.done or self.closed:
-            conn.detach(reusable=not self.closed)
-            return
-        conn.attach(ex)
+        opened = await open_http1(self.ctx, upstream)
+        if isinstance(opened, tuple):
+            status, code, message = opened
+            self.upstream_failed(ex, status, code, f"{ex.describe()} {message}")
+        elif ex.done or self.closed:
+            opened.detach(reusable=not self.closed)
+        else:
+            opened.attach(ex)
 
     # timeouts (called by the sweep; `timeouts.py` has the table)
 

@@ -59,11 +59,16 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 
-from laneway.core.baggage import baggage_key, key_from_tracestate
 from laneway.core.grpc import format_grpc_timeout, parse_grpc_timeout
 from laneway.core.hops import Hop, trace_context
 from laneway.core.routes import Upstream, decide
-from laneway.router.client import WALL_OFFSET, ClientConnection, ServiceContext
+from laneway.router.client import (
+    WALL_OFFSET,
+    ClientConnection,
+    ServiceContext,
+    choose_key,
+    open_http1,
+)
 from laneway.router.exchange import Carrier, Exchange
 from laneway.router.h2upstream import (
     STREAM_WINDOW,
@@ -74,7 +79,6 @@ from laneway.router.h2upstream import (
     take,
 )
 from laneway.router.headers import HOP_BY_HOP, PREFACE, tokens
-from laneway.router.upstream import UpstreamConnection
 
 __all__ = ["H2ClientConnection"]
 
@@ -407,13 +411,7 @@ class Call:
             elif extra and name in extra and not extra_key:
                 extra_key = value.strip()
         self.grpc = is_grpc(content_type)
-        key = None
-        if baggage:
-            key, self.key_conflict = baggage_key(b",".join(baggage))
-        if key is None and tracestate:
-            key = key_from_tracestate(tracestate)
-        if key is None and extra_key:
-            key = extra_key.decode("utf-8", "replace")
+        key, self.key_conflict = choose_key(baggage, tracestate, extra_key)
         if key is not None:
             self.key = key
         if self.deadline is not None:
@@ -431,10 +429,7 @@ class Call:
         else:
             self.destination = route.sandbox
             self.fork = route.fork
-            served = ctx.served_by.get(route.sandbox)
-            if served is None:
-                served = ctx.served_by[route.sandbox] = route.served_by.encode()
-            self.served_by = served
+            self.served_by = ctx.served(route)
             if not route.ready or route.upstream is None:
                 self.fail(503, "fork_not_ready", route.reason)
                 return
@@ -882,29 +877,14 @@ class Call:
         task.add_done_callback(self.ctx.connect_tasks.discard)
 
     async def _open_h1(self, ex: Exchange, upstream: Upstream) -> None:
-        ctx = self.ctx
-        pool = ctx.pool
-        loop = asyncio.get_running_loop()
-        try:
-            _, conn = await asyncio.wait_for(loop.create_connection(
-                lambda: UpstreamConnection(pool, upstream, ctx.clock,
-                                           ctx.max_response_header_bytes),
-                upstream.host, upstream.port), ctx.connect_timeout)
-        except TimeoutError:
-            self.fail(504, "upstream_connect_timeout",
-                      f"{self.describe()} at {upstream.host}:{upstream.port} did not accept a "
-                      f"connection within {ctx.connect_timeout:g}s")
-            return
-        except OSError as exc:
-            self.fail(502, "upstream_refused",
-                      f"{self.describe()} at {upstream.host}:{upstream.port} refused the "
-                      f"connection ({exc.strerror or exc}); is its process running? see "
-                      "`laneway status`")
-            return
-        if ex.done or self.done:
-            conn.detach(reusable=True)
-            return
-        conn.attach(ex)
+        opened = await open_http1(self.ctx, upstream)
+        if isinstance(opened, tuple):
+            status, code, message = opened
+            self.fail(status, code, f"{self.describe()} {message}")
+        elif ex.done or self.done:
+            opened.detach(reusable=True)
+        else:
+            opened.attach(ex)
 
     def _h1_body(self, data: bytes) -> None:
         ex = self.exchange

@@ -38,6 +38,7 @@ from h2.settings import SettingCodes, Settings
 from hpack import Encoder
 
 from laneway.core.routes import Upstream
+from laneway.router.responses import connect_failure
 from laneway.router.timeouts import Clock
 
 __all__ = ["CONNECTION_WINDOW", "STREAM_WINDOW", "FrameGuard", "H2Pool", "H2Upstream",
@@ -235,7 +236,7 @@ class H2Upstream(asyncio.Protocol):
                 if peer is not None:
                     peer.up_data(event.data, event.flow_controlled_length)
                 else:
-                    self._ack(event.flow_controlled_length, event.stream_id)
+                    self.ack(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, ResponseReceived):
                 peer = streams.get(event.stream_id)
                 if peer is not None:
@@ -323,14 +324,12 @@ class H2Upstream(asyncio.Protocol):
         self.streams.pop(stream_id, None)
         self._maybe_idle()
 
-    def _ack(self, size: int, stream_id: int) -> None:
+    def ack(self, size: int, stream_id: int) -> None:
+        """Re-open the upstream's window for `size` bytes passed on (or dropped)."""
         if size and not self.closed:
             # The stream closed meanwhile: nothing to re-open.
             with contextlib.suppress(ProtocolError):
                 self.h2.acknowledge_received_data(size, stream_id)
-
-    def ack(self, size: int, stream_id: int) -> None:
-        self._ack(size, stream_id)
 
     def flush(self) -> None:
         self.flush_scheduled = False
@@ -410,15 +409,8 @@ class H2Pool:
         try:
             await asyncio.wait_for(loop.create_connection(lambda: conn, up.host, up.port),
                                    timeout)
-        except TimeoutError:
-            conn.connect_failed(504, "upstream_connect_timeout",
-                                f"at {up.host}:{up.port} did not accept a connection within "
-                                f"{timeout:g}s")
-        except OSError as exc:
-            conn.connect_failed(502, "upstream_refused",
-                                f"at {up.host}:{up.port} refused the connection "
-                                f"({exc.strerror or exc}); is its process running? see "
-                                "`laneway status`")
+        except (TimeoutError, OSError) as exc:
+            conn.connect_failed(*connect_failure(exc, up.host, up.port, timeout))
 
     def pick(self, upstream: Upstream) -> H2Upstream | None:
         for conn in self._conns.get(upstream, ()):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["error_response"]
+__all__ = ["connect_failure", "error_response"]
 
 _REASONS = {
     400: b"Bad Request",
@@ -35,3 +35,17 @@ def error_response(status: int, code: str, message: str, *, served_by: bytes = b
         lines.append(b"connection: close\r\n")
     lines.append(b"\r\n")
     return b"".join(lines) + body
+
+
+def connect_failure(exc: BaseException, host: str, port: int,
+                    timeout: float) -> tuple[int, str, str]:
+    """Why a connection to an upstream could not be opened: (status, code, the message after
+    the upstream's description), the same for HTTP/1.1 and HTTP/2 upstreams."""
+    if isinstance(exc, TimeoutError):
+        return (504, "upstream_connect_timeout",
+                f"at {host}:{port} did not accept a connection within {timeout:g}s")
+    reason = getattr(exc, "strerror", None) or exc
+    return (502, "upstream_refused",
+            f"at {host}:{port} refused the connection ({reason}); is its process running? "
+            "see `laneway status`")
+
