@@ -6,7 +6,8 @@ any language can propagate the routing key. Misbehaviour on demand: EXIT_AT_ONCE
 code 3 after printing an error; FAIL_HEALTH=1 never becomes healthy; /drop calls the next hop
 without the baggage (a propagation leak); /lose, or LOSE_CONTEXT=1, calls it with no context at
 all (neither baggage nor traceparent: work handed to a thread that lost it); FAIL_REQUESTS=1
-answers 500 and logs an ERROR line; RENAME=new renames the answer's `version` field to `new`.
+answers 500 and logs an ERROR line; RENAME=new renames the answer's `version` field to `new`;
+REQUIRE_AUTH=token answers 401 unless `Authorization: Bearer token` came with the request.
 """
 
 import http.client
@@ -46,6 +47,10 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(500, {"ok": False})
             else:
                 self._send(200, {"ok": True})
+            return
+        token = os.environ.get("REQUIRE_AUTH")
+        if token and self.headers.get("authorization") != f"Bearer {token}":
+            self._send(401, {"error": "unauthorized", "service": NAME})
             return
         if os.environ.get("FAIL_REQUESTS"):
             print(f"ERROR {NAME} {VERSION}: cannot price {self.path}: division by zero",

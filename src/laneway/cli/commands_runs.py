@@ -92,6 +92,10 @@ def print_report(report: dict[str, Any], output: str) -> None:
             console.print(f"  {line}", markup=False)
     if report.get("diff"):
         print_diff(report["diff"])
+    if report.get("captured"):
+        console.print(f"captured {report['captured']} exchanges: laneway captures --run "
+                      f"{report['id']}; laneway diff --sandbox {report['sandbox'] or '…'} "
+                      f"--capture {report['id']}", markup=False)
     if report.get("note"):
         console.print(f"note: {report['note']}", markup=False)
     if report.get("key_conflicts"):
@@ -112,6 +116,8 @@ def print_diff(diff: dict[str, Any]) -> None:
                       f"{finding['noise']}]", highlight=False)
     for reason, count in diff.get("skipped", {}).items():
         console.print(f"  not replayed: {count} x {reason}", markup=False)
+    if diff.get("note"):
+        console.print(f"  note: {diff['note']}", markup=False)
 
 
 def _exit_code(report: dict[str, Any]) -> int:
@@ -154,6 +160,9 @@ def run(
     diff_unsafe: Annotated[bool, typer.Option(
         "--diff-unsafe", help="With --diff: replay POST, PUT, DELETE too (they write to the "
         "shared baseline's data again)")] = False,
+    capture: Annotated[bool, typer.Option(
+        "--capture", help="Capture the run's requests at every service (laneway captures "
+        "--run ID; laneway diff --capture ID)")] = False,
     timeout: Annotated[float | None, typer.Option(help="Stop the command after N seconds")] =
     None,
     output: FormatOption = "table",
@@ -173,7 +182,7 @@ def run(
         "sandbox": sandbox, "routegroup": routegroup, "command": command,
         "cwd": os.getcwd(), "env": dict(os.environ), "timeout_s": timeout,
         "allow_unreached": allow_unreached, "diff": diff or diff_unsafe,
-        "diff_unsafe": diff_unsafe})
+        "diff_unsafe": diff_unsafe, "capture": capture})
     try:
         # The command's own output goes to stderr when stdout carries a machine-readable report.
         _follow_output(client, report["id"], sys.stdout if output == "table" else sys.stderr)
@@ -345,16 +354,22 @@ def _since(value: str | None) -> float | None:
 def captures(
     service: Annotated[str | None, typer.Option(help="Only this service's exchanges")] = None,
     since: Annotated[str | None, typer.Option(help="Only the last 10m, 2h, ...")] = None,
+    sandbox: Annotated[str | None, typer.Option(
+        help="Only requests carrying this sandbox's key")] = None,
+    run: Annotated[str | None, typer.Option(help="Only what this run captured")] = None,
+    capture_id: Annotated[str | None, typer.Option("--id", help="Only this exchange")] = None,
     limit: Annotated[int, typer.Option(help="At most this many (newest)")] = 50,
     output: Annotated[str, typer.Option("--output", "-o", help="table, json or jsonl")] =
     "table",
     api: ApiOption = None,
 ) -> None:
-    """List captured exchanges (router.capture_services in laneway.yaml): request and answer,
-    credentials hashed. `-o jsonl` exports them, one per line."""
+    """List captured exchanges: request and answer, credentials hashed. `-o jsonl` exports
+    them, one per line. Captured are the services in router.capture_services (laneway.yaml),
+    sandboxes with `capture: true`, and runs with `laneway run --capture`."""
     if output not in ("table", "json", "jsonl"):
         raise CliError(f"-o {output}: choose table, json or jsonl")
-    found = connect(api).get("/v1/captures", service=service, since=_since(since), limit=limit)
+    found = connect(api).get("/v1/captures", service=service, since=_since(since),
+                             sandbox=sandbox, run=run, id=capture_id, limit=limit)
     if output == "json":
         print_json(found)
         return
@@ -364,15 +379,18 @@ def captures(
             sys.stdout.write(json.dumps(capture) + "\n")
         return
     if not found:
-        console.print("no captured exchanges: set router.capture_services in laneway.yaml "
-                      "(e.g. [web]) and send traffic")
+        filtered = any(x is not None for x in (service, since, sandbox, run, capture_id))
+        console.print("no captured exchanges" + (" match" if filtered else "") + ": set "
+                      "router.capture_services in laneway.yaml (e.g. [web]), `capture: true` "
+                      "on a sandbox, or use `laneway run --capture`, and send traffic")
         return
-    rows = table("TIME", "SERVICE", "SERVED BY", "CALLER", "REQUEST", "STATUS", "BODY")
+    rows = table("ID", "TIME", "SERVICE", "SERVED BY", "CALLER", "REQUEST", "STATUS", "BODY")
     for capture in found:
         served = capture["service"] if capture["destination"] == "baseline" else \
             f"{capture['service']}@{capture['destination']}"
         request = capture["request"]
-        rows.add_row(time.strftime("%H:%M:%S", time.localtime(capture["at"])),
+        rows.add_row(capture.get("id", ""),
+                     time.strftime("%H:%M:%S", time.localtime(capture["at"])),
                      capture["service"], served, capture.get("caller") or "-",
                      f"{request['method']} {request['target']}"[:60],
                      str(capture["response"]["status"]),
@@ -386,15 +404,23 @@ def diff(
     service: Annotated[str | None, typer.Option(help="Only this service's captures")] = None,
     since: Annotated[str | None, typer.Option(help="Only captures of the last 10m, 2h, ...")]
     = None,
+    capture: Annotated[str | None, typer.Option(
+        "--capture", help="Replay one captured exchange (its ID in `laneway captures`) or what "
+        "a run captured (its run ID)")] = None,
+    header: Annotated[list[str] | None, typer.Option(
+        "--header", "-H", help="'Name: value' sent with every replayed request (repeatable): "
+        "credentials, which captures keep only hashed")] = None,
     unsafe: Annotated[bool, typer.Option(
         "--unsafe", help="Replay POST, PUT, DELETE too (they write to the shared baseline's "
         "data again)")] = False,
     output: FormatOption = "table",
     api: ApiOption = None,
 ) -> None:
-    """Replay captured baseline requests against the baseline and the sandbox, and report what
-    the sandbox changed: red (a removed field, a type or status-class change), yellow (values
-    beyond the baseline's own noise)."""
+    """Replay captured requests against the baseline and the sandbox, and report what the
+    sandbox changed: red (a removed field, a type or status-class change), yellow (values
+    beyond the baseline's own noise). Exit code 1 when something is red.
+
+    Without --capture: the baseline's captured requests and the sandbox's own."""
     _check_format(output)
     if unsafe:
         console.print("warning: --unsafe replays writes three times each against the shared "
@@ -404,7 +430,10 @@ def diff(
         params["service"] = service
     if since:
         params["since"] = _since(since)
-    found = connect(api).request("POST", "/v1/diffs", params=params, timeout=600)
+    if capture:
+        params["capture"] = capture
+    found = connect(api).request("POST", "/v1/diffs", params=params,
+                                 json={"headers": list(header or [])}, timeout=600)
     if output == "json":
         print_json(found)
     elif output == "md":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,6 +49,32 @@ _RevealSecrets = Annotated[bool, Query(
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"code": code, "message": message, **extra}, status_code=status)
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _replay_headers(body: bytes) -> list[tuple[str, str]]:
+    """`{"headers": ["Name: value", ...]}` from a diff request's body (empty body: none)."""
+    if not body.strip():
+        return []
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise Invalid(f"the body is not JSON: {exc}") from exc
+    listed = data.get("headers", []) if isinstance(data, dict) else None
+    if not isinstance(listed, list):
+        raise Invalid("headers: must be a list of \"Name: value\" strings", field="headers",
+                      errors=[("headers", "must be a list")])
+    out = []
+    for i, item in enumerate(listed):
+        name, sep, value = str(item).partition(":")
+        if not sep or not _HEADER_NAME.fullmatch(name.strip()):
+            raise Invalid(f"headers[{i}]: {str(item)[:60]!r} is not \"Name: value\" (e.g. "
+                          "\"Authorization: Bearer …\")", field=f"headers[{i}]",
+                          errors=[(f"headers[{i}]", "must be Name: value")])
+        out.append((name.strip(), value.strip()))
+    return out
 
 
 def _spec_body(schema: str) -> dict[str, Any]:
@@ -206,40 +233,92 @@ def create_app(control: ControlPlane, token: str,
                                               since=since, limit=limit)
         return [h.to_json() for h in found]
 
-    def _captured(service: str | None, since: float | None) -> list[dict[str, Any]]:
-        return [{"at": h.at, "service": h.service, "destination": h.destination,
-                 "caller": h.caller, "routing_key": h.routing_key, "trace_id": h.trace_id,
-                 **h.capture}
-                for h in control.hops.query(since=since, limit=10_000_000)
-                if h.capture is not None and (service is None or h.service == service)]
+    def _captured(*, service: str | None = None, since: float | None = None,
+                  sandbox: str | None = None, run: str | None = None,
+                  capture_id: str | None = None) -> list[dict[str, Any]]:
+        """Captured exchanges, oldest first: of one service, since a time, carrying a
+        sandbox's keys, of one run (its key, while it ran), or one exchange by its id."""
+        keys = control.keys_of_sandbox(sandbox) if sandbox is not None else None
+        window: tuple[float, float] | None = None
+        if run is not None:
+            report = _run_report(run)
+            keys = {report["routing_key"]}
+            window = (report["started_at"] - 0.01, report.get("finished_at") or time.time())
+        out = []
+        for h in control.hops.captures():
+            capture = h.capture
+            if capture is None or (service is not None and h.service != service) \
+                    or (since is not None and h.at < since) \
+                    or (keys is not None and h.routing_key not in keys) \
+                    or (window is not None and not window[0] <= h.at <= window[1]) \
+                    or (capture_id is not None and capture.get("id") != capture_id):
+                continue
+            out.append({"id": capture.get("id", ""), "at": h.at, "service": h.service,
+                        "destination": h.destination, "caller": h.caller,
+                        "routing_key": h.routing_key, "trace_id": h.trace_id, **capture})
+        return out
+
+    def _run_report(run_id: str) -> dict[str, Any]:
+        report = control.store.get_run(run_id)
+        if report is None:
+            raise NotFound(f"run {run_id!r} not found; `laneway runs list` shows them")
+        return report
 
     @app.get("/v1/captures")
     async def captures(service: str | None = None, since: float | None = None,
+                       sandbox: str | None = None, run: str | None = None,
+                       id: str | None = None,
                        limit: int = Query(500, ge=1, le=100_000)) -> list[dict[str, Any]]:
-        """Captured exchanges (router.capture_services), oldest first, credentials hashed."""
-        return _captured(service, since)[-limit:]
+        """Captured exchanges (router.capture_services, sandboxes with `capture: true`, runs
+        with `capture`), oldest first, credentials hashed."""
+        return _captured(service=service, since=since, sandbox=sandbox, run=run,
+                         capture_id=id)[-limit:]
 
     @app.post("/v1/diffs")
-    async def diff(sandbox: str, service: str | None = None, since: float | None = None,
+    async def diff(request: Request, sandbox: str, service: str | None = None,
+                   since: float | None = None, capture: str | None = None,
                    unsafe: bool = False,
                    limit: int = Query(500, ge=1, le=10_000)) -> dict[str, Any]:
-        """Replay captured baseline requests without the sandbox's key, with it, and without
-        it again, and diff the answers (control/diffs.py)."""
+        """Replay captured requests without the sandbox's key, with it, and without it again,
+        and diff the answers (control/diffs.py). `capture`: one exchange's id, or a run's id
+        (the exchanges it captured); otherwise the baseline's captured requests and the
+        sandbox's own. The JSON body may give `headers` ("Name: value") to send with every
+        replayed request: credentials, which captures keep only hashed. In the body, not the
+        URL, so that they stay out of logs."""
         rec = control.store.get("sandbox", sandbox)
         if rec is None:
             raise NotFound(f"sandbox {sandbox!r} not found; `laneway sandbox list` shows them")
-        baseline = [c for c in _captured(service, since)
-                    if c["destination"] == "baseline" and not c["routing_key"]][-limit:]
-        if not baseline:
+        extra = _replay_headers(await request.body())
+        if capture is not None and capture.startswith("r"):
+            chosen = _captured(service=service, since=since, run=capture)
+        elif capture is not None:
+            chosen = _captured(service=service, since=since, capture_id=capture)
+            if not chosen:
+                raise NotFound(f"capture {capture!r} not found (captures are kept "
+                               f"{control.hops.capture_max_age:g}s at most); `laneway "
+                               "captures` lists them")
+        else:
+            keys = control.keys_of_sandbox(sandbox)
+            chosen = [c for c in _captured(service=service, since=since)
+                      if not c["routing_key"] or c["routing_key"] in keys]
+        chosen = chosen[-limit:]
+        if not chosen:
             where = f"service {service!r}" if service else "any service"
-            raise Invalid(f"no captured baseline requests for {where}"
+            if capture is not None:
+                raise Invalid(f"run {capture} captured no requests"
+                              + (f" at {where}" if service else "")
+                              + "; run it with `laneway run --capture`")
+            raise Invalid(f"no captured requests for {where}"
                           + (" in that time" if since else "") + "; capture some first: set "
                           "router.capture_services in laneway.yaml (e.g. [web]) and send "
-                          "traffic, or use `laneway run --diff`")
+                          "traffic, set `capture: true` on the sandbox, or use "
+                          "`laneway run --capture` or `laneway run --diff`")
         ports = {name: svc.port for name, svc in control.project.services.items()}
-        requests = captured_requests(baseline, ports)
-        return {"sandbox": sandbox, **await replay_diff(requests, rec.routing_key,
-                                                         unsafe=unsafe)}
+        requests, note = captured_requests(chosen, ports, extra)
+        report = await replay_diff(requests, rec.routing_key, unsafe=unsafe)
+        if note:
+            report["note"] = note
+        return {"sandbox": sandbox, **report}
 
     @app.get("/v1/routes")
     async def routes(since: int | None = None,

@@ -24,6 +24,7 @@ from laneway.core.diff import Answer, Thresholds, classify, endpoint_of
 __all__ = ["IDEMPOTENT", "captured_requests", "replay_diff"]
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS"))
+EXAMPLE_BODY = 1000  # bytes of each answer shown with a finding's example request
 _SKIP = frozenset(("baggage", "traceparent", "tracestate", "content-length", "host",
                    "connection", "transfer-encoding"))
 
@@ -45,6 +46,9 @@ async def replay_diff(requests: Sequence[dict[str, Any]], key: str, *, unsafe: b
     async with httpx.AsyncClient(trust_env=False, timeout=timeout) as client:
         for request in requests:
             method = str(request["method"]).upper()
+            if request.get("skip"):
+                skipped[str(request["skip"])] += 1
+                continue
             if request.get("body") is None:
                 skipped["body not kept (chunked or over 64 KiB)"] += 1
                 continue
@@ -69,7 +73,8 @@ async def replay_diff(requests: Sequence[dict[str, Any]], key: str, *, unsafe: b
             if request.get("service"):
                 endpoint = f"{request['service']}: {endpoint}"  # several services replayed
             samples.append((endpoint, answers[0], answers[2], answers[1]))
-            sent.append({"method": method, "url": url})
+            sent.append({"method": method, "url": url,
+                         "baseline": _shown(answers[0]), "sandbox": _shown(answers[1])})
     findings = classify(samples, thresholds)
     loud = [f for f in findings if f.risk != "green"]
     red = sum(1 for f in loud if f.risk == "red")
@@ -94,26 +99,54 @@ async def replay_diff(requests: Sequence[dict[str, Any]], key: str, *, unsafe: b
     }
 
 
+def _shown(answer: Answer) -> dict[str, Any]:
+    """An answer for a finding's example: its status and the start of its body."""
+    body = answer.body[:EXAMPLE_BODY].decode("utf-8", "replace")
+    return {"status": answer.status, "content_type": answer.content_type,
+            "body": body + ("…" if len(answer.body) > EXAMPLE_BODY else "")}
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def captured_requests(captures: Sequence[dict[str, Any]], ports: dict[str, int],
-                      host: str = "127.0.0.1") -> list[dict[str, Any]]:
-    """Replayable requests from captured baseline exchanges: to the service's public port, its
-    credentials left out (they were stored hashed), a cut body as not replayable."""
+                      headers: Sequence[tuple[str, str]] = (),
+                      host: str = "127.0.0.1") -> tuple[list[dict[str, Any]], str]:
+    """Replayable requests from captured exchanges, to the service's public port, and a note
+    on what they lack. Credentials were stored hashed: they are left out, unless `headers`
+    gives them (a header given replaces the captured one of that name). A cut body makes a
+    request not replayable; so does a gRPC call (its answer's status is in HTTP/2 trailers,
+    which the replay does not read yet)."""
+    given = {name.lower() for name, _ in headers}
+    lacking: set[str] = set()
     out = []
     for capture in captures:
         port = ports.get(capture["service"])
         if port is None:
             continue
         request = capture["request"]
+        kept = []
+        for name, value in request["headers"]:
+            if name.lower() in given:
+                continue
+            if value.startswith("redacted:"):
+                lacking.add(name.lower())
+                continue
+            kept.append((name, value))
         out.append({
             "service": capture["service"],
             "method": request["method"],
             "url": f"http://{host}:{port}{request['target']}",
-            "headers": [(n, v) for n, v in request["headers"] if not v.startswith("redacted:")],
+            "headers": [*kept, *headers],
             "body": None if capture.get("truncated") else request["body"],
+            **({"skip": "gRPC call: not replayed yet (its status is in HTTP/2 trailers)"}
+               if capture.get("grpc") else {}),
         })
-    return out
-
+    note = ""
+    if lacking:
+        names = ", ".join(sorted(lacking))
+        note = (f"captured requests carried {names}, which captures keep only as a hash: they "
+                "were replayed without them, so answers that need them may differ from what "
+                "the callers got. Give them with --header 'Name: value' (MCP: headers).")
+    return out, note

@@ -1,22 +1,61 @@
-"""The control plane's bounded log of hops, fed by routers in batches (oldest dropped)."""
+"""The control plane's bounded log of hops, fed by routers in batches (oldest dropped).
+
+Captured exchanges ride on their hops (`Hop.capture`) but are bounded on their own, because
+one is up to two bodies of `capture_body_bytes`: by total size (`capture_max_bytes`, the
+bodies counted) and by age (`capture_max_age`). A capture past either bound is dropped from
+its hop, oldest first; the hop itself stays.
+"""
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from typing import Any
 
 from laneway.core.hops import Hop
 
 __all__ = ["HopLog"]
 
 
+def _size(capture: dict[str, Any]) -> int:
+    request, response = capture.get("request", {}), capture.get("response", {})
+    return 512 + len(request.get("body", "")) + len(response.get("body", ""))
+
+
 class HopLog:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, capture_max_bytes: int = 64 << 20,
+                 capture_max_age: float = 3600.0) -> None:
         self._hops: deque[Hop] = deque(maxlen=capacity)
         self.received = 0
+        self.capture_max_bytes = capture_max_bytes
+        self.capture_max_age = capture_max_age
+        self._captured: deque[tuple[Hop, int]] = deque()  # oldest first, with their sizes
+        self._captured_bytes = 0
 
     def add(self, hops: list[Hop]) -> None:
         self._hops.extend(hops)
         self.received += len(hops)
+        for hop in hops:
+            if hop.capture is not None:
+                size = _size(hop.capture)
+                self._captured.append((hop, size))
+                self._captured_bytes += size
+        if self._captured:
+            self._trim_captures()
+
+    def _trim_captures(self) -> None:
+        oldest = time.time() - self.capture_max_age
+        captured = self._captured
+        while captured and (self._captured_bytes > self.capture_max_bytes
+                            or captured[0][0].at < oldest):
+            hop, size = captured.popleft()
+            hop.capture = None
+            self._captured_bytes -= size
+
+    def captures(self) -> list[Hop]:
+        """The hops that still hold a capture, oldest first (by when they were received)."""
+        self._trim_captures()
+        return [hop for hop, _ in self._captured if hop.capture is not None]
 
     def query(self, *, routing_keys: set[str] | None = None, destination: str | None = None,
               trace_id: str | None = None, since: float | None = None,

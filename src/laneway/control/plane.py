@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,6 +77,9 @@ class ControlPlane:
         # name -> ((incarnation, generation), (spec, problem)): see `_checked_spec`.
         self._checked: dict[str, tuple[tuple[str, int], tuple[SandboxSpec, str]]] = {}
         self.resources: ResourceManager | None = None  # set by the daemon when plugins exist
+        # Keys captured for runs with `--capture` (a count: two runs may share a key); the
+        # keys of sandboxes with `capture: true` come from their specs.
+        self.captured_keys: Counter[str] = Counter()
 
     # the reconciler's side
 
@@ -95,6 +99,24 @@ class ControlPlane:
     async def next_pass(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._settled.wait(), timeout)
+
+    async def capture(self, key: str, timeout: float = 5.0) -> None:
+        """Capture `key`'s requests until `release(key)`; returns once the routers have the
+        table that says so (or after `timeout`: the capture then starts a little late)."""
+        self.captured_keys[key] += 1
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            published = self.runtime.routes
+            if published is not None and key in published.captured:
+                return
+            self.wake()
+            await self.next_pass(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def release(self, key: str) -> None:
+        self.captured_keys[key] -= 1
+        if self.captured_keys[key] <= 0:
+            del self.captured_keys[key]
+        self.wake()
 
     def desired_sandboxes(self) -> list[DesiredSandbox]:
         out = []

@@ -91,7 +91,7 @@ class Reconciler:
         actual = runtime.states()
         table, statuses, group_statuses = build_routes(
             control.feed.version + 1, control.project, sandboxes, groups, actual, forks,
-            previous,
+            previous, captured=control.captured_keys,
         )
         if previous is None or not diff_tables(previous, table).empty:
             await runtime.publish_routes(table)

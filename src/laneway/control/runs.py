@@ -82,6 +82,9 @@ class RunSpec(BaseModel):
     # (control/diffs.py); `diff_unsafe` replays non-idempotent methods too.
     diff: bool = False
     diff_unsafe: bool = False
+    # Every router captures the run's keyed requests while it runs, at every service
+    # (`laneway captures --run ID`, `laneway diff --capture ID`).
+    capture: bool = False
 
 
 class RunManager:
@@ -253,6 +256,8 @@ class RunManager:
         logs = self._fork_logs(forks)
         proxy = InjectingProxy(key)
         await proxy.start()
+        if spec.capture:
+            await self.control.capture(key)
         started = time.monotonic()
         argv = ["/bin/sh", "-c", spec.command] if isinstance(spec.command, str) \
             else list(spec.command)
@@ -291,6 +296,8 @@ class RunManager:
                     await asyncio.to_thread(self._stop_leftovers, run_id)
         finally:
             await proxy.close()
+            if spec.capture:
+                self.control.release(key)
         await asyncio.sleep(HOP_SETTLE)
         # Every hop the routers recorded by now is read before the report is made.
         await self.control.runtime.sync_hops()
@@ -364,6 +371,7 @@ class RunManager:
             # Hops of the run's traces whose baggage carried two keys (core.baggage).
             "key_conflicts": key_conflicts([*related, *untraced]),
             "proxied_requests": proxied,
+            "captured": sum(1 for h in keyed if h.capture is not None),
             "fork_responses": fork_responses(keyed, {key}, forks),
             # All hops of the run's window: leaks by caller need the keyless ones too.
             "leaks": [leak.to_json() for leak in find_leaks(hops, {key})],

@@ -8,7 +8,7 @@ conflict, a baseline that waits for its dependencies) are tested with plain data
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -400,12 +400,15 @@ def build_routes(
     actual: Mapping[str, UnitState],
     forks: ForksBySandbox | None = None,
     previous: RouteTable | None = None,
+    captured: Iterable[str] = (),
 ) -> tuple[RouteTable, dict[str, SandboxStatus], dict[str, RouteGroupStatus]]:
     """The routing table and every sandbox's and route group's status, from the same facts.
 
     `previous` is the table the routers hold now: a sandbox whose new forks are not all ready
-    keeps the units it routes to there (see `plan_actions`)."""
+    keeps the units it routes to there (see `plan_actions`). `captured`: keys captured besides
+    those of sandboxes with `capture: true` (the keys of runs with `--capture`)."""
     table = RouteTable(version=version)
+    table.captured = frozenset(captured) | {s.routing_key for s in sandboxes if s.spec.capture}
     for name in project.services:
         state = actual.get(baseline_unit(name))
         # Health-checked before it gets traffic: until then the router answers 503, not 502.

@@ -94,6 +94,9 @@ class RouteTable:
     version: int = 0
     baseline: dict[str, Upstream] = field(default_factory=dict)
     forks: dict[str, dict[str, ForkRoute]] = field(default_factory=dict)
+    # Routing keys whose requests every router captures, at every service (a sandbox with
+    # `capture: true`, a run with `--capture`): the exchanges `laneway diff` can replay.
+    captured: frozenset[str] = frozenset()
 
     def route_count(self) -> int:
         return sum(len(keys) for keys in self.forks.values())
@@ -106,6 +109,7 @@ class RouteTable:
                 service: {key: route.to_json() for key, route in keys.items()}
                 for service, keys in self.forks.items()
             },
+            "captured": sorted(self.captured),
         }
 
     @classmethod
@@ -117,6 +121,7 @@ class RouteTable:
                 service: {key: ForkRoute.from_json(r) for key, r in keys.items()}
                 for service, keys in data["forks"].items()
             },
+            captured=frozenset(str(k) for k in data.get("captured", ())),  # older feeds: none
         )
 
 
@@ -129,10 +134,11 @@ class RouteChanges:
     baseline: dict[str, Upstream | None]  # None: the service is gone
     upserts: dict[tuple[str, str], ForkRoute]
     removals: frozenset[tuple[str, str]]
+    captured: frozenset[str] | None = None  # the new set of captured keys; None: unchanged
 
     @property
     def empty(self) -> bool:
-        return not (self.baseline or self.upserts or self.removals)
+        return not (self.baseline or self.upserts or self.removals or self.captured is not None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -144,6 +150,7 @@ class RouteChanges:
                 for (s, k), r in sorted(self.upserts.items())
             ],
             "removals": [{"service": s, "key": k} for s, k in sorted(self.removals)],
+            **({"captured": sorted(self.captured)} if self.captured is not None else {}),
         }
 
     @classmethod
@@ -158,6 +165,8 @@ class RouteChanges:
                 (u["service"], u["key"]): ForkRoute.from_json(u["route"]) for u in data["upserts"]
             },
             removals=frozenset((r["service"], r["key"]) for r in data["removals"]),
+            captured=None if data.get("captured") is None
+            else frozenset(str(k) for k in data["captured"]),
         )
 
 
@@ -178,7 +187,8 @@ def diff_tables(old: RouteTable, new: RouteTable) -> RouteChanges:
         for key in keys
         if key not in new.forks.get(service, {})
     )
-    return RouteChanges(old.version, new.version, baseline, upserts, removals)
+    captured = new.captured if new.captured != old.captured else None
+    return RouteChanges(old.version, new.version, baseline, upserts, removals, captured)
 
 
 def apply_changes(table: RouteTable, changes: RouteChanges) -> None:
@@ -194,6 +204,8 @@ def apply_changes(table: RouteTable, changes: RouteChanges) -> None:
         table.forks.setdefault(service, {})[key] = route
     for service, key in changes.removals:
         table.forks.get(service, {}).pop(key, None)
+    if changes.captured is not None:
+        table.captured = changes.captured
     table.version = changes.version
 
 

@@ -191,6 +191,12 @@ def render_diff_markdown(diff: Mapping[str, Any]) -> list[str]:
         lines += [f"| {f['risk']} | `{f['endpoint']}` | `{f['path']}` | {f['kind']} | "
                   f"`{f['baseline']}` | `{f['sandbox']}` | {f['raw']}/{f['samples']} |"
                   for f in diff["findings"][:30]]
+    skipped = diff.get("skipped") or {}
+    if skipped or diff.get("note"):
+        lines.append("")
+    lines += [f"- not replayed: {reason} ({count})" for reason, count in skipped.items()]
+    if diff.get("note"):
+        lines.append(f"- note: {diff['note']}")
     return lines
 
 

@@ -270,13 +270,18 @@ class RouterSettings(_Spec):
     capture_services: list[str] = Field(default_factory=list)
     capture_rate: float = Field(default=1.0, gt=0, le=1)
     capture_body_bytes: int = Field(default=65536, ge=0, le=1048576)
+    # What the control plane keeps of them, whatever captured them (a service, a sandbox with
+    # `capture: true`, a run with `--capture`): the newest, up to this many bytes of bodies
+    # and this age; older captures are dropped (their hop records stay).
+    capture_max_bytes: int = Field(default=64 << 20, ge=1 << 20, le=16 << 30)
+    capture_max_age: float = 3600.0
     # How long a replaced or deleted fork may take to finish the requests it has, after it
     # stopped getting new ones and before it gets SIGTERM.
     drain_timeout: float = Field(default=30.0, ge=0, le=3600)
 
     @field_validator("connect_timeout", "upstream_timeout", "request_head_timeout",
                      "keepalive_timeout", "client_timeout", "tunnel_timeout", "drain_timeout",
-                     mode="before")
+                     "capture_max_age", mode="before")
     @classmethod
     def _timeouts(cls, value: object) -> float:
         return _duration(value)
@@ -529,6 +534,10 @@ class SandboxSpec(_Spec):
     name: Annotated[str, Field(min_length=1)]
     labels: dict[str, str] = Field(default_factory=dict)
     ttl: float | None = None
+    # Every router captures the requests that carry this sandbox's key, at every service
+    # (`laneway captures`, `laneway diff --capture`); credentials hashed as for
+    # router.capture_services.
+    capture: bool = False
     resources: list[ResourceSpec] = Field(default_factory=list)
     forks: list[ForkSpec] = Field(default_factory=list)
 

@@ -134,7 +134,8 @@ class Daemon:
         port = sock.getsockname()[1]
         url = f"http://127.0.0.1:{port}"
         settings = self.project.router
-        hops = HopLog(settings.hop_capacity)
+        hops = HopLog(settings.hop_capacity, capture_max_bytes=settings.capture_max_bytes,
+                      capture_max_age=settings.capture_max_age)
         # The data plane (routers and processes) is its own process and outlives this one:
         # adopt the one that runs (this daemon was restarted, or had crashed), or start it.
         runtime = DataPlaneRuntime(self.layout.root, settings.dataplane(),

@@ -106,7 +106,9 @@ def _compact_report(report: dict[str, Any]) -> dict[str, Any]:
     if report.get("diff"):
         found = report["diff"]
         out["diff"] = {"summary": found.get("summary"),
-                       "findings": found.get("findings", [])[:15]}
+                       "findings": [_compact_finding(f) for f in found.get("findings", [])[:15]]}
+    if report.get("captured"):
+        out["captured"] = report["captured"]
     out["output_tail"] = report.get("output_tail", [])[-25:]
     notes = [report.get("note") or "", key_conflict_note(int(report.get("key_conflicts") or 0))]
     if any(notes):
@@ -292,13 +294,16 @@ def build_server(api: AsyncApiClient) -> MCPServer:
             "also replay the run's GET/HEAD requests against the baseline and diff the answers: "
             "red = a removed field, a type or status-class change; yellow = values changed "
             "beyond the baseline's own noise"))] = False,
+        capture: Annotated[bool, Field(description=(
+            "capture the run's requests at every service, to diff them later with "
+            "diff_sandbox(capture=<run id>)"))] = False,
     ) -> dict[str, Any]:
         # The command runs as this server's user would run it: with this process's
         # environment (the agent's), in its directory unless told otherwise.
         report = await _call(api.request("POST", "/v1/runs", params={"wait": WAIT_S}, json={
             "sandbox": sandbox, "command": command, "cwd": cwd or os.getcwd(),
             "env": dict(os.environ), "timeout_s": timeout_s,
-            "allow_unreached": allow_unreached, "diff": diff}),
+            "allow_unreached": allow_unreached, "diff": diff, "capture": capture}),
             "check the sandbox name (list_sandboxes) and the command")
         return _compact_report(report)
 
@@ -361,8 +366,9 @@ def build_server(api: AsyncApiClient) -> MCPServer:
 
     @server.tool(description=(
         "What a sandbox changed in the answers, beyond your own tests: replays captured "
-        "baseline requests (router.capture_services in laneway.yaml) without the sandbox's "
-        "key, with it, and without it again, and diffs them. `red` = a removed field, a type "
+        "requests (router.capture_services in laneway.yaml, a sandbox with capture: true, or "
+        "a run with capture) without the sandbox's key, with it, and without it again, and "
+        "diffs them. `red` = a removed field, a type "
         "or status-class change (likely a break for callers); `yellow` = values changed beyond "
         "the baseline's own noise (check they are intended); noise (timestamps, ids) is "
         "filtered. Returns a summary and the findings per endpoint and field path with both "
@@ -373,19 +379,41 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         None,
         since_s: Annotated[float | None, Field(
             description="only captures of the last this many seconds")] = None,
+        capture: Annotated[str | None, Field(
+            description="replay one captured exchange (its id) or what a run captured (its "
+                        "run id, from run_tests with capture)")] = None,
+        headers: Annotated[list[str] | None, Field(
+            description="'Name: value' sent with every replayed request: credentials, which "
+                        "captures keep only hashed")] = None,
     ) -> dict[str, Any]:
         params: dict[str, Any] = {"sandbox": sandbox}
         if service:
             params["service"] = service
         if since_s:
             params["since"] = time.time() - since_s
-        found = await _call(api.request("POST", "/v1/diffs", params=params),
+        if capture:
+            params["capture"] = capture
+        found = await _call(api.request("POST", "/v1/diffs", params=params,
+                                        json={"headers": headers or []}),
                             "check the sandbox name (list_sandboxes), and that captures exist")
         return {"summary": found.get("summary"), "red": found.get("red"),
-                "yellow": found.get("yellow"), "findings": found.get("findings", [])[:20],
-                "skipped": found.get("skipped", {})}
+                "yellow": found.get("yellow"),
+                "findings": [_compact_finding(f) for f in found.get("findings", [])[:20]],
+                "skipped": found.get("skipped", {}),
+                **({"note": found["note"]} if found.get("note") else {})}
 
     return server
+
+
+def _compact_finding(finding: dict[str, Any]) -> dict[str, Any]:
+    """A finding with its example's answers cut short, for a model's context."""
+    example = dict(finding.get("example") or {})
+    for side in ("baseline", "sandbox"):
+        if isinstance(example.get(side), dict):
+            answer = dict(example[side])
+            answer["body"] = str(answer.get("body", ""))[:300]
+            example[side] = answer
+    return {**finding, "example": example}
 
 
 async def _trace_hops(api: AsyncApiClient, trace_id: str) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ pieces while there is room.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from typing import Any
 
@@ -33,8 +34,8 @@ def redact(name: bytes, value: bytes) -> str:
 class Capture:
     """One exchange being captured: the request's head and body, the response's."""
 
-    __slots__ = ("limit", "method", "request_body", "request_headers", "response_body",
-                 "response_headers", "status", "target", "truncated")
+    __slots__ = ("grpc", "limit", "method", "request_body", "request_headers", "response_body",
+                 "response_headers", "status", "target", "trailers", "truncated")
 
     def __init__(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
                  limit: int) -> None:
@@ -47,6 +48,8 @@ class Capture:
         self.response_headers: list[tuple[bytes, bytes]] = []
         self.status = 0
         self.truncated = False
+        self.trailers: list[tuple[bytes, bytes]] = []  # HTTP/2 response trailers (grpc-status)
+        self.grpc = False  # a gRPC call (HTTP/2): listed and exported, not replayed
 
     def request_piece(self, data: bytes) -> None:
         self._add(self.request_body, data)
@@ -72,6 +75,9 @@ class Capture:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            # `laneway diff --capture ID` names one exchange by it; unique enough for the
+            # bounded number kept (40 random bits).
+            "id": "c" + os.urandom(5).hex(),
             "request": {"method": self.method, "target": self.target,
                         "headers": [[n.decode("latin-1").lower(), redact(n, v)]
                                     for n, v in self.request_headers],
@@ -81,4 +87,7 @@ class Capture:
                                      for n, v in self.response_headers],
                          "body": self.response_body.decode("latin-1")},
             "truncated": self.truncated,
+            **({"trailers": [[n.decode("latin-1").lower(), redact(n, v)]
+                             for n, v in self.trailers]} if self.trailers else {}),
+            **({"grpc": True} if self.grpc else {}),
         }

@@ -77,6 +77,7 @@ class ServiceContext:
         "callers",
         "capture_body_bytes",
         "capture_rate",
+        "captured",
         "client_timeout",
         "clock",
         "connect_tasks",
@@ -134,8 +135,18 @@ class ServiceContext:
         self.callers: CallerResolver | None = None  # who connects (set by the server)
         self.capture_rate = 0.0  # the share of exchanges captured (router.capture_services)
         self.capture_body_bytes = 65536
+        self.captured: frozenset[str] = frozenset()  # keys captured everywhere (the table's)
         self.connect_tasks: set[asyncio.Task[None]] = set()
         self.served_by: dict[str, bytes] = {}  # sandbox -> b"service@sandbox", built once
+
+    def new_capture(self, key: str, method: str, target: str,
+                    headers: list[tuple[bytes, bytes]]) -> Capture | None:
+        """The capture of an exchange, if this one is kept: every exchange of a key the table
+        captures, a sample (`capture_rate`) of the rest where the service is captured."""
+        rate = self.capture_rate
+        if (key and key in self.captured) or (rate and (rate >= 1.0 or random.random() < rate)):
+            return Capture(method, target[:2048], list(headers), self.capture_body_bytes)
+        return None
 
     def served(self, route: ForkRoute) -> bytes:
         """`laneway-served-by` of a fork route: `service@sandbox`, encoded once."""
@@ -422,10 +433,9 @@ class ClientConnection(asyncio.Protocol):
         self._build(ex, method, url, parser.should_upgrade())
         if self._rejection is not None:
             raise _Rejected
-        rate = self.ctx.capture_rate
-        if rate and (rate >= 1.0 or random.random() < rate):
-            ex.capture = Capture(ex.method, url[:2048].decode("latin-1"), list(self._headers),
-                                 self.ctx.capture_body_bytes)
+        if self.ctx.capture_rate or self.ctx.captured:
+            ex.capture = self.ctx.new_capture(ex.key, ex.method, url[:2048].decode("latin-1"),
+                                              self._headers)
         self.parsing = ex
         if self.active is None:
             self._start(ex)

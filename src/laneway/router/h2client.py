@@ -62,6 +62,7 @@ from h2.settings import SettingCodes, Settings
 from laneway.core.grpc import format_grpc_timeout, parse_grpc_timeout
 from laneway.core.hops import Hop, trace_context
 from laneway.core.routes import Upstream, decide
+from laneway.router.capture import Capture
 from laneway.router.client import (
     WALL_OFFSET,
     ClientConnection,
@@ -378,6 +379,7 @@ class Call:
         self.to_down_size = 0
         self.to_down_trailers: Headers | None = None
         self.to_down_end = False
+        self.capture: Capture | None = None  # the exchange kept for `laneway diff`
 
     # routing
 
@@ -414,6 +416,8 @@ class Call:
         key, self.key_conflict = choose_key(baggage, tracestate, extra_key)
         if key is not None:
             self.key = key
+        if ctx.capture_rate or ctx.captured:
+            self._start_capture()
         if self.deadline is not None:
             loop = asyncio.get_running_loop()
             delay = self.deadline - time.monotonic()
@@ -435,6 +439,19 @@ class Call:
                 return
             self.upstream = route.upstream
         self._connect()
+
+    def _start_capture(self) -> None:
+        target = next((v for n, v in self.headers if n == b":path"), b"")
+        self.capture = self.ctx.new_capture(
+            self.key, self.method, target.decode("latin-1"),
+            [(n, v) for n, v in self.headers if n[:1] != b":"])
+        if self.capture is not None:
+            self.capture.grpc = self.grpc
+
+    def _capture_head(self, status: int, headers: Headers) -> None:
+        if self.capture is not None:
+            self.capture.status = status
+            self.capture.response_headers = [(n, v) for n, v in headers if n[:1] != b":"]
 
     def _connect(self) -> None:
         assert self.upstream is not None
@@ -490,6 +507,7 @@ class Call:
             elif name == b"grpc-status":
                 self.grpc_status = _int(value)
             out.append((name, value))
+        self._capture_head(status, headers)
         out.append((b"laneway-served-by", self.served_by))
         self.status = status
         self.response_started = True
@@ -518,6 +536,8 @@ class Call:
         self.last_activity = self.down.clock.now
         if flow_length > len(data) and self.up is not None:
             self.up.ack(flow_length - len(data), self.up_sid)  # padding: nothing to pass on
+        if self.capture is not None:
+            self.capture.response_piece(data)
         if data:
             self.to_down.append(data)
             self.to_down_size += len(data)
@@ -529,6 +549,8 @@ class Call:
         for name, value in headers:
             if name == b"grpc-status":
                 self.grpc_status = _int(value)
+        if self.capture is not None:
+            self.capture.trailers = list(headers)
         self.to_down_trailers = headers
         self.to_down_end = True
         self.pump_down()
@@ -580,6 +602,8 @@ class Call:
         if self.done:
             self.down.ack(len(data), self.sid)
             return
+        if self.capture is not None:
+            self.capture.request_piece(data)
         if self.exchange is not None:
             self._h1_body(data)
             return
@@ -822,6 +846,7 @@ class Call:
             fork=self.fork, status=status, duration_ms=(time.monotonic() - self.started) * 1e3,
             method=self.method, path=self.path, error=self.error,
             key_conflict=self.key_conflict, grpc_status=self.grpc_status,
+            capture=None if self.capture is None else self.capture.finished(status),
         ))
         self.down.finished(self)
 
@@ -943,6 +968,7 @@ class Call:
             out.append((lname, value))
         if named:
             out = [field for field in out if field[0] not in named]
+        self._capture_head(status, out)
         out.append((b"laneway-served-by", self.served_by))
         out.append((b"via", b"1.1 laneway"))
         ex.status = status
@@ -963,6 +989,8 @@ class Call:
         if self.done or ex.done:
             return
         self.last_activity = self.down.clock.now
+        if self.capture is not None:
+            self.capture.response_piece(body)
         self.to_down.append(body)
         self.to_down_size += len(body)
         self.pump_down()

@@ -178,6 +178,7 @@ class Router:
     def _bind(self, ctx: ServiceContext) -> None:
         ctx.routes = self.table.forks.setdefault(ctx.name, {})
         ctx.baseline = self.table.baseline.get(ctx.name)
+        ctx.captured = self.table.captured
 
     def follow(self, feed: RoutesFeed) -> None:
         """Keep the table current from `feed` until `close()`."""
