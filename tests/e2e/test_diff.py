@@ -89,7 +89,10 @@ def test_a_sandbox_with_capture_and_a_run_with_capture_are_captured_at_every_ser
     project.write("renamed.yaml", "name: renamed\ncapture: true\nforks:\n  - service: b\n"
                                   "    env: {RENAME: ver}\n")
     project.run("sandbox", "apply", "-f", "renamed.yaml", "--wait")
-    key = project.json("sandbox", "get", "renamed")["routingKey"]
+    view = project.json("sandbox", "get", "renamed")
+    assert view["capture"] is True
+    key = view["routingKey"]
+    assert "capture: on" in project.run("sandbox", "get", "renamed").stdout
     with httpx.Client(trust_env=False) as client:
         client.get(project.url("a") + "/", headers={"baggage": f"laneway-key={key}"})
         client.get(project.url("a") + "/")  # the baseline's: not captured

@@ -122,6 +122,9 @@ def sandbox_get(name: str, output: OutputOption = Output.table,
     console.print(f"baggage: laneway-key={sb['routingKey']}")
     if sb["labels"]:
         console.print("labels: " + ", ".join(f"{k}={v}" for k, v in sb["labels"].items()))
+    if sb.get("capture"):
+        console.print(f"capture: on (its requests at every service; laneway captures "
+                      f"--sandbox {sb['name']})", markup=False)
     if status.get("resources"):
         resources = table("RESOURCE", "PLUGIN", "PHASE", "OUTPUTS / MESSAGE")
         for res in status["resources"]:

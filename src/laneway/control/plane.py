@@ -244,6 +244,7 @@ class ControlPlane:
             "routingKey": rec.routing_key,
             "labels": spec.labels,
             "ttl": spec.ttl,
+            "capture": spec.capture,
             "expiresAt": rec.expires_at,
             "createdAt": rec.created_at,
             "updatedAt": rec.updated_at,
