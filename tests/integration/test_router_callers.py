@@ -120,3 +120,38 @@ async def test_without_sock_diag_the_proc_fallback_names_callers(upstream: TestU
         assert {h.caller for h in hops} == {"orders"}
     finally:
         await router.close()
+
+
+async def test_in_a_cluster_callers_are_named_by_their_pod_address(
+        upstream: TestUpstream) -> None:
+    """Router mode: the operator's table maps pod IPs to callers (a fork's pod, a baseline
+    pod); the sidecar names each hop by its connection's source address, HTTP/1.1 and HTTP/2
+    alike, and an address the table does not know as `external`."""
+    hops: list[Hop] = []
+    router = Router(RouterSettings(host="0.0.0.0"), hop_sink=hops.extend)
+    port = await router.listen("pricing.shop", 0)
+    table = RouteTable(version=1, baseline={"pricing.shop": Upstream("127.0.0.1", upstream.port)},
+                       callers={"127.0.0.7": "orders.shop@sb", "127.0.0.8": "web.shop"})
+    router.apply(table)
+    try:
+        for source, path in (("127.0.0.7", "/fork"), ("127.0.0.8", "/web"),
+                             ("127.0.0.9", "/stranger")):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                           local_addr=(source, 0))
+            writer.write(f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+            await reader.read()
+            writer.close()
+        h2 = await asyncio.create_subprocess_exec(
+            "curl", "-s", "--http2-prior-knowledge", "--interface", "127.0.0.7",
+            f"http://127.0.0.1:{port}/fork-h2", stdout=subprocess.DEVNULL)
+        await h2.wait()
+        for _ in range(100):
+            router.recorder.flush()
+            if len(hops) >= 4:
+                break
+            await asyncio.sleep(0.02)
+        assert {hop.path: hop.caller for hop in hops} == {
+            "/fork": "orders.shop@sb", "/web": "web.shop", "/stranger": "external",
+            "/fork-h2": "orders.shop@sb"}
+    finally:
+        await router.close()

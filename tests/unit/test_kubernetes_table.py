@@ -75,3 +75,29 @@ def test_table_from_the_cluster() -> None:
     table = build_route_table(cluster.custom("Sandbox"), [group], cluster.routed())
     assert decide(table.forks["pricing.shop"], key_a) is None
     assert decide(table.forks["currency.shop"], key_b) is not None
+
+
+def _pod(name: str, labels: dict[str, str], ip: str, phase: str = "Running") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "labels": labels},
+            "status": {"phase": phase, "podIP": ip, "podIPs": [{"ip": ip}]}}
+
+
+def test_callers_by_pod_ip_name_baseline_and_fork_pods() -> None:
+    """The sidecars name who made each request by its source pod, as the local router does by
+    process: the baseline's pods by their Service, a fork's pods as `service@sandbox`."""
+    cluster = MemoryCluster(load_manifests(DATA))
+    applied("sb-a", slice(None), {}, cluster)
+    baseline_selector = cluster.store[("Service", "shop", "pricing")]["spec"]["selector"]
+    fork_dep = cluster.store[("Deployment", "shop", "pricing-lw-sb-a")]
+    fork_labels = fork_dep["spec"]["template"]["metadata"]["labels"]
+    fork_selector = cluster.store[("Service", "shop", "pricing-lw-sb-a")]["spec"]["selector"]
+    assert all(fork_labels.get(k) == v for k, v in fork_selector.items())
+    for pod in (_pod("pricing-1", dict(baseline_selector), "10.1.0.5"),
+                _pod("pricing-lw-sb-a-1", dict(fork_labels), "10.1.0.9"),
+                _pod("pricing-2", dict(baseline_selector), "10.1.0.6", phase="Pending"),
+                _pod("other-1", {"app": "unrelated"}, "10.1.0.7")):
+        cluster.apply("create", "Pod", "shop", pod["metadata"]["name"], pod)
+    table = build_route_table(cluster.custom("Sandbox"), [], cluster.routed())
+    assert table.callers == {"10.1.0.5": "pricing.shop", "10.1.0.9": "pricing.shop@sb-a"}
+    assert decide(table.forks["pricing.shop"], "x") is None  # pods change no route

@@ -97,6 +97,10 @@ class RouteTable:
     # Routing keys whose requests every router captures, at every service (a sandbox with
     # `capture: true`, a run with `--capture`): the exchanges `laneway diff` can replay.
     captured: frozenset[str] = frozenset()
+    # Who connects from where, in a cluster (router mode): pod IP -> `service` (a baseline pod)
+    # or `service@sandbox` (a fork's), so that sidecars name the caller of every hop as the
+    # local router does from the socket's process. Empty locally.
+    callers: dict[str, str] = field(default_factory=dict)
 
     def route_count(self) -> int:
         return sum(len(keys) for keys in self.forks.values())
@@ -110,6 +114,7 @@ class RouteTable:
                 for service, keys in self.forks.items()
             },
             "captured": sorted(self.captured),
+            **({"callers": dict(sorted(self.callers.items()))} if self.callers else {}),
         }
 
     @classmethod
@@ -122,6 +127,7 @@ class RouteTable:
                 for service, keys in data["forks"].items()
             },
             captured=frozenset(str(k) for k in data.get("captured", ())),  # older feeds: none
+            callers={str(k): str(v) for k, v in (data.get("callers") or {}).items()},
         )
 
 
@@ -135,10 +141,12 @@ class RouteChanges:
     upserts: dict[tuple[str, str], ForkRoute]
     removals: frozenset[tuple[str, str]]
     captured: frozenset[str] | None = None  # the new set of captured keys; None: unchanged
+    callers: dict[str, str] | None = None  # the new callers by address; None: unchanged
 
     @property
     def empty(self) -> bool:
-        return not (self.baseline or self.upserts or self.removals or self.captured is not None)
+        return not (self.baseline or self.upserts or self.removals or self.captured is not None
+                    or self.callers is not None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -151,6 +159,8 @@ class RouteChanges:
             ],
             "removals": [{"service": s, "key": k} for s, k in sorted(self.removals)],
             **({"captured": sorted(self.captured)} if self.captured is not None else {}),
+            **({"callers": dict(sorted(self.callers.items()))}
+               if self.callers is not None else {}),
         }
 
     @classmethod
@@ -167,6 +177,8 @@ class RouteChanges:
             removals=frozenset((r["service"], r["key"]) for r in data["removals"]),
             captured=None if data.get("captured") is None
             else frozenset(str(k) for k in data["captured"]),
+            callers=None if data.get("callers") is None
+            else {str(k): str(v) for k, v in data["callers"].items()},
         )
 
 
@@ -188,7 +200,9 @@ def diff_tables(old: RouteTable, new: RouteTable) -> RouteChanges:
         if key not in new.forks.get(service, {})
     )
     captured = new.captured if new.captured != old.captured else None
-    return RouteChanges(old.version, new.version, baseline, upserts, removals, captured)
+    callers = dict(new.callers) if new.callers != old.callers else None
+    return RouteChanges(old.version, new.version, baseline, upserts, removals, captured,
+                        callers)
 
 
 def apply_changes(table: RouteTable, changes: RouteChanges) -> None:
@@ -206,6 +220,8 @@ def apply_changes(table: RouteTable, changes: RouteChanges) -> None:
         table.forks.get(service, {}).pop(key, None)
     if changes.captured is not None:
         table.captured = changes.captured
+    if changes.callers is not None:
+        table.callers = dict(changes.callers)
     table.version = changes.version
 
 

@@ -118,7 +118,10 @@ def _caller_leaks(hops: list[Hop], keys: set[str]) -> list[Leak]:
     sandboxes = {h.destination for h in keyed if h.destination != "baseline"}
     serving: dict[tuple[str, str], _Serving] = {}  # (service, destination) -> its keyed hops
     for hop in keyed:
-        serving.setdefault((hop.service, hop.destination), _Serving()).add(hop)
+        # In a cluster a caller is a pod, named by its Service (`pricing.shop`); the hops of a
+        # Service with several ports are at `pricing.shop:grpc`, ...: the same process.
+        service = hop.service.partition(":")[0]
+        serving.setdefault((service, hop.destination), _Serving()).add(hop)
     for known in serving.values():
         known.ready()
     out: list[Leak] = []

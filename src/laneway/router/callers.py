@@ -146,6 +146,9 @@ def _socket_inodes(pid: int) -> list[int]:
 class CallerResolver:
     def __init__(self) -> None:
         self.identities: dict[int, str] = {}  # root pid → caller name
+        # In a cluster, callers by the peer's address instead (the routes table's `callers`:
+        # pod IP → name): looked up when a connection opens, no process to read.
+        self.by_address: dict[str, str] = {}
         self._owner: dict[int, str] = {}  # socket inode → caller name
         self._scanned = 0.0
         self._waiting: list[Identified] = []

@@ -35,7 +35,7 @@ import httptools
 from laneway.core.baggage import baggage_key, key_from_tracestate
 from laneway.core.hops import Hop, trace_context
 from laneway.core.routes import ForkRoute, Upstream, decide
-from laneway.router.callers import CallerResolver
+from laneway.router.callers import EXTERNAL, CallerResolver
 from laneway.router.capture import Capture
 from laneway.router.exchange import Carrier, Exchange
 from laneway.router.h1toh2 import H1ToH2
@@ -276,9 +276,13 @@ class ClientConnection(asyncio.Protocol):
         ctx.connections.add(self)
         self.last_seen = self.clock.now
         callers = ctx.callers
-        if callers is not None and callers.active:
-            self.caller = None
-            callers.want(self)
+        if callers is not None:
+            if callers.by_address:
+                peer = transport.get_extra_info("peername")
+                self.caller = callers.by_address.get(peer[0], EXTERNAL) if peer else ""
+            elif callers.active:
+                self.caller = None
+                callers.want(self)
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel

@@ -166,6 +166,7 @@ class Router:
         else:
             for changes in update:
                 apply_changes(self.table, changes)
+        self.callers.by_address = self.table.callers
         for ctx in self.contexts.values():
             self._bind(ctx)
         # The table is long-lived: move it out of the collector's way, so that collections

@@ -152,6 +152,8 @@ def install_manifests(namespace: str = "laneway-system", image: str = DEFAULT_IM
         # The feed checks each sidecar's ServiceAccount token (audience laneway-routes).
         rules.append({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
                       "verbs": ["create"]})
+        # The routes table names callers by pod IP (leaks by caller); read only.
+        rules.append({"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]})
     env = [{"name": "LANEWAY_ROUTING_MODE", "value": mode},
            {"name": "LANEWAY_ROUTER_IMAGE", "value": image},
            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {

@@ -9,7 +9,10 @@ from objects the operator made or marked, so the table is level-triggered like t
   at their cluster IP (no DNS lookup on the request path), ready once the fork Deployment has an
   available replica (before that, 503 with the reason; never the baseline);
 - route groups: the group's key to the one member forking a service, or a 503 naming the
-  members when several fork it (as the local router answers).
+  members when several fork it (as the local router answers);
+- callers: each running pod's IP, named as the local router names processes: `pricing.shop`
+  for a baseline pod behind the router, `pricing.shop@sandbox` for a fork's pod, so that the
+  sidecars record who made each request (leaks by caller).
 """
 
 from __future__ import annotations
@@ -84,6 +87,44 @@ def _fork_routes(sandbox: Mapping[str, Any], mine: list[Mapping[str, Any]],
     return routes
 
 
+def _selects(selector: Mapping[str, str], pod: Mapping[str, Any]) -> bool:
+    labels = _labels(pod)
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def _pod_ips(pod: Mapping[str, Any]) -> list[str]:
+    status = pod.get("status") or {}
+    if status.get("phase") not in (None, "Running") or pod["metadata"].get("deletionTimestamp"):
+        return []
+    ips = [str(p["ip"]) for p in status.get("podIPs") or [] if p.get("ip")]
+    return ips or ([str(status["podIP"])] if status.get("podIP") else [])
+
+
+def _callers(objects: list[Mapping[str, Any]],
+             injected: Mapping[tuple[str, str], Mapping[str, Any]]) -> dict[str, str]:
+    """Pod IP -> caller name, for the pods of the Services behind the router and their forks."""
+    pods = [o for o in objects if o.get("kind") == "Pod"]
+    out: dict[str, str] = {}
+    if not pods:
+        return out
+    for (ns, name), svc in injected.items():
+        selector = svc.get("spec", {}).get("selector") or {}
+        for pod in pods:
+            if _ns(pod) == ns and SANDBOX_LABEL not in _labels(pod) and _selects(selector, pod):
+                out.update(dict.fromkeys(_pod_ips(pod), f"{name}.{ns}"))
+    for svc in objects:
+        fork_of = _labels(svc).get(FORK_OF_LABEL)
+        if svc.get("kind") != "Service" or not fork_of or (_ns(svc), fork_of) not in injected:
+            continue
+        sandbox = _labels(svc).get(SANDBOX_LABEL, "")
+        selector = svc.get("spec", {}).get("selector") or {}
+        for pod in pods:
+            if _ns(pod) == _ns(svc) and _labels(pod).get(SANDBOX_LABEL) == sandbox \
+                    and _selects(selector, pod):
+                out.update(dict.fromkeys(_pod_ips(pod), f"{fork_of}.{_ns(svc)}@{sandbox}"))
+    return out
+
+
 def build_route_table(sandboxes: Iterable[Mapping[str, Any]],
                       route_groups: Iterable[Mapping[str, Any]],
                       objects: Iterable[Mapping[str, Any]]) -> RouteTable:
@@ -110,6 +151,7 @@ def build_route_table(sandboxes: Iterable[Mapping[str, Any]],
             name = table_service(svc, port)
             table.baseline[name] = Upstream("127.0.0.1", targets[int(port["port"])])
             table.forks.setdefault(name, {})
+    table.callers = _callers(objects, injected)
     by_sandbox: dict[tuple[str, str], dict[str, ForkRoute]] = {}
     keyed = [s for s in sandboxes if _key_of(s)]
     for sandbox in keyed:

@@ -30,7 +30,8 @@ class Cluster(Protocol):
 
     def routed(self) -> list[dict[str, Any]]:
         """What router mode's table is made of, in all namespaces: Services behind the router
-        (`laneway.dev/router=on`) and the forks' Deployments and Services."""
+        (`laneway.dev/router=on`), the forks' Deployments and Services, and the Pods of both
+        (their IPs name the callers of hops)."""
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """One `Sandbox` or `RouteGroup`, or None when there is none."""
@@ -57,7 +58,7 @@ class MemoryCluster:
 
     def objects(self, namespace: str, sandbox: str | None = None) -> list[dict[str, Any]]:
         return [copy.deepcopy(o) for (kind, ns, _), o in self.store.items()
-                if ns == namespace and kind not in PLURALS
+                if ns == namespace and kind not in PLURALS and kind != "Pod"
                 and (o["metadata"].get("labels") or {}).get(SANDBOX_LABEL) in (None, sandbox)]
 
     def custom(self, kind: str) -> list[dict[str, Any]]:
@@ -76,8 +77,8 @@ class MemoryCluster:
 
     def routed(self) -> list[dict[str, Any]]:
         return [copy.deepcopy(o) for (kind, _, _), o in self.store.items()
-                if kind in ("Deployment", "Service")
-                and ({ROUTER_LABEL, SANDBOX_LABEL} & set(o["metadata"].get("labels") or {}))]
+                if kind == "Pod" or (kind in ("Deployment", "Service") and (
+                    {ROUTER_LABEL, SANDBOX_LABEL} & set(o["metadata"].get("labels") or {})))]
 
     def apply(self, verb: str, kind: str, namespace: str, name: str,
               body: Mapping[str, Any] | None) -> None:
@@ -146,6 +147,17 @@ class KubernetesCluster:  # pragma: no cover - needs a cluster; the executor is 
                 label_selector=selector).items)
         out += self._plain("Deployment", "apps/v1", self.apps.list_deployment_for_all_namespaces(
             label_selector=SANDBOX_LABEL).items)
+        # The pods that may call: the forks' (by label), and those of each Service behind the
+        # router (by its selector; not every pod of the cluster).
+        out += self._plain("Pod", "v1", self.core.list_pod_for_all_namespaces(
+            label_selector=SANDBOX_LABEL).items)
+        for svc in [o for o in out if o["kind"] == "Service"
+                    and (o["metadata"].get("labels") or {}).get(ROUTER_LABEL) == "on"]:
+            selects: dict[str, str] = (svc.get("spec") or {}).get("selector") or {}
+            if selects:
+                out += self._plain("Pod", "v1", self.core.list_namespaced_pod(
+                    svc["metadata"]["namespace"], label_selector=",".join(
+                        f"{k}={v}" for k, v in sorted(selects.items()))).items)
         return out
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
