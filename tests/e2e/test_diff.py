@@ -71,6 +71,10 @@ def test_diff_errors_say_what_to_do(captured: Project) -> None:
     assert "Traceback" not in nothing.stderr
     bad = captured.run("diff", "--sandbox", "sb", "--since", "ten", check=False)
     assert "--since" in bad.stderr
+    loose = captured.run("diff", "--sandbox", "sb", "--relative", "1.5", check=False)
+    assert loose.returncode != 0
+    assert "--relative" in loose.stderr
+    assert "Traceback" not in loose.stderr
 
 
 def _captures(project: Project, *args: str, count: int) -> list[dict[str, Any]]:
@@ -104,9 +108,10 @@ def test_a_sandbox_with_capture_and_a_run_with_capture_are_captured_at_every_ser
     assert project.json("captures", "--id", entry["id"])[0]["id"] == entry["id"]
 
     one = project.run("diff", "--sandbox", "renamed", "--capture", entry["id"], "-o", "json",
-                      check=False)
+                      "--relative", "0.5", check=False)
     assert one.returncode == 1, one.stderr
     report = json.loads(one.stdout)
+    assert report["thresholds"] == {"relative": 0.5, "absolute": 0.0003}
     assert report["replayed"] == 1
     assert [(f["risk"], f["endpoint"], f["path"]) for f in report["findings"]] == [
         ("red", "a: GET /", "$.next.version")]

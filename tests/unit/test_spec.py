@@ -217,3 +217,14 @@ def test_protocol_defaults_to_http_and_forks_keep_the_services_protocol_and_heal
     (fork,) = desired_forks(project, DesiredSandbox(spec, "k" * 12, 0.0)).values()
     assert fork.unit.startswith("pricing@sb#")
     assert fork.health == "grpc:shop.Pricing"
+
+
+def test_the_diff_noise_rule_is_set_in_laneway_yaml_and_checked() -> None:
+    assert parse_project(PROJECT).diff.relative == 0.2
+    tuned = parse_project({**PROJECT, "diff": {"relative": 0.5, "absolute": 0.01}})
+    assert (tuned.diff.relative, tuned.diff.absolute) == (0.5, 0.01)
+    with pytest.raises(SpecError) as exc:
+        parse_project({**PROJECT, "diff": {"relative": 1.5, "absolut": 0}})
+    issues = _issues(exc)
+    assert "diff.relative" in issues, issues
+    assert "diff.absolut" in issues, issues

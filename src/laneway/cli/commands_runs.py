@@ -413,6 +413,12 @@ def diff(
     unsafe: Annotated[bool, typer.Option(
         "--unsafe", help="Replay POST, PUT, DELETE too (they write to the shared baseline's "
         "data again)")] = False,
+    relative: Annotated[float | None, typer.Option(
+        min=0, max=0.999, help="Report a field when more than this share of its differences "
+        "is not noise (default: laneway.yaml diff.relative, 0.2)")] = None,
+    absolute: Annotated[float | None, typer.Option(
+        min=0, max=0.999, help="...and its unexplained differences exceed this share of the "
+        "requests (default: diff.absolute, 0.0003)")] = None,
     output: FormatOption = "table",
     api: ApiOption = None,
 ) -> None:
@@ -432,6 +438,10 @@ def diff(
         params["since"] = _since(since)
     if capture:
         params["capture"] = capture
+    if relative is not None:
+        params["relative"] = relative
+    if absolute is not None:
+        params["absolute"] = absolute
     found = connect(api).request("POST", "/v1/diffs", params=params,
                                  json={"headers": list(header or [])}, timeout=600)
     if output == "json":

@@ -30,6 +30,7 @@ from laneway.control.diffs import captured_requests, replay_diff
 from laneway.control.errors import ControlError, Invalid, NotFound
 from laneway.control.plane import ControlPlane
 from laneway.control.runs import RunManager, RunSpec
+from laneway.core.diff import Thresholds
 from laneway.core.duration import parse_duration
 from laneway.core.feed import update_to_json
 from laneway.core.hops import Hop
@@ -278,6 +279,8 @@ def create_app(control: ControlPlane, token: str,
     async def diff(request: Request, sandbox: str, service: str | None = None,
                    since: float | None = None, capture: str | None = None,
                    unsafe: bool = False,
+                   relative: float | None = Query(None, ge=0, lt=1),
+                   absolute: float | None = Query(None, ge=0, lt=1),
                    limit: int = Query(500, ge=1, le=10_000)) -> dict[str, Any]:
         """Replay captured requests without the sandbox's key, with it, and without it again,
         and diff the answers (control/diffs.py). `capture`: one exchange's id, or a run's id
@@ -315,7 +318,11 @@ def create_app(control: ControlPlane, token: str,
                           "`laneway run --capture` or `laneway run --diff`")
         ports = {name: svc.port for name, svc in control.project.services.items()}
         requests, note = captured_requests(chosen, ports, extra)
-        report = await replay_diff(requests, rec.routing_key, unsafe=unsafe)
+        rule = control.project.diff  # laneway.yaml's `diff`, unless the request says
+        thresholds = Thresholds(rule.relative if relative is None else relative,
+                                rule.absolute if absolute is None else absolute)
+        report = await replay_diff(requests, rec.routing_key, unsafe=unsafe,
+                                   thresholds=thresholds)
         if note:
             report["note"] = note
         return {"sandbox": sandbox, **report}

@@ -93,6 +93,8 @@ async def replay_diff(requests: Sequence[dict[str, Any]], key: str, *, unsafe: b
         "endpoints": endpoints,
         "red": red,
         "yellow": len(loud) - red,
+        "thresholds": {"relative": (thresholds or Thresholds()).relative,
+                       "absolute": (thresholds or Thresholds()).absolute},
         "green": len(findings) - len(loud),
         "findings": [{**f.to_json(), "example": sent[f.example]} for f in loud][:200],
         "noise": [f.to_json() for f in findings if f.risk == "green"][:50],

@@ -34,6 +34,7 @@ from laneway.control.errors import Invalid, NotFound, StoreUnavailable
 from laneway.control.inject_proxy import InjectingProxy
 from laneway.control.plane import ControlPlane
 from laneway.core.baggage import baggage_value
+from laneway.core.diff import Thresholds
 from laneway.core.processes import find_marked, owner_env, stop_processes
 from laneway.core.runs import (
     find_leaks,
@@ -307,7 +308,10 @@ class RunManager:
             # After the findings: the replay's keyed requests must not count as the run's.
             self._save(report)
             try:
-                report["diff"] = await replay_diff(proxy.recorded, key, unsafe=spec.diff_unsafe)
+                rule = self.control.project.diff
+                report["diff"] = await replay_diff(
+                    proxy.recorded, key, unsafe=spec.diff_unsafe,
+                    thresholds=Thresholds(rule.relative, rule.absolute))
             except Exception as exc:  # the diff is extra evidence; its failure is reported
                 log.exception("run %s: the diff failed", run_id)
                 report["diff"] = {"summary": f"the diff failed: {exc}", "findings": []}

@@ -307,12 +307,22 @@ class RouterSettings(_Spec):
         return [name.lower() for name in value]
 
 
+class DiffSettings(_Spec):
+    """The noise rule of `laneway diff` and `laneway run --diff` (core/diff.py): a field's
+    differences count only when more than `relative` of them are not explained by the
+    baseline's own noise, and they are more than `absolute` of the requests."""
+
+    relative: float = Field(default=0.20, ge=0, lt=1)
+    absolute: float = Field(default=0.0003, ge=0, lt=1)
+
+
 class ProjectSpec(_Spec):
     """`laneway.yaml`: the baseline's services."""
 
     name: str
     services: dict[str, ServiceSpec]
     router: RouterSettings = Field(default_factory=RouterSettings)
+    diff: DiffSettings = Field(default_factory=DiffSettings)
 
     @field_validator("name")
     @classmethod
