@@ -26,18 +26,17 @@ from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 
 from laneway import __version__
-from laneway.control.diffs import captured_requests, replay_diff
+from laneway.control.diffs import captured_requests, replay_diff, thresholds_of
 from laneway.control.errors import ControlError, Invalid, NotFound
 from laneway.control.plane import ControlPlane
 from laneway.control.runs import RunManager, RunSpec
-from laneway.core.diff import Thresholds
 from laneway.core.duration import parse_duration
 from laneway.core.feed import update_to_json
 from laneway.core.hops import Hop
 from laneway.core.logs import stamped_at
 from laneway.core.runs import find_leaks, render_markdown
 from laneway.core.secrets import mask_tree
-from laneway.core.spec import RouteGroupSpec, SandboxSpec, format_loc
+from laneway.core.spec import HEADER_NAME_RE, RouteGroupSpec, SandboxSpec, format_loc
 
 __all__ = ["create_app"]
 
@@ -50,9 +49,6 @@ _RevealSecrets = Annotated[bool, Query(
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"code": code, "message": message, **extra}, status_code=status)
-
-
-_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 def _replay_headers(body: bytes) -> list[tuple[str, str]]:
@@ -70,7 +66,7 @@ def _replay_headers(body: bytes) -> list[tuple[str, str]]:
     out = []
     for i, item in enumerate(listed):
         name, sep, value = str(item).partition(":")
-        if not sep or not _HEADER_NAME.fullmatch(name.strip()):
+        if not sep or not HEADER_NAME_RE.fullmatch(name.strip()):
             raise Invalid(f"headers[{i}]: {str(item)[:60]!r} is not \"Name: value\" (e.g. "
                           "\"Authorization: Bearer …\")", field=f"headers[{i}]",
                           errors=[(f"headers[{i}]", "must be Name: value")])
@@ -242,7 +238,7 @@ def create_app(control: ControlPlane, token: str,
         keys = control.keys_of_sandbox(sandbox) if sandbox is not None else None
         window: tuple[float, float] | None = None
         if run is not None:
-            report = _run_report(run)
+            report = _runs().get(run)
             keys = {report["routing_key"]}
             window = (report["started_at"] - 0.01, report.get("finished_at") or time.time())
         out = []
@@ -258,12 +254,6 @@ def create_app(control: ControlPlane, token: str,
                         "destination": h.destination, "caller": h.caller,
                         "routing_key": h.routing_key, "trace_id": h.trace_id, **capture})
         return out
-
-    def _run_report(run_id: str) -> dict[str, Any]:
-        report = control.store.get_run(run_id)
-        if report is None:
-            raise NotFound(f"run {run_id!r} not found; `laneway runs list` shows them")
-        return report
 
     @app.get("/v1/captures")
     async def captures(service: str | None = None, since: float | None = None,
@@ -307,7 +297,7 @@ def create_app(control: ControlPlane, token: str,
         chosen = chosen[-limit:]
         if not chosen:
             where = f"service {service!r}" if service else "any service"
-            if capture is not None:
+            if capture is not None:  # a run's id: an unknown exchange is answered above
                 raise Invalid(f"run {capture} captured no requests"
                               + (f" at {where}" if service else "")
                               + "; run it with `laneway run --capture`")
@@ -318,11 +308,9 @@ def create_app(control: ControlPlane, token: str,
                           "`laneway run --capture` or `laneway run --diff`")
         ports = {name: svc.port for name, svc in control.project.services.items()}
         requests, note = captured_requests(chosen, ports, extra)
-        rule = control.project.diff  # laneway.yaml's `diff`, unless the request says
-        thresholds = Thresholds(rule.relative if relative is None else relative,
-                                rule.absolute if absolute is None else absolute)
         report = await replay_diff(requests, rec.routing_key, unsafe=unsafe,
-                                   thresholds=thresholds)
+                                   thresholds=thresholds_of(control.project.diff, relative,
+                                                            absolute))
         if note:
             report["note"] = note
         return {"sandbox": sandbox, **report}

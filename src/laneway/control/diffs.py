@@ -20,8 +20,9 @@ import httpx
 
 from laneway.core.baggage import baggage_value
 from laneway.core.diff import Answer, Thresholds, classify, endpoint_of
+from laneway.core.spec import DiffSettings
 
-__all__ = ["IDEMPOTENT", "captured_requests", "replay_diff"]
+__all__ = ["IDEMPOTENT", "captured_requests", "replay_diff", "thresholds_of"]
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS"))
 EXAMPLE_BODY = 1000  # bytes of each answer shown with a finding's example request
@@ -73,9 +74,9 @@ async def replay_diff(requests: Sequence[dict[str, Any]], key: str, *, unsafe: b
             if request.get("service"):
                 endpoint = f"{request['service']}: {endpoint}"  # several services replayed
             samples.append((endpoint, answers[0], answers[2], answers[1]))
-            sent.append({"method": method, "url": url,
-                         "baseline": _shown(answers[0]), "sandbox": _shown(answers[1])})
-    findings = classify(samples, thresholds)
+            sent.append({"method": method, "url": url})
+    limits = thresholds or Thresholds()
+    findings = classify(samples, limits)
     loud = [f for f in findings if f.risk != "green"]
     red = sum(1 for f in loud if f.risk == "red")
     endpoints = len({s[0] for s in samples})
@@ -93,12 +94,26 @@ async def replay_diff(requests: Sequence[dict[str, Any]], key: str, *, unsafe: b
         "endpoints": endpoints,
         "red": red,
         "yellow": len(loud) - red,
-        "thresholds": {"relative": (thresholds or Thresholds()).relative,
-                       "absolute": (thresholds or Thresholds()).absolute},
+        "thresholds": {"relative": limits.relative, "absolute": limits.absolute},
         "green": len(findings) - len(loud),
-        "findings": [{**f.to_json(), "example": sent[f.example]} for f in loud][:200],
+        "findings": [{**f.to_json(), "example": _example(sent, samples, f.example)}
+                     for f in loud[:200]],
         "noise": [f.to_json() for f in findings if f.risk == "green"][:50],
     }
+
+
+def _example(sent: Sequence[dict[str, Any]],
+             samples: Sequence[tuple[str, Answer, Answer, Answer]], index: int) -> dict[str, Any]:
+    """A finding's example request with the baseline's (first) and the sandbox's answers."""
+    _, primary, _, candidate = samples[index]
+    return {**sent[index], "baseline": _shown(primary), "sandbox": _shown(candidate)}
+
+
+def thresholds_of(settings: DiffSettings, relative: float | None = None,
+                  absolute: float | None = None) -> Thresholds:
+    """The noise rule: laneway.yaml's `diff`, where a request does not set its own."""
+    return Thresholds(settings.relative if relative is None else relative,
+                      settings.absolute if absolute is None else absolute)
 
 
 def _shown(answer: Answer) -> dict[str, Any]:

@@ -29,12 +29,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from laneway.control.diffs import replay_diff
+from laneway.control.diffs import replay_diff, thresholds_of
 from laneway.control.errors import Invalid, NotFound, StoreUnavailable
 from laneway.control.inject_proxy import InjectingProxy
 from laneway.control.plane import ControlPlane
 from laneway.core.baggage import baggage_value
-from laneway.core.diff import Thresholds
 from laneway.core.processes import find_marked, owner_env, stop_processes
 from laneway.core.runs import (
     find_leaks,
@@ -308,10 +307,9 @@ class RunManager:
             # After the findings: the replay's keyed requests must not count as the run's.
             self._save(report)
             try:
-                rule = self.control.project.diff
                 report["diff"] = await replay_diff(
                     proxy.recorded, key, unsafe=spec.diff_unsafe,
-                    thresholds=Thresholds(rule.relative, rule.absolute))
+                    thresholds=thresholds_of(self.control.project.diff))
             except Exception as exc:  # the diff is extra evidence; its failure is reported
                 log.exception("run %s: the diff failed", run_id)
                 report["diff"] = {"summary": f"the diff failed: {exc}", "findings": []}

@@ -102,6 +102,10 @@ def _duration(value: object) -> float:
     raise ValueError("must be a duration such as 45s, 30m, 2h or 1d")
 
 
+# An HTTP field name (RFC 9110 §5.1: a token).
+HEADER_NAME_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -302,7 +306,7 @@ class RouterSettings(_Spec):
     @classmethod
     def _headers(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+            if not HEADER_NAME_RE.fullmatch(name):
                 raise ValueError(f"{name!r} is not an HTTP header name")
         return [name.lower() for name in value]
 

@@ -117,6 +117,11 @@ def containers_of(dep: Mapping[str, Any]) -> list[dict[str, Any]]:
     return list(dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [])
 
 
+def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Whether a non-empty Service `selector` selects pods with `labels`."""
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
 def baseline_deployments(objects: Iterable[dict[str, Any]], service: Mapping[str, Any],
                          namespace: str) -> list[dict[str, Any]]:
     """The baseline's Deployments (not a sandbox's) whose pods `service` selects."""
@@ -124,9 +129,8 @@ def baseline_deployments(objects: Iterable[dict[str, Any]], service: Mapping[str
     return [o for o in objects if o.get("kind") == "Deployment"
             and namespace_of(o, "default") == namespace
             and SANDBOX_LABEL not in (o.get("metadata", {}).get("labels") or {})
-            and selector and all(
-                o.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
-                .get(k) == v for k, v in selector.items())]
+            and selects(selector, o.get("spec", {}).get("template", {}).get("metadata", {})
+                        .get("labels", {}))]
 
 
 def original_target_ports(service: Mapping[str, Any],

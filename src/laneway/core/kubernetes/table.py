@@ -29,6 +29,7 @@ from laneway.core.kubernetes.objects import (
     TARGET_PORTS_ANNOTATION,
     RenderError,
     namespace_of,
+    selects,
     table_service,
 )
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
@@ -87,11 +88,6 @@ def _fork_routes(sandbox: Mapping[str, Any], mine: list[Mapping[str, Any]],
     return routes
 
 
-def _selects(selector: Mapping[str, str], pod: Mapping[str, Any]) -> bool:
-    labels = _labels(pod)
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
-
-
 def _pod_ips(pod: Mapping[str, Any]) -> list[str]:
     status = pod.get("status") or {}
     if status.get("phase") not in (None, "Running") or pod["metadata"].get("deletionTimestamp"):
@@ -110,7 +106,8 @@ def _callers(objects: list[Mapping[str, Any]],
     for (ns, name), svc in injected.items():
         selector = svc.get("spec", {}).get("selector") or {}
         for pod in pods:
-            if _ns(pod) == ns and SANDBOX_LABEL not in _labels(pod) and _selects(selector, pod):
+            labels = _labels(pod)
+            if _ns(pod) == ns and SANDBOX_LABEL not in labels and selects(selector, labels):
                 out.update(dict.fromkeys(_pod_ips(pod), f"{name}.{ns}"))
     for svc in objects:
         fork_of = _labels(svc).get(FORK_OF_LABEL)
@@ -120,7 +117,7 @@ def _callers(objects: list[Mapping[str, Any]],
         selector = svc.get("spec", {}).get("selector") or {}
         for pod in pods:
             if _ns(pod) == _ns(svc) and _labels(pod).get(SANDBOX_LABEL) == sandbox \
-                    and _selects(selector, pod):
+                    and selects(selector, _labels(pod)):
                 out.update(dict.fromkeys(_pod_ips(pod), f"{fork_of}.{_ns(svc)}@{sandbox}"))
     return out
 
