@@ -228,7 +228,19 @@ async def test_listeners_reach_each_service_by_its_declared_protocol(tmp_path: P
         assert state["protocols"] == {"web": "h2c", "pricing": "http"}
         # A daemon that predates `protocols` sends only the ports: HTTP/1.1 for all.
         answer = await runtime._call("PUT", "/v1/listeners", json={"services": {"web": web}})
-        assert answer == {"listeners": {"web": web}, "protocols": {"web": "http"}}
+        assert answer == {"listeners": {"web": web}, "protocols": {"web": "http"},
+                          "preview": None}
+        # The preview edge: a taken default port gives way; asked again (a restarted daemon),
+        # the edge stays where it is; without `preview` it stops.
+        await runtime.listen({"web": web}, preview=(web, True))
+        edge = runtime.preview_port
+        assert edge is not None
+        assert edge != web
+        await runtime.listen({"web": web}, preview=(web, True))
+        assert runtime.preview_port == edge
+        assert (await runtime._call("GET", "/v1/state"))["preview"] == edge
+        await runtime.listen({"web": web})
+        assert runtime.preview_port is None
         with pytest.raises(DataPlaneError, match=r"protocols.web: 'h3' is not one of http, "
                                                  r"h2c, grpc"):
             await runtime.listen({"web": web}, {"web": "h3"})

@@ -274,6 +274,9 @@ def test_route_groups_span_matching_sandboxes_and_report_conflicts() -> None:
     assert table.forks["web"]["groupkey0000"].sandbox == "sb-b"
     assert groups["g"].sandboxes == ["sb-a", "sb-b"]
     assert groups["g"].ready
+    # The preview edge finds sandboxes and groups by name.
+    assert table.names == {"sb-a": a.routing_key, "sb-b": b.routing_key,
+                           "sb-c": c.routing_key, "g": "groupkey0000"}
 
     wide = RouteGroupEntry(parse_route_group({"name": "w", "match": {"labels": {
         "feature": "*"}}}), "widekey00000")

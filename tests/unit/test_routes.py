@@ -35,11 +35,15 @@ def tables(draw: st.DrawFn) -> RouteTable:
                            draw(st.booleans()), draw(st.sampled_from(["", "crashed"])))
             for key in draw(st.sets(_keys, max_size=4))
         }
+    table.captured = frozenset(draw(st.sets(_keys, max_size=2)))
+    table.callers = draw(st.dictionaries(st.sampled_from(["10.0.0.1", "10.0.0.2"]), _services))
+    table.names = draw(st.dictionaries(st.sampled_from(["sb-a", "sb-b", "team"]), _keys))
     return table
 
 
-def _normal(table: RouteTable) -> tuple[dict[str, Upstream], dict[str, dict[str, ForkRoute]]]:
-    return table.baseline, {s: k for s, k in table.forks.items() if k}
+def _normal(table: RouteTable) -> tuple[object, ...]:
+    return (table.baseline, {s: k for s, k in table.forks.items() if k}, table.captured,
+            table.callers, table.names)
 
 
 @given(tables(), tables())

@@ -74,8 +74,25 @@ def sandbox_apply(
         status = view["status"]
         console.print(f"sandbox {name} applied  routing key [bold]{view['routingKey']}[/bold]  "
                       f"{phase_style(status['phase'])}: {status['message']}")
+        _print_previews(view, limit=6)
     if wait and view["status"]["phase"] != "ready":
         raise CliError(f"sandbox {name} is not ready: {view['status']['message']}")
+
+
+def _print_previews(view: dict[str, Any], limit: int | None = None) -> None:
+    """One line per preview URL (`http://<name>--<service>.localhost:<port>/`), the
+    services the sandbox forks first."""
+    previews: dict[str, str] = view.get("previews") or {}
+    forked = {f["service"] for f in view.get("forks", ())}
+    ordered = sorted(previews, key=lambda service: (service not in forked, service))
+    shown = ordered if limit is None else ordered[:limit]
+    width = max((len(service) for service in shown), default=0)
+    for service in shown:
+        console.print(f"preview {service:<{width}}  {previews[service]}", markup=False,
+                      highlight=False, soft_wrap=True)
+    if len(shown) < len(ordered):
+        console.print(f"… and {len(ordered) - len(shown)} more previews: laneway sandbox get "
+                      f"{view['name']}", markup=False)
 
 
 def _wait_ready(client: ApiClient, name: str, deadline: float,
@@ -122,6 +139,7 @@ def sandbox_get(name: str, output: OutputOption = Output.table,
     console.print(f"baggage: laneway-key={sb['routingKey']}")
     if sb["labels"]:
         console.print("labels: " + ", ".join(f"{k}={v}" for k, v in sb["labels"].items()))
+    _print_previews(sb)
     if sb.get("capture"):
         console.print(f"capture: on (its requests at every service; laneway captures "
                       f"--sandbox {sb['name']})", markup=False)
@@ -198,6 +216,7 @@ def group_apply(file: FileOption, output: OutputOption = Output.table,
         return
     console.print(f"route group {view['name']} applied  routing key "
                   f"[bold]{view['routingKey']}[/bold]  {view['status']['message']}")
+    _print_previews(view, limit=6)
 
 
 @group_app.command("list")
@@ -230,6 +249,7 @@ def group_get(name: str, output: OutputOption = Output.table, api: ApiOption = N
     console.print(f"[bold]{group['name']}[/bold]  routing key [bold]{group['routingKey']}"
                   f"[/bold]  {status['message']}")
     console.print("sandboxes: " + (", ".join(status["sandboxes"]) or "none"))
+    _print_previews(group)
     for conflict in status["conflicts"]:
         console.print(f"[red]conflict[/red]: {conflict['service']} is forked by "
                       f"{', '.join(conflict['sandboxes'])}")

@@ -26,6 +26,7 @@ from laneway.core.plan import (
     RouteGroupStatus,
     SandboxStatus,
 )
+from laneway.core.preview import preview_url
 from laneway.core.runtime import Runtime
 from laneway.core.spec import (
     ProjectSpec,
@@ -77,6 +78,7 @@ class ControlPlane:
         # name -> ((incarnation, generation), (spec, problem)): see `_checked_spec`.
         self._checked: dict[str, tuple[tuple[str, int], tuple[SandboxSpec, str]]] = {}
         self.resources: ResourceManager | None = None  # set by the daemon when plugins exist
+        self.preview_port: int | None = None  # the preview edge's (set by the daemon), if any
         # Keys captured for runs with `--capture` (a count: two runs may share a key); the
         # keys of sandboxes with `capture: true` come from their specs.
         self.captured_keys: Counter[str] = Counter()
@@ -256,9 +258,18 @@ class ControlPlane:
             ],
             "resources": [{"name": r.name, "plugin": r.plugin, "params": r.params}
                           for r in spec.resources],
+            "previews": self.previews(rec.name),
             "status": {**status_json,
                        "resources": self.resources.status(rec.name) if self.resources else []},
         }
+
+    def previews(self, name: str) -> dict[str, str]:
+        """Preview URLs of sandbox or route group `name`: one per service a browser can open
+        (HTTP/1.1 services; gRPC and h2c-only ones are not pages)."""
+        if self.preview_port is None:
+            return {}
+        return {service: preview_url(name, service, self.preview_port)
+                for service, svc in self.project.services.items() if svc.protocol == "http"}
 
     def get_sandbox(self, name: str) -> dict[str, Any]:
         rec = self.store.get("sandbox", name)
@@ -311,6 +322,7 @@ class ControlPlane:
             "routingKey": rec.routing_key,
             "labels": spec.labels,
             "match": {"labels": spec.match.labels},
+            "previews": self.previews(rec.name),
             "createdAt": rec.created_at,
             "updatedAt": rec.updated_at,
             "status": status.to_json() if status else {
@@ -376,6 +388,9 @@ class ControlPlane:
                              "ready": g["status"]["ready"], "message": g["status"]["message"]}
                             for g in self.list_route_groups()],
             "routes": {"version": self.feed.version},
+            "preview": None if self.preview_port is None else {
+                "port": self.preview_port,
+                "url": f"http://<sandbox>--<service>.localhost:{self.preview_port}/"},
             # Why the last reconcile pass failed while it retries with backoff ("" when fine).
             "reconcileError": self.reconcile_error,
             "hops": {"stored": len(self.hops), "received": self.hops.received},

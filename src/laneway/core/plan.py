@@ -409,6 +409,8 @@ def build_routes(
     those of sandboxes with `capture: true` (the keys of runs with `--capture`)."""
     table = RouteTable(version=version)
     table.captured = frozenset(captured) | {s.routing_key for s in sandboxes if s.spec.capture}
+    table.names = {s.spec.name: s.routing_key for s in sandboxes}
+    table.names.update({g.spec.name: g.routing_key for g in groups})
     for name in project.services:
         state = actual.get(baseline_unit(name))
         # Health-checked before it gets traffic: until then the router answers 503, not 502.

@@ -101,6 +101,9 @@ class RouteTable:
     # or `service@sandbox` (a fork's), so that sidecars name the caller of every hop as the
     # local router does from the socket's process. Empty locally.
     callers: dict[str, str] = field(default_factory=dict)
+    # Sandbox and route group names -> their routing keys: the preview edge turns the host
+    # `<name>--<service>.localhost` into the key, and knows a deleted name from a live one.
+    names: dict[str, str] = field(default_factory=dict)
 
     def route_count(self) -> int:
         return sum(len(keys) for keys in self.forks.values())
@@ -115,6 +118,7 @@ class RouteTable:
             },
             "captured": sorted(self.captured),
             **({"callers": dict(sorted(self.callers.items()))} if self.callers else {}),
+            **({"names": dict(sorted(self.names.items()))} if self.names else {}),
         }
 
     @classmethod
@@ -128,6 +132,7 @@ class RouteTable:
             },
             captured=frozenset(str(k) for k in data.get("captured", ())),  # older feeds: none
             callers={str(k): str(v) for k, v in (data.get("callers") or {}).items()},
+            names={str(k): str(v) for k, v in (data.get("names") or {}).items()},
         )
 
 
@@ -142,11 +147,12 @@ class RouteChanges:
     removals: frozenset[tuple[str, str]]
     captured: frozenset[str] | None = None  # the new set of captured keys; None: unchanged
     callers: dict[str, str] | None = None  # the new callers by address; None: unchanged
+    names: dict[str, str] | None = None  # the new names -> keys; None: unchanged
 
     @property
     def empty(self) -> bool:
         return not (self.baseline or self.upserts or self.removals or self.captured is not None
-                    or self.callers is not None)
+                    or self.callers is not None or self.names is not None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -161,6 +167,7 @@ class RouteChanges:
             **({"captured": sorted(self.captured)} if self.captured is not None else {}),
             **({"callers": dict(sorted(self.callers.items()))}
                if self.callers is not None else {}),
+            **({"names": dict(sorted(self.names.items()))} if self.names is not None else {}),
         }
 
     @classmethod
@@ -179,6 +186,8 @@ class RouteChanges:
             else frozenset(str(k) for k in data["captured"]),
             callers=None if data.get("callers") is None
             else {str(k): str(v) for k, v in data["callers"].items()},
+            names=None if data.get("names") is None
+            else {str(k): str(v) for k, v in data["names"].items()},
         )
 
 
@@ -201,8 +210,9 @@ def diff_tables(old: RouteTable, new: RouteTable) -> RouteChanges:
     )
     captured = new.captured if new.captured != old.captured else None
     callers = dict(new.callers) if new.callers != old.callers else None
+    names = dict(new.names) if new.names != old.names else None
     return RouteChanges(old.version, new.version, baseline, upserts, removals, captured,
-                        callers)
+                        callers, names)
 
 
 def apply_changes(table: RouteTable, changes: RouteChanges) -> None:
@@ -222,6 +232,8 @@ def apply_changes(table: RouteTable, changes: RouteChanges) -> None:
         table.captured = changes.captured
     if changes.callers is not None:
         table.callers = dict(changes.callers)
+    if changes.names is not None:
+        table.names = dict(changes.names)
     table.version = changes.version
 
 

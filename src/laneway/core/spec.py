@@ -311,6 +311,22 @@ class RouterSettings(_Spec):
         return [name.lower() for name in value]
 
 
+DEFAULT_PREVIEW_PORT = 7780
+
+
+class PreviewSettings(_Spec):
+    """The preview edge (`http://<sandbox>--<service>.localhost:<port>/`, core/preview.py):
+    one port on loopback. The default port gives way to a free one when another project holds
+    it; a port set here is this project's, and its being taken is an error."""
+
+    enabled: bool = True
+    port: int = Field(default=DEFAULT_PREVIEW_PORT, ge=1, le=65535)
+
+    @property
+    def fallback(self) -> bool:
+        return "port" not in self.model_fields_set
+
+
 class DiffSettings(_Spec):
     """The noise rule of `laneway diff` and `laneway run --diff` (core/diff.py): a field's
     differences count only when more than `relative` of them are not explained by the
@@ -327,6 +343,7 @@ class ProjectSpec(_Spec):
     services: dict[str, ServiceSpec]
     router: RouterSettings = Field(default_factory=RouterSettings)
     diff: DiffSettings = Field(default_factory=DiffSettings)
+    preview: PreviewSettings = Field(default_factory=PreviewSettings)
 
     @field_validator("name")
     @classmethod
@@ -372,6 +389,10 @@ class ProjectSpec(_Spec):
         cycle = _find_cycle({n: s.depends_on for n, s in self.services.items()})
         if cycle:
             issues.append(("services", "depends_on has a cycle: " + " -> ".join(cycle)))
+        preview = self.preview
+        if preview.enabled and not preview.fallback and preview.port in ports:
+            issues.append(("preview.port", f"port {preview.port} is service "
+                           f"{ports[preview.port]!r}'s; the preview edge needs its own port"))
         if issues:
             raise SpecError(issues)
         return self

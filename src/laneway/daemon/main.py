@@ -155,8 +155,12 @@ class Daemon:
             try:
                 await runtime.connect()
                 services = self.project.services
+                preview = self.project.preview
                 await runtime.listen({name: svc.port for name, svc in services.items()},
-                                     {name: svc.protocol for name, svc in services.items()})
+                                     {name: svc.protocol for name, svc in services.items()},
+                                     (preview.port, preview.fallback) if preview.enabled
+                                     else None)
+                control.preview_port = runtime.preview_port
             except DataPlaneError as exc:
                 raise DaemonError(str(exc)) from exc
             await runtime.sync_hops()
@@ -181,6 +185,9 @@ class Daemon:
                 "dataplanePid": runtime.pid,
             }))
             self.say(f"laneway: {self.project.name} control plane at {url}")
+            if control.preview_port is not None:
+                self.say(f"laneway: previews at http://<sandbox>--<service>.localhost:"
+                         f"{control.preview_port}/")
             await self._report_baseline(control)
             await self.stop_requested.wait()
         finally:

@@ -77,6 +77,7 @@ def control_app(plane: DataPlane, token: str) -> Starlette:
             "settings": plane.raw_settings,
             "listeners": dict(plane.router.ports),
             "protocols": plane.listener_protocols(),
+            "preview": plane.router.edge.port if plane.router.edge else None,
             "unitsVersion": plane.units_version,
             "units": plane.units_json(),
             "routes": plane.feed.snapshot().to_json(),
@@ -110,10 +111,22 @@ def control_app(plane: DataPlane, token: str) -> Starlette:
                 raise _BadRequest(f"protocols.{service}: {protocol!r} is not one of "
                                   f"{', '.join(PROTOCOLS)}")
         problems = await plane.set_listeners(wanted, protocols)
+        # `preview` (issue 14): {"port": N, "fallback": bool} serves the preview edge, null or
+        # absent stops it.
+        preview = body.get("preview")
+        if preview is not None:
+            if not isinstance(preview, dict) or not isinstance(preview.get("port"), int):
+                raise _BadRequest("preview: must be {\"port\": N, \"fallback\": true|false}")
+            problem = await plane.set_edge(int(preview["port"]), bool(preview.get("fallback")))
+        else:
+            problem = await plane.set_edge(None, False)
+        if problem:
+            problems.append(problem)
         if problems:
             return _error(409, "port_in_use", "; ".join(problems))
         return JSONResponse({"listeners": dict(plane.router.ports),
-                             "protocols": plane.listener_protocols()})
+                             "protocols": plane.listener_protocols(),
+                             "preview": plane.router.edge.port if plane.router.edge else None})
 
     async def put_routes(request: Request) -> JSONResponse:
         table = RouteTable.from_json(await request.json())

@@ -187,6 +187,22 @@ class DataPlane:
                 problems.append(str(exc))
         return problems
 
+    async def set_edge(self, port: int | None, fallback: bool) -> str | None:
+        """Serve the preview edge on `port` (None: no edge); a problem as a sentence. An edge
+        that already serves stays where it is when `port` is the default it fell back from (a
+        restarted daemon asks again)."""
+        edge = self.router.edge
+        if port is None:
+            await self.router.unlisten_edge()
+            return None
+        if edge is not None and (edge.port == port or fallback):
+            return None
+        try:
+            await self.router.listen_edge(port, fallback=fallback)
+        except RouterError as exc:
+            return str(exc)
+        return None
+
     def listener_protocols(self) -> dict[str, str]:
         return {service: self.router.contexts[service].protocol
                 for service in self.router.ports if service in self.router.contexts}

@@ -91,7 +91,8 @@ def _compact_sandbox(view: dict[str, Any]) -> dict[str, Any]:
     return {"name": view["name"], "routing_key": view["routingKey"],
             "baggage": f"laneway-key={view['routingKey']}", "phase": status["phase"],
             "ready": status["ready"], "message": status["message"], "labels": view["labels"],
-            "ttl_s": view.get("ttl"), "forks": forks}
+            "ttl_s": view.get("ttl"), "forks": forks,
+            **({"previews": view["previews"]} if view.get("previews") else {})}
 
 
 def _compact_report(report: dict[str, Any]) -> dict[str, Any]:
@@ -177,7 +178,9 @@ def build_server(api: AsyncApiClient) -> MCPServer:
 
     @server.tool(description=(
         "Get one sandbox: routing key (and the ready `baggage` header value), phase, and each "
-        "fork's phase, restarts, error message, run command and env. Use it to poll a sandbox "
+        "fork's phase, restarts, error message, run command and env, and its preview URLs "
+        "(`previews`: service -> http://<sandbox>--<service>.localhost:PORT/, which a browser "
+        "opens as the sandbox sees it; see screenshot_preview). Use it to poll a sandbox "
         "that is starting or to see why one failed."))
     async def get_sandbox(
         name: str,

@@ -846,7 +846,8 @@ class ClientConnection(asyncio.Protocol):
         else:
             other_codings = codings
             upstream_framed = has_length
-        lines.append(b"laneway-served-by: " + ex.served_by + b"\r\n")
+        if ex.served_by:  # empty at the preview edge: the service's router said it
+            lines.append(b"laneway-served-by: " + ex.served_by + b"\r\n")
         lines.append(VIA)
         if ex.capture is not None and not informational:
             ex.capture.status = status

@@ -18,6 +18,7 @@ from laneway.core.feed import FeedUpdate, RoutesFeed
 from laneway.core.routes import RouteTable, apply_changes
 from laneway.router.callers import CallerResolver
 from laneway.router.client import ClientConnection, ServiceContext
+from laneway.router.edge import EDGE, Edge, EdgeConnection
 from laneway.router.h2client import H2ClientConnection
 from laneway.router.h2upstream import H2Pool
 from laneway.router.hops import HopRecorder, HopSink
@@ -80,6 +81,9 @@ class Router:
         ), self._client_connections)
         self.contexts: dict[str, ServiceContext] = {}
         self.ports: dict[str, int] = {}
+        self.edge: Edge | None = None  # the preview edge, once `listen_edge` bound it
+        self._edge_ctx: ServiceContext | None = None
+        self._edge_server: asyncio.Server | None = None
         self._servers: list[asyncio.Server] = []
         self._by_service: dict[str, asyncio.Server] = {}
         self._follow_task: asyncio.Task[None] | None = None
@@ -90,20 +94,7 @@ class Router:
         if ctx is not None:
             ctx.protocol = protocol
         if ctx is None:
-            ctx = ServiceContext(
-                service, self.recorder, self.pool, clock=self.clock, budget=self.budget,
-                extra_headers=frozenset(h.lower().encode() for h in self.settings.extra_headers),
-                connect_timeout=self.settings.connect_timeout,
-                upstream_timeout=self.settings.upstream_timeout,
-                request_head_timeout=self.settings.request_head_timeout,
-                keepalive_timeout=self.settings.keepalive_timeout,
-                client_timeout=self.settings.client_timeout,
-                tunnel_timeout=self.settings.tunnel_timeout,
-                max_connections=self.settings.max_connections,
-                max_header_bytes=self.settings.max_header_bytes,
-                max_response_header_bytes=self.settings.max_response_header_bytes,
-                protocol=protocol,
-            )
+            ctx = self._new_context(service, protocol)
             captured = "*" in self.settings.capture_services or \
                 service in self.settings.capture_services
             ctx.capture_rate = self.settings.capture_rate if captured else 0.0
@@ -114,6 +105,22 @@ class Router:
             self.contexts[service] = ctx
             self._bind(ctx)
         return ctx
+
+    def _new_context(self, service: str, protocol: str) -> ServiceContext:
+        return ServiceContext(
+            service, self.recorder, self.pool, clock=self.clock, budget=self.budget,
+            extra_headers=frozenset(h.lower().encode() for h in self.settings.extra_headers),
+            connect_timeout=self.settings.connect_timeout,
+            upstream_timeout=self.settings.upstream_timeout,
+            request_head_timeout=self.settings.request_head_timeout,
+            keepalive_timeout=self.settings.keepalive_timeout,
+            client_timeout=self.settings.client_timeout,
+            tunnel_timeout=self.settings.tunnel_timeout,
+            max_connections=self.settings.max_connections,
+            max_header_bytes=self.settings.max_header_bytes,
+            max_response_header_bytes=self.settings.max_response_header_bytes,
+            protocol=protocol,
+        )
 
     async def listen(self, service: str, port: int, protocol: str = "http") -> int:
         """Serve `service` on `port` (0: any free port); returns the bound port.
@@ -143,6 +150,42 @@ class Router:
         self.ports[service] = bound
         return bound
 
+    async def listen_edge(self, port: int, *, fallback: bool = False) -> int:
+        """Serve the preview edge on `port` (`router/edge.py`); with `fallback`, a port that
+        is taken gives way to any free one (the default port, which another project on this
+        machine may hold). Returns the bound port; a second call moves the edge."""
+        await self.unlisten_edge()
+        if self._edge_ctx is None:
+            self._edge_ctx = self._new_context(EDGE, "http")
+        ctx = self._edge_ctx
+        edge = Edge(self.settings.host, lambda: self.table.names, self.ports)
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(lambda: EdgeConnection(ctx, edge),
+                                              self.settings.host, port, backlog=1024,
+                                              reuse_address=True)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and fallback and port:
+                return await self.listen_edge(0)
+            raise RouterError(
+                f"cannot serve previews on {self.settings.host}:{port}: "
+                f"{exc.strerror or exc}; choose another preview.port in laneway.yaml"
+            ) from exc
+        edge.port = int(server.sockets[0].getsockname()[1])
+        self.edge = edge
+        self._edge_server = server
+        self._servers.append(server)
+        self.sweeper.start()
+        return edge.port
+
+    async def unlisten_edge(self) -> None:
+        server, self._edge_server, self.edge = self._edge_server, None, None
+        if server is not None:
+            server.close()
+            self._servers.remove(server)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+
     async def unlisten(self, service: str) -> None:
         """Stop accepting connections for `service` (a service removed from the baseline)."""
         server = self._by_service.pop(service, None)
@@ -158,7 +201,10 @@ class Router:
         return H2ClientConnection(ctx, self.h2pool, transport)
 
     def _client_connections(self) -> list[Served]:
-        return [conn for ctx in self.contexts.values() for conn in ctx.connections]
+        conns = [conn for ctx in self.contexts.values() for conn in ctx.connections]
+        if self._edge_ctx is not None:
+            conns.extend(self._edge_ctx.connections)
+        return conns
 
     def apply(self, update: FeedUpdate) -> None:
         if isinstance(update, RouteTable):
@@ -218,7 +264,10 @@ class Router:
             self._follow_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follow_task
-        for ctx in self.contexts.values():
+        contexts = list(self.contexts.values())
+        if self._edge_ctx is not None:
+            contexts.append(self._edge_ctx)
+        for ctx in contexts:
             for conn in list(ctx.connections):
                 conn.close()
             for task in list(ctx.connect_tasks):

@@ -51,6 +51,8 @@ class DataPlaneRuntime:
         self.adopted = False  # connect() found a data plane already running
         self.pid: int | None = None
         self._listeners: dict[str, int] = {}
+        self._preview: tuple[int, bool] | None = None
+        self.preview_port: int | None = None  # the preview edge's, once `listen` bound it
         self._protocols: dict[str, str] = {}
         self._states: dict[str, UnitState] = {}
         self._specs: dict[str, ProcessSpec] = {}
@@ -142,7 +144,7 @@ class DataPlaneRuntime:
         log.error("the data plane is gone; starting a new one")
         await self.connect()
         if self._listeners:
-            await self.listen(self._listeners, self._protocols)
+            await self.listen(self._listeners, self._protocols, self._preview)
         self._changed()
 
     # the Runtime interface
@@ -203,13 +205,19 @@ class DataPlaneRuntime:
         self._take_units(data["version"], data["units"])
 
     async def listen(self, services: Mapping[str, int],
-                     protocols: Mapping[str, str] | None = None) -> None:
+                     protocols: Mapping[str, str] | None = None,
+                     preview: tuple[int, bool] | None = None) -> None:
         """Serve each service on its public port; `protocols` says how the routers reach a
-        service's processes ("http", "h2c", "grpc"; absent: "http")."""
+        service's processes ("http", "h2c", "grpc"; absent: "http"). `preview`: (port,
+        fallback) of the preview edge, None for none; `preview_port` is where it is bound."""
         self._listeners = dict(services)
         self._protocols = dict(protocols or {})
-        await self._call("PUT", "/v1/listeners",
-                         json={"services": self._listeners, "protocols": self._protocols})
+        self._preview = preview
+        data = await self._call("PUT", "/v1/listeners", json={
+            "services": self._listeners, "protocols": self._protocols,
+            "preview": None if preview is None else {"port": preview[0],
+                                                     "fallback": preview[1]}})
+        self.preview_port = data.get("preview")
 
     async def publish_routes(self, table: RouteTable) -> None:
         """Make `table` the one the routers use; returns once they do."""
