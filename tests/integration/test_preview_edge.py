@@ -173,3 +173,26 @@ async def test_a_taken_default_port_falls_back_and_an_explicit_one_is_an_error(
             await router.listen_edge(edge.port)
     finally:
         await router.close()
+
+
+async def test_a_preview_page_calling_a_service_directly_is_the_sandbox_by_its_origin(
+        edge: Edge) -> None:
+    """A page opened at its preview URL that calls another service at its own address (a
+    cross-origin `fetch()` to the public port): the browser's `Origin` names the preview."""
+    web = edge.router.ports["web"]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web}") as client:
+        by_origin = await client.get("/", headers={
+            "origin": f"http://sb-a--web.localhost:{edge.port}"})
+        other_port = await client.get("/", headers={
+            "origin": f"http://sb-a--web.localhost:{edge.port + 1}"})
+        unknown = await client.get("/", headers={
+            "origin": f"http://gone--web.localhost:{edge.port}"})
+        keyed = await client.get("/", headers={  # a key the request carries wins
+            "origin": f"http://sb-a--web.localhost:{edge.port}",
+            "baggage": "laneway-key=otherkey0000"})
+    assert by_origin.json()["server"] == "fork"
+    assert by_origin.headers["laneway-served-by"] == "web@sb-a"
+    assert other_port.json()["server"] == "baseline"
+    assert unknown.json()["server"] == "baseline"
+    assert keyed.json()["server"] == "baseline"
+    assert [h.routing_key for h in edge.hops[-4:]] == [KEY, "", "", "otherkey0000"]

@@ -44,3 +44,14 @@ def test_host_name_and_url() -> None:
     assert host_name("A--B.localhost:80") == "a--b.localhost"
     assert host_name("[::1]:80") == "[::1]"
     assert preview_url("sb", "web", 7780) == "http://sb--web.localhost:7780/"
+
+
+def test_key_of_origin() -> None:
+    from laneway.core.preview import key_of_origin
+
+    assert key_of_origin("http://sb-a--web.localhost:7780", NAMES, 7780) == "key-a"
+    assert key_of_origin("http://a--b--pricing.localhost:7780", NAMES, 7780) == "key-ab"
+    assert key_of_origin("http://sb-a--web.localhost:7781", NAMES, 7780) is None
+    assert key_of_origin("https://sb-a--web.localhost:7780", NAMES, 7780) is None
+    assert key_of_origin("null", NAMES, 7780) is None
+    assert key_of_origin("http://web.localhost:7780", NAMES, 7780) is None

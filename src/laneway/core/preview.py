@@ -23,6 +23,7 @@ __all__ = [
     "PreviewMiss",
     "host_name",
     "index_page",
+    "key_of_origin",
     "miss_page",
     "preview_host",
     "preview_url",
@@ -116,6 +117,26 @@ def resolve(host: str, names: Mapping[str, str],
     return PreviewMiss(404, "unknown_service", "No such service",
                        f"{service!r} is not a service of this baseline "
                        f"(services: {_listed(services)})")
+
+
+def key_of_origin(origin: str, names: Mapping[str, str], port: int) -> str | None:
+    """The key of a request a preview page sent to another service's own address (its public
+    port, not its preview host): the browser's `Origin` is the page's preview host, so the
+    request is the sandbox's. Only an origin on the edge's own port counts."""
+    scheme, sep, rest = origin.strip().lower().partition("://")
+    if scheme != "http" or not sep:
+        return None
+    name, colon, given = rest.rpartition(":")
+    if not colon or given != str(port):
+        return None
+    label = name.split(".", 1)[0]
+    start = 0
+    while (cut := label.find(PREVIEW_SEPARATOR, start)) != -1:
+        key = names.get(label[:cut])
+        if key is not None:
+            return key
+        start = cut + 1
+    return None
 
 
 def _listed(services: Collection[str]) -> str:

@@ -34,6 +34,7 @@ import httptools
 
 from laneway.core.baggage import baggage_key, key_from_tracestate
 from laneway.core.hops import Hop, trace_context
+from laneway.core.preview import key_of_origin
 from laneway.core.routes import ForkRoute, Upstream, decide
 from laneway.router.callers import EXTERNAL, CallerResolver
 from laneway.router.capture import Capture
@@ -92,7 +93,9 @@ class ServiceContext:
         "max_response_header_bytes",
         "name",
         "name_b",
+        "names",
         "pool",
+        "preview_port",
         "protocol",
         "recorder",
         "request_head_timeout",
@@ -138,6 +141,10 @@ class ServiceContext:
         self.captured: frozenset[str] = frozenset()  # keys captured everywhere (the table's)
         self.connect_tasks: set[asyncio.Task[None]] = set()
         self.served_by: dict[str, bytes] = {}  # sandbox -> b"service@sandbox", built once
+        # The preview edge's port (0: none) and the table's names -> keys: a request without a
+        # key whose `Origin` is a preview host is that sandbox's (`core.preview.key_of_origin`).
+        self.preview_port = 0
+        self.names: dict[str, str] = {}
 
     def new_capture(self, key: str, method: str, target: str,
                     headers: list[tuple[bytes, bytes]]) -> Capture | None:
@@ -154,6 +161,9 @@ class ServiceContext:
         if served is None:
             served = self.served_by[route.sandbox] = route.served_by.encode()
         return served
+
+    def key_of_origin(self, origin: bytes) -> str | None:
+        return key_of_origin(origin.decode("latin-1"), self.names, self.preview_port)
 
 
 def choose_key(baggage: list[bytes], tracestate: bytes,
@@ -208,9 +218,11 @@ class H2Side(Served, Protocol):
 
 # What the request loop does with a field, by lowercased name.
 _HOP, _HOST, _BAGGAGE, _LENGTH, _TRACEPARENT, _TRACESTATE = "hop", "host", "bag", "cl", "tp", "ts"
+_ORIGIN = "or"
 _REQUEST_FIELDS: dict[bytes, str] = {
     **dict.fromkeys(HOP_BY_HOP, _HOP), b"host": _HOST, b"baggage": _BAGGAGE,
     b"content-length": _LENGTH, b"traceparent": _TRACEPARENT, b"tracestate": _TRACESTATE,
+    b"origin": _ORIGIN,
 }
 
 
@@ -505,6 +517,7 @@ class ClientConnection(asyncio.Protocol):
         tracestate = b""
         traceparent = b""
         extra_key = b""
+        origin = b""
         connection_tokens: list[bytes] = []
         codings: list[bytes] = []
         upgrade_value = b""
@@ -541,6 +554,8 @@ class ClientConnection(asyncio.Protocol):
                     ex.body_length = int(value)  # llhttp has checked it is one number
             elif kind is _TRACEPARENT:
                 traceparent = value
+            elif kind is _ORIGIN:
+                origin = value
             else:
                 tracestate = value
             lines += (name, b": ", value, b"\r\n")
@@ -593,6 +608,8 @@ class ClientConnection(asyncio.Protocol):
             ex.trace_id, ex.parent_id = trace_context(traceparent)
 
         key, ex.key_conflict = choose_key(baggage, tracestate, extra_key)
+        if key is None and origin and ctx.preview_port:
+            key = ctx.key_of_origin(origin)  # a preview page calling this service directly
         route = decide(ctx.routes, key)
         if key is not None:
             ex.key = key

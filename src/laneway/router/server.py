@@ -176,10 +176,14 @@ class Router:
         self._edge_server = server
         self._servers.append(server)
         self.sweeper.start()
+        for service_ctx in self.contexts.values():
+            self._bind(service_ctx)
         return edge.port
 
     async def unlisten_edge(self) -> None:
         server, self._edge_server, self.edge = self._edge_server, None, None
+        for ctx in self.contexts.values():
+            ctx.preview_port = 0
         if server is not None:
             server.close()
             self._servers.remove(server)
@@ -226,6 +230,8 @@ class Router:
         ctx.routes = self.table.forks.setdefault(ctx.name, {})
         ctx.baseline = self.table.baseline.get(ctx.name)
         ctx.captured = self.table.captured
+        ctx.names = self.table.names
+        ctx.preview_port = self.edge.port if self.edge is not None else 0
 
     def follow(self, feed: RoutesFeed) -> None:
         """Keep the table current from `feed` until `close()`."""
