@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.browser import chromium  # noqa: F401  (a fixture for the browser tests)
+
 LANEWAY = str(Path(sys.executable).parent / "laneway")
 CHAIN = str(Path(__file__).parents[1] / "apps" / "chain.py")
 

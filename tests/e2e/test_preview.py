@@ -35,7 +35,7 @@ def test_preview_urls_from_apply_to_delete(tmp_path: Any) -> None:
         proj.write("sb.yaml", "name: sb-b\nforks:\n  - service: b\n    env: {VERSION: v2}\n")
         applied = proj.run("sandbox", "apply", "-f", "sb.yaml", "--wait").stdout
         url = f"http://sb-b--b.localhost:{edge}/"
-        assert f"preview b  {url}" in applied  # the forked service first
+        assert f"preview b  {url}" in applied
         assert f"http://sb-b--a.localhost:{edge}/" in applied
         view = proj.json("sandbox", "get", "sb-b")
         assert view["previews"] == {s: f"http://sb-b--{s}.localhost:{edge}/" for s in "abc"}

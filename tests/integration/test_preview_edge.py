@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -196,3 +197,16 @@ async def test_a_preview_page_calling_a_service_directly_is_the_sandbox_by_its_o
     assert unknown.json()["server"] == "baseline"
     assert keyed.json()["server"] == "baseline"
     assert [h.routing_key for h in edge.hops[-4:]] == [KEY, "", "", "otherkey0000"]
+
+
+async def test_the_edge_starts_a_trace_for_a_request_without_one(
+        edge: Edge, fork_upstream: TestUpstream) -> None:
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with edge.client("sb-a--web.localhost") as client:
+        await client.get("/")
+        started = dict(fork_upstream.requests[-1]["headers"])["traceparent"]  # type: ignore[arg-type]
+        await client.get("/", headers={"traceparent": parent})
+        kept = dict(fork_upstream.requests[-1]["headers"])["traceparent"]  # type: ignore[arg-type]
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", started)
+    assert kept == parent
+    assert [h.trace_id for h in edge.hops[-2:]] == [started[3:35], parent[3:35]]

@@ -28,7 +28,7 @@ async def buy(request: Request) -> JSONResponse:
 
 
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>shop</title>
+<html lang="en"><head><meta charset="utf-8"><title>shop</title><link rel="icon" href="data:,">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{font:18px/1.5 system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem}
 #quote{font-size:1.6rem;font-weight:600}</style></head>

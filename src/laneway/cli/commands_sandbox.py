@@ -80,11 +80,10 @@ def sandbox_apply(
 
 
 def _print_previews(view: dict[str, Any], limit: int | None = None) -> None:
-    """One line per preview URL (`http://<name>--<service>.localhost:<port>/`), the
-    services the sandbox forks first."""
+    """One line per preview URL (`http://<name>--<service>.localhost:<port>/`), in the API's
+    order: the baseline's entry points first."""
     previews: dict[str, str] = view.get("previews") or {}
-    forked = {f["service"] for f in view.get("forks", ())}
-    ordered = sorted(previews, key=lambda service: (service not in forked, service))
+    ordered = list(previews)
     shown = ordered if limit is None else ordered[:limit]
     width = max((len(service) for service in shown), default=0)
     for service in shown:

@@ -99,6 +99,9 @@ def status(
                          f"last went down: {svc['lastFailure']}" if svc.get("lastFailure")
                          else "")
     console.print(services)
+    if data.get("preview"):
+        console.print(f"previews: {data['preview']['url']}  ·  web UI: laneway ui",
+                      markup=False, highlight=False)
     if data.get("reconcileError"):
         console.print(f"[yellow]reconciling failed, retrying with backoff:[/yellow] "
                       f"{data['reconcileError']} (see .laneway/daemon.log)")
@@ -149,6 +152,40 @@ def hops(
     commands_runs.print_conflicts(data)
     if trace:
         console.print("path: " + commands_runs.path_of(data))
+
+
+@app.command()
+def ui(
+    open_browser: Annotated[bool, typer.Option(
+        "--open/--no-open", help="Open the link in a browser when one is available")] = True,
+    api: ApiOption = None,
+) -> None:
+    """Print a one-time link that signs a browser into the web UI (and open it).
+
+    The link carries a login code valid once, for two minutes; the API token itself never
+    appears in a URL."""
+    client = connect(api)
+    login = client.request("POST", "/v1/ui/logins")
+    url = f"{client.url}{login['path']}"
+    console.print("Open the web UI (this link works once, within two minutes):",
+                  highlight=False)
+    print(url)
+    if open_browser and _has_browser():
+        import webbrowser
+
+        if webbrowser.open(url):
+            console.print("opened in your browser", style="dim", highlight=False)
+
+
+def _has_browser() -> bool:
+    """A browser to open a link in: a desktop session (or macOS, Windows); not over SSH, in
+    CI or in a container without a display, where `webbrowser` would start a text browser."""
+    import os
+
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) and \
+        not os.environ.get("CI")
 
 
 @app.command()

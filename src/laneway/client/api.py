@@ -17,17 +17,20 @@ import httpx
 
 from laneway.core.layout import StateLayout, find_state_dir
 
-__all__ = ["ApiClient", "AsyncApiClient", "CliError", "connect", "locate"]
+__all__ = ["ApiClient", "AsyncApiClient", "CliError", "api_error", "connect", "locate"]
 
 
 class CliError(Exception):
     """A failure to report as one `Error: …` line (plus optional detail lines), exit code 1."""
 
-    def __init__(self, message: str, details: list[str] | None = None, code: int = 1) -> None:
+    def __init__(self, message: str, details: list[str] | None = None, code: int = 1,
+                 status: int = 0, fields: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or []
         self.code = code
+        self.status = status  # the API's HTTP status (0: no answer)
+        self.fields = fields or []  # the API's `errors`: [{"field", "message"}]
 
 
 class ApiClient:
@@ -87,19 +90,25 @@ def _decode(resp: httpx.Response) -> Any:
     return resp.text
 
 
+def api_error(resp: httpx.Response, source: str | None) -> CliError:
+    """The `CliError` of an API answer >= 400: its message, field errors and status."""
+    return _api_error(resp, source)
+
+
 def _api_error(resp: httpx.Response, source: str | None) -> CliError:
     try:
         body = resp.json()
     except ValueError:
-        return CliError(f"the control plane answered {resp.status_code}: {resp.text[:200]}")
+        return CliError(f"the control plane answered {resp.status_code}: {resp.text[:200]}",
+                        status=resp.status_code)
     message = str(body.get("message", f"HTTP {resp.status_code}"))
     errors = body.get("errors") or []
     prefix = f"{source}: " if source else ""
     if len(errors) > 1:
         return CliError(f"{prefix}{len(errors)} problems:",
                         [f"{e['field']}: {e['message']}" if e.get("field") else e["message"]
-                         for e in errors])
-    return CliError(prefix + message)
+                         for e in errors], status=resp.status_code, fields=errors)
+    return CliError(prefix + message, status=resp.status_code, fields=errors)
 
 
 def locate(api: str | None = None, start: Path | None = None,

@@ -30,6 +30,7 @@ from laneway.control.diffs import captured_requests, replay_diff, thresholds_of
 from laneway.control.errors import ControlError, Invalid, NotFound
 from laneway.control.plane import ControlPlane
 from laneway.control.runs import RunManager, RunSpec
+from laneway.control.sessions import Sessions
 from laneway.core.duration import parse_duration
 from laneway.core.feed import update_to_json
 from laneway.core.hops import Hop
@@ -40,7 +41,9 @@ from laneway.core.spec import HEADER_NAME_RE, RouteGroupSpec, SandboxSpec, forma
 
 __all__ = ["create_app"]
 
-_PUBLIC = frozenset({"/healthz", "/openapi.json", "/docs"})
+_PUBLIC = frozenset({"/healthz", "/openapi.json", "/docs", "/v1/ui/sessions"})
+# What a browser session (the web UI's) may not do: stop the environment, mint more logins.
+_NOT_FOR_SESSIONS = frozenset({"/v1/shutdown", "/v1/ui/logins"})
 
 _RevealSecrets = Annotated[bool, Query(
     description="return env values as applied; by default secret-looking ones (names with "
@@ -82,20 +85,27 @@ def _spec_body(schema: str) -> dict[str, Any]:
 def create_app(control: ControlPlane, token: str,
                shutdown: Callable[[], None] | None = None,
                runs: RunManager | None = None,
-               routes_token: str | None = None) -> FastAPI:
+               routes_token: str | None = None,
+               sessions: Sessions | None = None) -> FastAPI:
     app = FastAPI(title="laneway control plane", version=__version__,
                   description="Sandboxes, route groups, services and hops of one environment.")
+    sessions = sessions if sessions is not None else Sessions()
 
     @app.middleware("http")
     async def authenticate(request: Request,
                            call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.url.path not in _PUBLIC:
+        path = request.url.path
+        # The web UI, mounted at /ui, signs browsers in itself and calls this API as a client.
+        if path not in _PUBLIC and path != "/ui" and not path.startswith("/ui/"):
             given = request.headers.get("authorization", "").encode()
             # Processes get a read-only token that opens the routes feed and nothing else.
-            reader = routes_token is not None and request.url.path == "/v1/routes" and \
+            reader = routes_token is not None and path == "/v1/routes" and \
                 request.method == "GET" and hmac.compare_digest(
                     given, f"Bearer {routes_token}".encode())
-            if not reader and not hmac.compare_digest(given, f"Bearer {token}".encode()):
+            browser = given.startswith(b"Bearer ") and path not in _NOT_FOR_SESSIONS and \
+                sessions.valid(given[7:].decode("latin-1"))
+            if not reader and not browser and \
+                    not hmac.compare_digest(given, f"Bearer {token}".encode()):
                 return _error(401, "unauthorized", "missing or wrong API token: send "
                               "'authorization: Bearer <token>' (the CLI reads .laneway/token or "
                               "LANEWAY_TOKEN)")
@@ -120,6 +130,29 @@ def create_app(control: ControlPlane, token: str,
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"ok": True}
+
+    @app.post("/v1/ui/logins")
+    async def new_login() -> dict[str, Any]:
+        """A one-time code for the web UI (what `laneway ui` prints as a link): open
+        /ui/login?code=CODE within two minutes; the code then becomes a browser session."""
+        code, expires = sessions.new_code()
+        return {"code": code, "path": f"/ui/login?code={code}", "expiresAt": expires}
+
+    @app.post("/v1/ui/sessions")
+    async def new_session(request: Request) -> JSONResponse:
+        """Trade a login code for a session token (the UI's bearer token), once."""
+        code = str((await _json_object(request)).get("code", ""))
+        started = sessions.redeem(code)
+        if started is None:
+            return _error(401, "login_expired", "this login link was used already or is "
+                          "more than two minutes old; run `laneway ui` for a new one")
+        return JSONResponse({"session": started[0], "expiresAt": started[1]})
+
+    @app.delete("/v1/ui/sessions/current")
+    async def end_session(request: Request) -> dict[str, Any]:
+        given = request.headers.get("authorization", "")
+        sessions.end(given.removeprefix("Bearer "))
+        return {"ended": True}
 
     @app.get("/v1/status")
     async def status(reveal_secrets: _RevealSecrets = False) -> dict[str, Any]:

@@ -268,8 +268,12 @@ class ControlPlane:
         (HTTP/1.1 services; gRPC and h2c-only ones are not pages)."""
         if self.preview_port is None:
             return {}
+        services = self.project.services
+        called = {dep for svc in services.values() for dep in svc.depends_on}
+        # Entry points (services no other one depends on: what users open) first.
+        order = sorted(services, key=lambda s: (s in called, s))
         return {service: preview_url(name, service, self.preview_port)
-                for service, svc in self.project.services.items() if svc.protocol == "http"}
+                for service in order if services[service].protocol == "http"}
 
     def get_sandbox(self, name: str) -> dict[str, Any]:
         rec = self.store.get("sandbox", name)

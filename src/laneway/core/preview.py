@@ -168,7 +168,7 @@ def index_page(links: list[tuple[str, str]], baseline: list[tuple[str, str]]) ->
 def _page(title: str, body: str) -> bytes:
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title>"
+        f'<title>{html.escape(title)}</title><link rel="icon" href="data:,">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         "<style>body{font:16px/1.5 system-ui,sans-serif;max-width:46rem;margin:3rem auto;"
         "padding:0 1rem;color:#1b1f24}code{background:#f0f2f4;padding:0 .25em}"

@@ -48,6 +48,7 @@ from laneway.core.logs import keep_rotated
 from laneway.core.spec import ProjectSpec, SpecError, load_project
 from laneway.plugins import builtin_plugins
 from laneway.runtime.local.dataplane import DataPlaneError, DataPlaneRuntime
+from laneway.ui import ui_app
 
 __all__ = ["Daemon", "main", "run"]
 
@@ -172,6 +173,8 @@ class Daemon:
             reconciler.start()
             app = create_app(control, token, shutdown=self.stop_requested.set, runs=runs,
                              routes_token=routes_token)
+            # The web UI: a client of this API (over loopback HTTP), served beside it.
+            app.mount("/ui", ui_app(url))
             server = _ApiServer(uvicorn.Config(app, log_level="warning", lifespan="off",
                                                access_log=False, timeout_graceful_shutdown=2))
             api_task = loop.create_task(server.serve(sockets=[sock]), name="laneway-api")

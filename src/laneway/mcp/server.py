@@ -16,8 +16,9 @@ from collections.abc import Awaitable
 from typing import Annotated, Any
 
 import httpx
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Image, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import TextContent
 from pydantic import BaseModel, ConfigDict, Field
 
 from laneway import __version__
@@ -404,6 +405,42 @@ def build_server(api: AsyncApiClient) -> MCPServer:
                 "findings": [_compact_finding(f) for f in found.get("findings", [])[:20]],
                 "skipped": found.get("skipped", {}),
                 **({"note": found["note"]} if found.get("note") else {})}
+
+    @server.tool(description=(
+        "Open a page in headless Chromium and return a screenshot (PNG) and what went wrong "
+        "on it: console errors, uncaught page errors, failed or 4xx/5xx requests. Use it on a "
+        "sandbox's preview URL (get_sandbox `previews`: http://<sandbox>--<service>."
+        "localhost:PORT/...) to check a UI change as a user sees it, and on the baseline's "
+        "URL to compare. Only pages of this machine can be opened."))
+    async def screenshot_preview(
+        url: Annotated[str, Field(description="a preview URL (or any URL on this machine), "
+                                              "with path and query")],
+        full_page: Annotated[bool, Field(description="the whole page, not only the "
+                                                     "viewport")] = False,
+        width: Annotated[int, Field(ge=320, le=3840)] = 1280,
+        height: Annotated[int, Field(ge=240, le=2160)] = 800,
+        wait_ms: Annotated[int, Field(ge=0, le=10_000, description=(
+            "extra wait after the network settled, for pages that render late"))] = 500,
+    ) -> list[TextContent | Image]:
+        from laneway.mcp.browser import BrowserMissing, check_local_url, screenshot
+
+        try:
+            check_local_url(url)
+        except ValueError as exc:
+            raise ToolError(str(exc)) from exc
+        try:
+            shot = await asyncio.wait_for(screenshot(
+                url, width=width, height=height, full_page=full_page, wait_ms=wait_ms),
+                WAIT_S)
+        except BrowserMissing as exc:
+            raise ToolError(f"no browser: {exc}") from exc
+        except TimeoutError as exc:
+            raise ToolError(f"{url} did not finish loading within {WAIT_S:g}s; try a "
+                            "smaller page or check get_logs of its service") from exc
+        import json
+
+        return [TextContent(type="text", text=json.dumps(shot.summary())),
+                Image(data=shot.png, format="png")]
 
     return server
 

@@ -4,10 +4,11 @@ Each request's host names a sandbox (or route group) and a service (`core.previe
 The edge merges the sandbox's key into the request's `baggage` (the page's own members stay;
 a `laneway-key` member the page sent is replaced: the host decides) and forwards the request to
 that service's router listener, which routes it as any other keyed request and records its
-hop. The edge is the router's own HTTP/1.1 client side (`ClientConnection`), so framing,
-limits, timeouts, WebSocket upgrades and backpressure are the router's; only the choice of
-upstream and the `baggage` rewrite are its own. It records no hops itself: the service's router
-does, so a request's path starts at the service, as it would from a test.
+hop. A request that carries no `traceparent` gets a new one, so that its path can be shown.
+The edge is the router's own HTTP/1.1 client side (`ClientConnection`), so framing, limits,
+timeouts, WebSocket upgrades and backpressure are the router's; only the choice of upstream
+and the `baggage` and `traceparent` rewrites are its own. It records no hops itself: the
+service's router does, so a request's path starts at the service, as it would from a test.
 
 A host that names a deleted or unknown sandbox gets a 404 page that says so (HTML for a browser,
 the router's JSON error otherwise); never the baseline, which would show the unchanged system as
@@ -16,6 +17,7 @@ if it were the change. Browsers do not speak HTTP/2 without TLS, so the edge doe
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping
 
 from laneway.core.baggage import with_key
@@ -89,12 +91,15 @@ class EdgeConnection(ClientConnection):
     def _build(self, ex: Exchange, method: bytes, url: bytes, llhttp_upgrade: bool) -> None:
         host = b""
         html = False
+        traced = False
         for name, value in self._headers:
             lname = name.lower()
             if lname == b"host" and not host:
                 host = value
             elif lname == b"accept" and b"text/html" in value:
                 html = True
+            elif lname == b"traceparent":
+                traced = True
         if url[:1] != b"/":
             try:
                 absolute = absolute_target(url)
@@ -110,6 +115,12 @@ class EdgeConnection(ClientConnection):
                 merged = with_key(b",".join(given).decode("latin-1"), target.key)
                 self._headers = [(n, v) for n, v in self._headers if n.lower() != b"baggage"]
                 self._headers.append((b"baggage", merged.encode("latin-1")))
+            if not traced:
+                # Browsers start no trace: the edge does (as Envoy does for requests it
+                # traces), so that every preview request has a path to show. Services that
+                # trace continue it; sampled, since someone is looking at it.
+                self._headers.append((b"traceparent", b"00-%s-%s-01" % (
+                    secrets.token_hex(16).encode(), secrets.token_hex(8).encode())))
         # Framing, limits and the rewritten head come from the router's own client side. The
         # edge's context has no routes, so it picks `ctx.baseline`: set to this request's
         # upstream just before (one thread; the decision is taken within this call).
