@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo demo-shop demo-data test lint bench bench-abuse bench-grpc clean
+.PHONY: venv demo demo-shop demo-data test lint screenshots bench bench-abuse bench-grpc clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: venv
 
 test: lint
 	$(BIN)/pytest
+
+# The UI's screenshots under docs/ (the README shows them), taken by its browser test.
+screenshots: venv
+	LANEWAY_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/e2e/test_ui.py -k previews
 
 bench: venv
 	$(BIN)/python bench/run.py

@@ -108,6 +108,28 @@ def key_crossed_grpc(sandbox: str, key: str, hops: list[dict[str, Any]]) -> bool
             and hops[i + 1]["routing_key"] == key)
 
 
+def preview_check(sandbox: dict[str, Any]) -> bool:
+    """The sandbox's preview URL serves the shop's page, and the quote it fetches is the
+    fork's: what a browser shows at that URL."""
+    url = sandbox["previews"]["web"]
+    console.print(f"\nIn a browser: [bold]{url}[/] (the shop's page, as pricing-promo sees "
+                  "it; *.localhost needs no DNS)")
+    parts = httpx.URL(url)
+    # What the browser does: loopback, with the preview host in `Host` (Python's resolver,
+    # unlike browsers, does not map *.localhost to loopback by itself).
+    via = f"http://127.0.0.1:{parts.port}"
+    headers = {"host": f"{parts.host}:{parts.port}"}
+    page = httpx.get(f"{via}/", headers=headers, timeout=10)
+    quote = httpx.get(f"{via}/buy", params={"item": "book", "currency": "EUR"},
+                      headers=headers, timeout=10)
+    ok = page.status_code == 200 and "fetch(" in page.text and quote.status_code == 200 and \
+        quote.json()["quote"]["pricing"]["pricing"] == "fork of pricing-promo"
+    console.print(f"[green]✓ the preview's page fetches its quote from the fork: "
+                  f"{quote.json()['message']}[/]" if ok else
+                  "[red]✗ the preview URL did not reach the fork[/]")
+    return ok
+
+
 def main() -> None:
     console.rule("laneway demo: the shop")
     laneway("down", capture=True) if (SHOP / ".laneway" / "api.json").exists() else None
@@ -139,6 +161,8 @@ def main() -> None:
                       if crossed else
                       "[red]✗ the keyed request did not cross the gRPC hop as expected[/]")
         ok = ok and crossed
+        previewed = preview_check(sandbox)
+        ok = ok and previewed
         console.print("\n$ laneway run --sandbox pricing-promo --diff -o md -- "
                       "python -m pytest -q examples/shop/tests")
         console.print("(the shop's own tests, unaware of laneway; the run proxy adds the key; "
@@ -177,10 +201,16 @@ def main() -> None:
                       "`discount` missing, red[/]" if broke else
                       "[red]✗ the renamed field was not reported red[/]")
         ok = ok and broke
+        link = laneway("ui", "--no-open", capture=True).strip().splitlines()[-1]
+        console.print(f"\n$ laneway ui\nThe web UI: [bold]{link}[/]\n(a one-time link, valid "
+                      "for two minutes; `laneway ui` prints a new one)")
         if os.environ.get("DEMO_KEEP"):
             console.print("\nDEMO_KEEP=1: still running. Try:\n"
+                          f"  open {sandbox['previews']['web']}   (the shop as pricing-promo "
+                          "sees it)\n"
                           f"  curl '{WEB}/buy?item=book'\n"
                           f"  curl -H 'baggage: laneway-key={key}' '{WEB}/buy?item=book'\n"
+                          f"  cd {SHOP} && {LANEWAY} ui\n"
                           f"  cd {SHOP} && {LANEWAY} status\n"
                           f"  cd {SHOP} && {LANEWAY} down")
             return

@@ -148,6 +148,10 @@ async def test_the_ui_and_previews_in_a_browser(pages: tuple[Project, int], chro
         await page.get_by_role("button", name="Apply").click()
         await page.wait_for_url("**/ui/sandboxes/web-v2")
         assert "web-v2" in {s["name"] for s in proj.json("sandbox", "list")}
+        audit = httpx.get(f"{base}/v1/audit", headers={"authorization": f"Bearer {token}"},
+                          timeout=10).json()
+        assert {(e["principal"], e["name"]) for e in audit} >= {("ui", "web-v2"),
+                                                                ("local", "data-v2")}
 
         # Live: a sandbox applied elsewhere appears on the open overview without a reload.
         await page.goto(f"{base}/ui/")

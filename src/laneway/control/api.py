@@ -109,6 +109,8 @@ def create_app(control: ControlPlane, token: str,
                 return _error(401, "unauthorized", "missing or wrong API token: send "
                               "'authorization: Bearer <token>' (the CLI reads .laneway/token or "
                               "LANEWAY_TOKEN)")
+            # Who the audit log names: the web UI's sessions apart from the token's holders.
+            request.state.principal = "ui" if browser else "local"
         return await call_next(request)
 
     @app.exception_handler(ControlError)
@@ -187,7 +189,8 @@ def create_app(control: ControlPlane, token: str,
     async def apply_sandbox(name: str, request: Request,
                             wait: float = Query(0, ge=0, le=600),
                             reveal_secrets: _RevealSecrets = False) -> JSONResponse:
-        view, created = control.apply_sandbox(await _json_object(request), name=name)
+        view, created = control.apply_sandbox(await _json_object(request), name=name,
+                                              principal=_principal(request))
         if wait:
             await control.next_pass(1.0)
             view = await _wait(name, wait)
@@ -200,8 +203,8 @@ def create_app(control: ControlPlane, token: str,
         return _shown(view, reveal_secrets)
 
     @app.delete("/v1/sandboxes/{name}")
-    async def delete_sandbox(name: str) -> dict[str, Any]:
-        control.delete_sandbox(name)
+    async def delete_sandbox(name: str, request: Request) -> dict[str, Any]:
+        control.delete_sandbox(name, principal=_principal(request))
         await control.next_pass(1.0)
         return {"deleted": name}
 
@@ -452,6 +455,10 @@ def _shown(view: dict[str, Any], reveal_secrets: bool) -> dict[str, Any]:
         return view
     masked: dict[str, Any] = mask_tree(view)
     return masked
+
+
+def _principal(request: Request) -> str:
+    return str(getattr(request.state, "principal", "local"))
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

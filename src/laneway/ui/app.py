@@ -77,6 +77,15 @@ def _clock(at: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at)) if at else "-"
 
 
+def _duration(seconds: float) -> str:
+    """7200 -> `2h`, 90 -> `90s`: the way a sandbox file says it."""
+    whole = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if whole >= size and whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
+
+
 def _spec_yaml(view: dict[str, Any]) -> str:
     """A sandbox view as the file one would apply to get it again (masked values stay
     masked: re-applying `***` would replace the secret, so the form says so)."""
@@ -84,7 +93,7 @@ def _spec_yaml(view: dict[str, Any]) -> str:
     if view.get("labels"):
         spec["labels"] = view["labels"]
     if view.get("ttl"):
-        spec["ttl"] = f"{int(view['ttl'])}s"
+        spec["ttl"] = _duration(float(view["ttl"]))
     if view.get("capture"):
         spec["capture"] = True
     if view.get("resources"):
@@ -430,7 +439,10 @@ def ui_app(api_url: str) -> Starlette:
 
     @page
     async def events(request: Request, session: str) -> Response:
-        """`change` whenever what the pages show changed: status, sandboxes, runs, leaks."""
+        """`change` (at most once per `EVENT_INTERVAL`) whenever what the pages show may
+        have changed: the status (services, sandboxes, route groups, the count of hop records
+        received, which moves with traffic and so with paths and leaks) and the runs. Cheap
+        calls only: the pages recompute what they show (leaks, say) when told."""
         async def stream() -> AsyncIterator[bytes]:
             last = ""
             yield b"retry: 2000\n\n"
@@ -438,12 +450,10 @@ def ui_app(api_url: str) -> Starlette:
                 try:
                     parts = await asyncio.gather(
                         api.call(session, "GET", "/v1/status"),
-                        api.call(session, "GET", "/v1/runs", params={"limit": 20}),
-                        api.call(session, "GET", "/v1/leaks", params={"limit": 20}))
+                        api.call(session, "GET", "/v1/runs", params={"limit": 20}))
                 except (CliError, _SignedOut):
                     yield b"event: signedout\ndata: sign in again\n\n"
                     return
-                parts[0].pop("hops", None)  # counts that move with every request
                 digest = hashlib.sha256(json.dumps(parts, sort_keys=True,
                                                    default=str).encode()).hexdigest()
                 if last and digest != last:
