@@ -74,7 +74,16 @@ async def test_the_ui_and_previews_in_a_browser(pages: tuple[Project, int], chro
     shots.mkdir(parents=True, exist_ok=True)
     proj.write("sb.yaml", "name: data-v2\nlabels: {team: search}\nttl: 2h\nforks:\n"
                           "  - service: data\n    env: {VERSION: v2}\n")
-    proj.run("sandbox", "apply", "-f", "sb.yaml", "--wait")
+    applied = proj.run("sandbox", "apply", "-f", "sb.yaml", "--wait").stdout
+    # The preview URLs, entry points first: what `apply`, `get`, status and the API say.
+    assert f"preview web   http://data-v2--web.localhost:{edge}/\n" \
+        f"preview data  http://data-v2--data.localhost:{edge}/" in applied
+    assert f"preview web   http://data-v2--web.localhost:{edge}/" in \
+        proj.run("sandbox", "get", "data-v2").stdout
+    assert proj.json("sandbox", "get", "data-v2")["previews"] == {
+        "web": f"http://data-v2--web.localhost:{edge}/",
+        "data": f"http://data-v2--data.localhost:{edge}/"}
+    assert proj.json("status")["preview"]["port"] == edge
 
     link = proj.run("ui", "--no-open").stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/ui/login\?code=[\w-]+", link)

@@ -10,9 +10,8 @@ import typer
 import yaml
 
 from laneway.client import CliError
+from laneway.core.images import DEFAULT_IMAGE
 from laneway.core.keys import is_routing_key, new_routing_key
-from laneway.core.kubernetes import RenderError, load_manifests, render_sandbox
-from laneway.core.kubernetes.router_mode import DEFAULT_IMAGE, RouterSidecar
 
 __all__ = ["k8s_app"]
 
@@ -37,6 +36,11 @@ def render(
     sandbox: the forked Deployments and their Services, and either the Istio VirtualServices
     (merged into the team's own) or the baseline Deployments and Services with the router
     sidecar put in front (router mode), for review and GitOps."""
+    # The renderer (and pydantic's models under it) only when a command renders: every other
+    # `laneway` command starts faster without them.
+    from laneway.core.kubernetes import RenderError, load_manifests, render_sandbox
+    from laneway.core.kubernetes.router_mode import RouterSidecar
+
     if mode not in ("istio", "router"):
         raise CliError(f"--mode {mode}: must be istio or router")
     if routing_key is not None and not is_routing_key(routing_key):

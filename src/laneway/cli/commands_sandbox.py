@@ -11,7 +11,6 @@ import typer
 
 from laneway.cli.output import Output, console, phase_style, print_json, since, table
 from laneway.client import ApiClient, CliError, connect
-from laneway.core.spec import SpecError, load_yaml_document
 
 __all__ = ["group_app", "sandbox_app"]
 
@@ -33,6 +32,8 @@ def _reveal(show_secrets: bool) -> dict[str, Any]:
 
 
 def _read_spec(file: Path) -> tuple[dict[str, Any], str]:
+    from laneway.core.spec import SpecError, load_yaml_document  # pydantic: only when needed
+
     source = "<stdin>" if str(file) == "-" else str(file)
     try:
         text = sys.stdin.read() if source == "<stdin>" else file.read_text()

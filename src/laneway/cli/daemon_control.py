@@ -19,7 +19,6 @@ from pathlib import Path
 from laneway.client import ApiClient, CliError, connect
 from laneway.core.layout import STATE_DIR_NAME, StateLayout, make_private, restrict_umask
 from laneway.core.processes import alive, find_marked, owner_env, stop_processes, stopped
-from laneway.core.spec import SpecError, load_project
 
 __all__ = ["down_environment", "start_daemon"]
 
@@ -39,6 +38,8 @@ def _running_pid(layout: StateLayout) -> int | None:
 
 
 def start_daemon(file: Path, *, detach: bool, timeout: float) -> None:
+    from laneway.core.spec import SpecError, load_project  # pydantic: `up` only
+
     config = file.resolve()
     try:
         project = load_project(config)

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from laneway.core.images import DEFAULT_IMAGE  # re-exported: the renderer's default
 from laneway.core.kubernetes.objects import (
     ROUTER_LABEL,
     TARGET_PORTS_ANNOTATION,
@@ -56,7 +57,6 @@ TOKEN_AUDIENCE = "laneway-routes"  # noqa: S105
 TOKEN_DIR = "/var/run/secrets/laneway"  # noqa: S105
 ROUTER_FIRST_PORT = 15080
 FEED_PORT = 8790
-DEFAULT_IMAGE = "laneway:dev"
 
 
 @dataclass(frozen=True, slots=True)
