@@ -112,8 +112,8 @@ def preview_check(sandbox: dict[str, Any]) -> bool:
     """The sandbox's preview URL serves the shop's page, and the quote it fetches is the
     fork's: what a browser shows at that URL."""
     url = sandbox["previews"]["web"]
-    console.print(f"\nIn a browser: [bold]{url}[/] (the shop's page, as pricing-promo sees "
-                  "it; *.localhost needs no DNS)")
+    console.print(f"\nIn a browser: [bold]{url}[/]\n(the shop's page, as pricing-promo sees "
+                  "it; *.localhost needs no DNS)", soft_wrap=True)
     parts = httpx.URL(url)
     # What the browser does: loopback, with the preview host in `Host` (Python's resolver,
     # unlike browsers, does not map *.localhost to loopback by itself).
@@ -203,7 +203,7 @@ def main() -> None:
         ok = ok and broke
         link = laneway("ui", "--no-open", capture=True).strip().splitlines()[-1]
         console.print(f"\n$ laneway ui\nThe web UI: [bold]{link}[/]\n(a one-time link, valid "
-                      "for two minutes; `laneway ui` prints a new one)")
+                      "for two minutes; `laneway ui` prints a new one)", soft_wrap=True)
         if os.environ.get("DEMO_KEEP"):
             console.print("\nDEMO_KEEP=1: still running. Try:\n"
                           f"  open {sandbox['previews']['web']}   (the shop as pricing-promo "
@@ -212,7 +212,7 @@ def main() -> None:
                           f"  curl -H 'baggage: laneway-key={key}' '{WEB}/buy?item=book'\n"
                           f"  cd {SHOP} && {LANEWAY} ui\n"
                           f"  cd {SHOP} && {LANEWAY} status\n"
-                          f"  cd {SHOP} && {LANEWAY} down")
+                          f"  cd {SHOP} && {LANEWAY} down", soft_wrap=True)
             return
         if not ok:
             raise SystemExit(1)
