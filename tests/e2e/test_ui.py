@@ -240,6 +240,21 @@ async def test_signed_out_and_forged_requests_are_refused(pages: tuple[Project, 
                              headers={"origin": "http://evil--web.localhost:7780"})
         assert forged.status_code == 403
         assert proj.json("sandbox", "list") == []
+        # Bad input from the form: one clear message per problem, and nothing applied.
+        for spec, says in [
+            ("", "must be a YAML mapping"),
+            ("labels: {a: b}\n", "<code>name</code>: required"),
+            ("forks: [\n", "invalid YAML"),
+            ("- just\n- a list\n", "must be a YAML mapping"),
+            ("name: Bad_Name\nforks: []\n", "must be a DNS label"),
+            ("name: x\nforks:\n  - service: nope\n", "unknown service &#39;nope&#39;"),
+        ]:
+            refused = client.post(f"{base}/ui/sandboxes", data={"spec": spec},
+                                  headers={"origin": base})
+            assert refused.status_code == 422, (spec, refused.text[:300])
+            assert says in refused.text, (spec, refused.text)
+            assert "Traceback" not in refused.text
+        assert proj.json("sandbox", "list") == []
         # The session opens the API, but not what only the CLI may do.
         session = next(iter(client.cookies.values()))
         assert httpx.get(f"{base}/v1/status", headers={
