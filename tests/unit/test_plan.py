@@ -64,6 +64,70 @@ def test_forks_get_interpolated_env_and_laneway_variables() -> None:
     assert spec.unit.startswith("pricing@sb-a#")
 
 
+def test_fork_overrides_cwd_health_startup_timeout_and_shell() -> None:
+    from pathlib import Path
+
+    from laneway.core.spec import with_base_dir
+
+    project = with_base_dir(PROJECT, Path("/work/app"))
+    sb = sandbox("sb-a", {"service": "pricing", "cwd": "../other-checkout/pricing",
+                          "health": "/ready", "startup_timeout": "90s", "shell": True,
+                          "run": "python p.py --v2"})
+    (spec,) = desired_forks(project, sb).values()
+    assert spec.cwd == "/work/other-checkout/pricing"  # relative to the project's folder
+    assert spec.health == "/ready"
+    assert spec.startup_timeout == 90.0
+    assert spec.argv == ("/bin/sh", "-c", "python p.py --v2")
+    same = desired_forks(project, sandbox("sb-a", {"service": "pricing", "startup_timeout": 60,
+                                                   "cwd": "/abs", "run": "python p.py"}))
+    (other,) = same.values()
+    assert other.cwd == "/abs"
+    assert other.unit != spec.unit  # another definition, another unit
+    (plain,) = desired_forks(project, sandbox("sb-a", {"service": "pricing"})).values()
+    assert plain.cwd == "/work/app" and plain.health == "tcp"  # noqa: PT018
+
+
+def test_a_fork_at_an_address_is_watched_not_started_and_never_blocks_the_switch() -> None:
+    sb = sandbox("sb-a", {"service": "pricing", "address": "localhost:9000"},
+                 {"service": "web"})
+    specs = desired_forks(PROJECT, sb)
+    watched = next(s for s in specs.values() if s.service == "pricing")
+    assert watched.address == "127.0.0.1:9000"
+    assert watched.argv == ()
+    actual = baseline_ready()
+    for unit, spec in specs.items():
+        actual[unit] = state(unit, "unhealthy" if spec.address else "ready",
+                             9000 if spec.address else 31000,
+                             "nothing healthy at 127.0.0.1:9000 (refused)")
+    table, statuses, _ = build_routes(1, PROJECT, [sb], [], actual)
+    # The other fork serves; the address's key gets a 503 that says why, never the baseline.
+    assert table.forks["web"][sb.routing_key].ready
+    down = table.forks["pricing"][sb.routing_key]
+    assert not down.ready
+    assert "nothing healthy at 127.0.0.1:9000" in down.reason
+    assert not statuses["sb-a"].ready
+    assert "nothing healthy" in statuses["sb-a"].message
+    actual[watched.unit] = state(watched.unit, "ready", 9000)
+    table, statuses, _ = build_routes(2, PROJECT, [sb], [], actual)
+    assert table.forks["pricing"][sb.routing_key].upstream.port == 9000  # type: ignore[union-attr]
+    assert statuses["sb-a"].ready
+
+
+def test_fork_addresses_are_checked() -> None:
+    import pytest
+
+    from laneway.core.spec import SpecError
+
+    for address, says in (("example.com:80", "must be on this machine"),
+                          ("127.0.0.1:0", "port from 1 to 65535"),
+                          ("nope", "is not HOST:PORT")):
+        with pytest.raises(SpecError, match=says):
+            parse_sandbox({"name": "s", "forks": [{"service": "web", "address": address}]})
+    with pytest.raises(SpecError, match="leave out `run` and `shell`"):
+        parse_sandbox({"name": "s", "forks": [{"service": "web", "address": "9000",
+                                               "run": "python x.py"}]})
+
+
 def test_fork_unit_changes_only_when_the_fork_changes() -> None:
     one = desired_forks(PROJECT, sandbox("s", {"service": "pricing"}, {"service": "web"}))
     two = desired_forks(PROJECT, sandbox("s", {"service": "pricing", "env": {"X": "1"}},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,6 +47,15 @@ def _read_spec(file: Path) -> tuple[dict[str, Any], str]:
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise CliError(f"{source}: name: required (a DNS label, at most 40 characters)")
+    if source != "<stdin>" and isinstance(data.get("forks"), list):
+        # A fork's relative `cwd` is relative to the file that says it (another checkout
+        # beside this one, say), not to wherever laneway runs.
+        import os
+
+        for fork in data["forks"]:
+            cwd = fork.get("cwd") if isinstance(fork, dict) else None
+            if isinstance(cwd, str) and cwd and not os.path.isabs(cwd):
+                fork["cwd"] = os.path.normpath(os.path.join(file.resolve().parent, cwd))
     return data, source
 
 
@@ -161,6 +171,125 @@ def sandbox_get(name: str, output: OutputOption = Output.table,
         if fork.get("env"):
             console.print(f"env of {fork['service']}@{sb['name']}: " + ", ".join(
                 f"{k}={v}" for k, v in fork["env"].items()), markup=False)
+
+
+class EnvFormat(StrEnum):
+    shell = "shell"
+    dotenv = "dotenv"
+    json = "json"
+
+
+@sandbox_app.command("env")
+def sandbox_env(
+    name: str,
+    service: str,
+    format: Annotated[EnvFormat, typer.Option(
+        "--format", help="shell (export lines: eval \"$(laneway sandbox env …)\"), dotenv "
+        "(for IDE run configurations), or json")] = EnvFormat.shell,
+    api: ApiOption = None,
+) -> None:
+    """Print the environment laneway gives SERVICE forked in sandbox NAME (the baseline's env,
+    the fork's overrides, PORT, the routing key): to run that fork yourself, under a debugger.
+
+    Secrets are printed as they are: this output is for starting the process."""
+    data = connect(api).get(f"/v1/sandboxes/{name}/env", service=service,
+                            reveal_secrets="true")
+    env: dict[str, str] = data["env"]
+    if format is EnvFormat.json:
+        print_json(data)
+        return
+    if format is EnvFormat.dotenv:
+        for key, value in env.items():
+            print(f"{key}={_dotenv_quote(value)}")
+        return
+    import shlex
+
+    for key, value in env.items():
+        print(f"export {key}={shlex.quote(value)}")
+    if data.get("address") is None and data.get("forked"):
+        print(f"# PORT is chosen at each start of the fork laneway runs; to run it yourself, "
+              f"fork {service} with `address: 127.0.0.1:PORT` (or use `laneway sandbox exec`)",
+              file=sys.stderr)
+
+
+def _dotenv_quote(value: str) -> str:
+    if value and all(c.isalnum() or c in "_-./:@,+%" for c in value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+@sandbox_app.command("exec", context_settings={"allow_interspersed_args": False})
+def sandbox_exec(
+    name: str,
+    service: str,
+    command: Annotated[list[str], typer.Argument(help="The command, after --")],
+    api: ApiOption = None,
+) -> None:
+    """Run COMMAND in the foreground as SERVICE's fork in sandbox NAME: with the fork's
+    environment and a PORT to listen on, health-checked, and given the sandbox's key while it
+    runs; when it exits the sandbox is as it was (no fork of SERVICE, or the one it had)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise CliError("name the command to run after --, e.g. laneway sandbox exec "
+                       f"{name} {service} -- python app.py")
+    client = connect(api)
+    before = client.get(f"/v1/sandboxes/{name}", reveal_secrets="true")
+    original = next((f for f in before["forks"] if f["service"] == service), None)
+    address = (original or {}).get("address")
+    if address is None:
+        with socket.socket() as sock:  # a free port for the command, as laneway picks them
+            sock.bind(("127.0.0.1", 0))
+            address = f"127.0.0.1:{sock.getsockname()[1]}"
+    watched = {"service": service, "address": address,
+               **{k: v for k, v in (original or {}).items()
+                  if k in ("env", "health", "startup_timeout", "cwd")}}
+    changed = original is None or original.get("address") is None
+    if changed:
+        _put_forks(client, name, before, watched, service)
+    try:
+        data = client.get(f"/v1/sandboxes/{name}/env", service=service, reveal_secrets="true")
+        env = {**os.environ, **data["env"]}
+        print(f"laneway: {service}@{name} is `{' '.join(command)}` on {address} while it "
+              f"runs (key {data['routingKey']})", file=sys.stderr)
+        try:
+            proc = subprocess.Popen(command, env=env)
+        except OSError as exc:
+            raise CliError(f"cannot start {command[0]!r}: {exc.strerror or exc}") from exc
+        forward = lambda sig, _frame: proc.send_signal(sig)  # noqa: E731
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, forward)
+        code = proc.wait()
+    finally:
+        if changed:
+            after = client.get(f"/v1/sandboxes/{name}", reveal_secrets="true")
+            _put_forks(client, name, after, original, service)
+            print(f"laneway: {service}@{name} is back to "
+                  f"{'its fork' if original else 'the baseline'}", file=sys.stderr)
+    raise typer.Exit(code if code >= 0 else 128 - code)
+
+
+def _put_forks(client: ApiClient, name: str, view: dict[str, Any],
+               fork: dict[str, Any] | None, service: str) -> None:
+    """Apply sandbox `view` again with its fork of `service` replaced by `fork` (None: no
+    fork of it), everything else as it is."""
+    forks = [f for f in view["forks"] if f["service"] != service]
+    if fork is not None:
+        forks.append(fork)
+    spec: dict[str, Any] = {"name": name, "labels": view.get("labels") or {}, "forks": forks}
+    if view.get("ttl"):
+        spec["ttl"] = view["ttl"]
+    if view.get("capture"):
+        spec["capture"] = True
+    if view.get("resources"):
+        spec["resources"] = view["resources"]
+    client.request("PUT", f"/v1/sandboxes/{name}", json=spec)
 
 
 @sandbox_app.command("delete")

@@ -208,6 +208,13 @@ def create_app(control: ControlPlane, token: str,
         await control.next_pass(1.0)
         return {"deleted": name}
 
+    @app.get("/v1/sandboxes/{name}/env")
+    async def sandbox_env(name: str, service: str,
+                          reveal_secrets: _RevealSecrets = False) -> dict[str, Any]:
+        """The environment laneway gives `service` forked in this sandbox (or would give it,
+        when the sandbox does not fork it yet): to run that fork by hand."""
+        return _shown(control.fork_env(name, service), reveal_secrets)
+
     @app.get("/v1/sandboxes/{name}/logs")
     async def sandbox_logs(name: str, service: str | None = None,
                            tail: int = Query(200, ge=1, le=100_000),

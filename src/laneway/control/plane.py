@@ -25,6 +25,7 @@ from laneway.core.plan import (
     RouteGroupEntry,
     RouteGroupStatus,
     SandboxStatus,
+    desired_baseline,
 )
 from laneway.core.preview import preview_url
 from laneway.core.runtime import Runtime
@@ -34,6 +35,7 @@ from laneway.core.spec import (
     SandboxSpec,
     SpecError,
     check_sandbox_against_project,
+    interpolate,
     parse_route_group,
     parse_sandbox,
     service_url,
@@ -253,7 +255,9 @@ class ControlPlane:
             "generation": rec.generation,
             "forks": [
                 {"service": f.service, **({"run": f.run_line or list(f.run)} if f.run else {}),
-                 **({"env": f.env} if f.env else {})}
+                 **({"env": f.env} if f.env else {}),
+                 **{k: v for k in ("address", "cwd", "health", "startup_timeout", "shell")
+                    if (v := getattr(f, k)) is not None}}
                 for f in spec.forks
             ],
             "resources": [{"name": r.name, "plugin": r.plugin, "params": r.params}
@@ -411,6 +415,45 @@ class ControlPlane:
             if status and name in status.sandboxes:
                 keys.add(group.routing_key)
         return keys
+
+    def fork_env(self, sandbox: str, service: str) -> dict[str, Any]:
+        """The environment laneway gives (or would give) `service` forked in `sandbox`: the
+        baseline's env with the fork's overrides, interpolated, the sandbox's variables, and
+        `PORT` (a fork at an address: its port). For `laneway sandbox env` and `exec`."""
+        rec = self.store.get("sandbox", sandbox)
+        if rec is None:
+            raise NotFound(f"sandbox {sandbox!r} not found; `laneway sandbox list` shows the "
+                           "sandboxes there are")
+        if service not in self.project.services:
+            raise NotFound(f"service {service!r} not found; services: "
+                           f"{', '.join(self.project.services)}")
+        spec, _ = self._checked_spec(rec)
+        fork = next((f for f in spec.forks if f.service == service), None)
+        unit = self.unit_of_fork(sandbox, service)
+        running = self.runtime.running_specs().get(unit) if unit else None
+        if running is not None:
+            env = dict(running.env)
+            cwd, run = running.cwd, list(running.argv)
+        else:
+            # Not running (not forked yet, or waiting): the baseline's, with the fork's env.
+            base = desired_baseline(self.project)[service]
+            env = dict(base.env)
+            resolved = fork.resolve(self.project.services[service], self.project.root) \
+                if fork is not None else self.project.services[service]
+            env.update({k: interpolate(v, self.project) for k, v in (
+                fork.env if fork is not None else {}).items()})
+            cwd, run = resolved.cwd, list(base.argv) if fork is None or fork.run is None \
+                else [interpolate(a, self.project) for a in resolved.argv()]
+            env.update(LANEWAY_SERVICE=service, LANEWAY_SANDBOX=sandbox,
+                       LANEWAY_ROUTING_KEY=rec.routing_key)
+        address = fork.address if fork is not None else None
+        port = int(address.rpartition(":")[2]) if address else None
+        env.update(getattr(self.runtime, "unit_env", {}))
+        if port is not None:
+            env["PORT"] = str(port)
+        return {"sandbox": sandbox, "service": service, "routingKey": rec.routing_key,
+                "forked": fork is not None, "address": address, "port": port,
+                "cwd": cwd, "run": [] if address else run, "env": dict(sorted(env.items()))}
 
     def unit_of_fork(self, sandbox: str, service: str) -> str | None:
         states = self.runtime.states()

@@ -133,13 +133,16 @@ def desired_forks(project: ProjectSpec, sandbox: DesiredSandbox) -> dict[str, Pr
     for fork in sandbox.spec.forks:
         if fork.service in blocked:
             continue
-        svc = fork.resolve(project.services[fork.service])
+        svc = fork.resolve(project.services[fork.service], project.root)
         env = {k: interpolate_resources(interpolate(v, project), outputs)
                for k, v in svc.env.items()}
-        argv = [interpolate_resources(interpolate(a, project), outputs) for a in svc.argv()]
+        # A fork at an address runs no command: laneway only checks and routes to it.
+        argv = [] if fork.address else \
+            [interpolate_resources(interpolate(a, project), outputs) for a in svc.argv()]
         # The incarnation is part of the digest: a re-created sandbox never adopts a unit (or
         # a log, or a route) of the deleted one, even with the same spec.
-        digest = spec_hash(fork.service, argv, env, svc.cwd, svc.health, sandbox.uid)
+        digest = spec_hash(fork.service, argv or [f"address:{fork.address}"], env, svc.cwd,
+                           svc.health, sandbox.uid + str(svc.startup_timeout))
         env.update(
             LANEWAY_SERVICE=fork.service,
             LANEWAY_SANDBOX=sandbox.spec.name,
@@ -155,6 +158,7 @@ def desired_forks(project: ProjectSpec, sandbox: DesiredSandbox) -> dict[str, Pr
             cwd=svc.cwd,
             health=svc.health,
             startup_timeout=svc.startup_timeout,
+            address=fork.address,
         )
     return out
 
@@ -185,8 +189,11 @@ class Serving:
 def _serving(sandbox: DesiredSandbox, wanted: Mapping[str, ProcessSpec],
              actual: Mapping[str, UnitState], previous: RouteTable | None) -> Serving:
     blocked = fork_blockers(sandbox)
-    if not blocked and all((st := actual.get(unit)) is not None and st.phase == "ready"
-                           and st.port is not None for unit in wanted):
+    # A fork at an address counts once laneway watches it, up or down: it is the developer's
+    # process, and while it is down its key gets a 503 that says so (never the older fork).
+    if not blocked and all((st := actual.get(unit)) is not None and (
+            spec.address is not None or (st.phase == "ready" and st.port is not None))
+            for unit, spec in wanted.items()):
         return Serving(True, {spec.service: unit for unit, spec in wanted.items()})
     # Not all ready: the sandbox keeps its previous generation (make-before-break, switched
     # for all forks at once), as long as those processes are still there. A previous unit that
@@ -367,10 +374,15 @@ def _sandbox_routes(project: ProjectSpec, sandbox: DesiredSandbox,
     if not wanted and not blocked:
         return routes, SandboxStatus(True, "no forks: the key routes to the baseline "
                                      "everywhere", forks_json, generation, uid=uid)
-    if serving.switched:
+    down = [_why_not_ready(actual.get(unit), f"{spec.service}@{name}")
+            for unit, spec in wanted.items() if spec.address is not None
+            and not ((st := actual.get(unit)) and st.phase == "ready")]
+    if serving.switched and not down:
         count = len(wanted)
         return routes, SandboxStatus(True, f"{count}/{count} forks ready", forks_json,
                                      generation, uid=uid)
+    if serving.switched:
+        return routes, SandboxStatus(False, "; ".join(down), forks_json, generation, uid=uid)
     problems = [f"fork {service}@{name}: {reason}" for service, (reason, _) in blocked.items()]
     problems += [_why_not_ready(actual.get(unit), f"{service}@{name}")
                  for service, unit in by_service.items()

@@ -37,6 +37,9 @@ class ProcessSpec:
     cwd: str | None
     health: str
     startup_timeout: float
+    # `HOST:PORT` of a process the developer runs by hand: watched and routed to, never
+    # started or stopped (`argv` is empty).
+    address: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +51,7 @@ class ProcessSpec:
             "cwd": self.cwd,
             "health": self.health,
             "startup_timeout": self.startup_timeout,
+            **({"address": self.address} if self.address else {}),
         }
 
     @classmethod
@@ -61,6 +65,7 @@ class ProcessSpec:
             cwd=data.get("cwd"),
             health=str(data["health"]),
             startup_timeout=float(data.get("startup_timeout", 30.0)),
+            address=data.get("address") or None,
         )
 
 

@@ -7,6 +7,7 @@ the CLI and the API print them as `file: services.pricing.port: …`.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -205,16 +207,7 @@ class ServiceSpec(_Spec):
     @field_validator("health")
     @classmethod
     def _health(cls, value: str) -> str:
-        if value in ("tcp", "grpc") or value.startswith("/"):
-            return value
-        name = value.removeprefix("grpc:")
-        if name == value:
-            raise ValueError(f"must be {_HEALTH_FORMS}")
-        if not _GRPC_HEALTH_NAME_RE.match(name):
-            raise ValueError(f"{value!r}: after 'grpc:' comes the gRPC service name to ask "
-                             "grpc.health.v1.Health about, e.g. grpc:shop.Pricing (letters, "
-                             "digits, '_', '.', '-'); plain 'grpc' asks about the whole server")
-        return value
+        return _check_health(value)
 
     @field_validator("startup_timeout", mode="before")
     @classmethod
@@ -226,6 +219,39 @@ class ServiceSpec(_Spec):
         if self.shell:
             return ["/bin/sh", "-c", self.run_line or shlex.join(self.run)]
         return list(self.run)
+
+
+def _check_health(value: str) -> str:
+    if value in ("tcp", "grpc") or value.startswith("/"):
+        return value
+    name = value.removeprefix("grpc:")
+    if name == value:
+        raise ValueError(f"must be {_HEALTH_FORMS}")
+    if not _GRPC_HEALTH_NAME_RE.match(name):
+        raise ValueError(f"{value!r}: after 'grpc:' comes the gRPC service name to ask "
+                         "grpc.health.v1.Health about, e.g. grpc:shop.Pricing (letters, "
+                         "digits, '_', '.', '-'); plain 'grpc' asks about the whole server")
+    return value
+
+
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1")
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """`127.0.0.1:9000`, `localhost:9000` or `9000` -> ("127.0.0.1", 9000): a process on this
+    machine (the router and its health checks reach it over loopback)."""
+    text = str(value).strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT with a port from 1 to 65535 "
+                         "(e.g. 127.0.0.1:9000)")
+    if host not in _LOOPBACK_NAMES:
+        raise ValueError(f"{text!r}: the address must be on this machine (127.0.0.1:PORT or "
+                         "localhost:PORT), where the router and its health checks reach it")
+    return "127.0.0.1", int(port_text)
 
 
 def _stringify_env(value: Any) -> Any:
@@ -344,6 +370,12 @@ class ProjectSpec(_Spec):
     router: RouterSettings = Field(default_factory=RouterSettings)
     diff: DiffSettings = Field(default_factory=DiffSettings)
     preview: PreviewSettings = Field(default_factory=PreviewSettings)
+    # The folder of laneway.yaml (set by `with_base_dir`): a fork's relative `cwd` starts there.
+    _root: str = PrivateAttr(default="")
+
+    @property
+    def root(self) -> str | None:
+        return self._root or None
 
     @field_validator("name")
     @classmethod
@@ -503,6 +535,15 @@ class ForkSpec(_Spec):
     shell: bool | None = None
     env: dict[str, str] = Field(default_factory=dict)
     run_line: str | None = None
+    # A process the developer runs by hand (under a debugger, from another checkout): laneway
+    # health-checks it and routes the key to it, but never starts or stops it.
+    address: str | None = None
+    # Overrides of the baseline's definition (a fork from another checkout, say). A relative
+    # `cwd` is relative to the project's folder (the CLI resolves one given in a sandbox file
+    # against that file's folder).
+    cwd: str | None = None
+    health: str | None = None
+    startup_timeout: float | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -534,14 +575,48 @@ class ForkSpec(_Spec):
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
         return _check_env(value)
 
-    def resolve(self, base: ServiceSpec) -> ServiceSpec:
-        """The baseline service's definition with this fork's overrides; env merges over it."""
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, port = parse_address(value)
+        return f"{host}:{port}"
+
+    @field_validator("health")
+    @classmethod
+    def _health(cls, value: str | None) -> str | None:
+        return None if value is None else _check_health(value)
+
+    @field_validator("startup_timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: object) -> float | None:
+        return None if value is None else _duration(value)
+
+    @model_validator(mode="after")
+    def _address_or_command(self) -> ForkSpec:
+        if self.address is not None and (self.run is not None or self.shell is not None):
+            raise ValueError("a fork with an `address` is a process you run yourself: leave "
+                             "out `run` and `shell` (its `env` is what `laneway sandbox env` "
+                             "prints for it)")
+        return self
+
+    def resolve(self, base: ServiceSpec, root: str | None = None) -> ServiceSpec:
+        """The baseline service's definition with this fork's overrides; env merges over it.
+        `root`: the project's folder, for a relative `cwd`."""
         update: dict[str, Any] = {"env": {**base.env, **self.env}}
         if self.run is not None:
             update["run"] = list(self.run)
             update["run_line"] = self.run_line or shlex.join(self.run)
         if self.shell is not None:
             update["shell"] = self.shell
+        if self.cwd is not None:
+            update["cwd"] = self.cwd if os.path.isabs(self.cwd) or root is None \
+                else os.path.normpath(os.path.join(root, self.cwd))
+        if self.health is not None:
+            update["health"] = self.health
+        if self.startup_timeout is not None:
+            update["startup_timeout"] = self.startup_timeout
         return base.model_copy(update=update)
 
 
@@ -725,7 +800,9 @@ def with_base_dir(project: ProjectSpec, base: Path) -> ProjectSpec:
         name: svc.model_copy(update={"cwd": str(base / svc.cwd) if svc.cwd else str(base)})
         for name, svc in project.services.items()
     }
-    return project.model_copy(update={"services": services})
+    out = project.model_copy(update={"services": services})
+    out._root = str(base)
+    return out
 
 
 def parse_project(data: Mapping[str, Any], source: str | None = None) -> ProjectSpec:

@@ -78,6 +78,11 @@ def control_app(plane: DataPlane, token: str) -> Starlette:
             "listeners": dict(plane.router.ports),
             "protocols": plane.listener_protocols(),
             "preview": plane.router.edge.port if plane.router.edge else None,
+            # What every unit gets besides its spec and that a process run by hand needs too
+            # (`laneway sandbox env`): the routes feed. Not the owner marker: laneway stops
+            # processes that carry it, and a process run by hand is the developer's.
+            "unitEnv": {k: v for k, v in (plane.runtime.extra_env if plane.runtime else
+                                          {}).items() if k.startswith("LANEWAY_ROUTES")},
             "unitsVersion": plane.units_version,
             "units": plane.units_json(),
             "routes": plane.feed.snapshot().to_json(),

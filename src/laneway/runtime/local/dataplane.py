@@ -53,6 +53,7 @@ class DataPlaneRuntime:
         self._listeners: dict[str, int] = {}
         self._preview: tuple[int, bool] | None = None
         self.preview_port: int | None = None  # the preview edge's, once `listen` bound it
+        self.unit_env: dict[str, str] = {}  # what every unit gets besides its spec
         self._protocols: dict[str, str] = {}
         self._states: dict[str, UnitState] = {}
         self._specs: dict[str, ProcessSpec] = {}
@@ -128,6 +129,7 @@ class DataPlaneRuntime:
             log.warning("the router settings in laneway.yaml changed; the running data plane "
                         "keeps the old ones until `laneway down` and `laneway up`")
         self.pid = int(state["pid"])
+        self.unit_env = {str(k): str(v) for k, v in (state.get("unitEnv") or {}).items()}
         self.routes = RouteTable.from_json(state["routes"])
         self._version = -1
         self._take_units(state["unitsVersion"], state["units"])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from laneway.core.processes import find_marked, owner_env, stop_processes
 from laneway.core.runtime import ProcessSpec, UnitState, unit_log_path
+from laneway.runtime.local.attached import WatchedAddress
 from laneway.runtime.local.process import SupervisedProcess, reap_leftovers
 
 __all__ = ["UNIT_ROLE", "LocalRuntime"]
@@ -29,7 +30,7 @@ class LocalRuntime:
         self.extra_env = {**(extra_env or {}), **owner_env(state_dir), **UNIT_ROLE}
         self.pid_dir = state_dir / "run"
         self.log_dir = state_dir / "logs"
-        self._units: dict[str, SupervisedProcess] = {}
+        self._units: dict[str, SupervisedProcess | WatchedAddress] = {}
         self._stops: dict[str, asyncio.Task[None]] = {}
         self._callbacks: list[Callable[[], None]] = []
         self.reaped = reap_leftovers(self.pid_dir)
@@ -57,8 +58,12 @@ class LocalRuntime:
     async def start(self, spec: ProcessSpec) -> None:
         if spec.unit in self._units:
             return
-        proc = SupervisedProcess(spec, self.log_path(spec.unit), self.pid_dir, self._changed,
-                                 self.extra_env)
+        proc: SupervisedProcess | WatchedAddress
+        if spec.address is not None:
+            proc = WatchedAddress(spec, self._changed)
+        else:
+            proc = SupervisedProcess(spec, self.log_path(spec.unit), self.pid_dir,
+                                     self._changed, self.extra_env)
         self._units[spec.unit] = proc
         proc.start()
         self._changed()
