@@ -69,7 +69,9 @@ def test_shell_true_runs_the_line_through_sh() -> None:
         ({"run": []}, "services.pricing.run", "must name a command"),
         ({"run": "python 'unclosed"}, "services.pricing.run", "cannot split"),
         ({"startup_timeout": "soon"}, "services.pricing.startup_timeout", "not a duration"),
-        ({"colour": "red"}, "services.pricing.colour", "Extra inputs are not permitted"),
+        ({"colour": "red"}, "services.pricing.colour", "unknown field; the fields here are: "),
+        ({"helth": "/x"}, "services.pricing.helth", "unknown field; did you mean 'health'?"),
+        ({"dependson": []}, "services.pricing.dependson", "did you mean 'depends_on'?"),
         ({"env": {"U": "${services.ghost.url}"}}, "services.pricing.env.U", "unknown service"),
     ],
 )
@@ -208,7 +210,7 @@ def test_protocol_defaults_to_http_and_forks_keep_the_services_protocol_and_heal
     # A fork is the same service behind the same router: it cannot change how it is reached.
     with pytest.raises(SpecError) as exc:
         parse_sandbox({"name": "sb", "forks": [{"service": "pricing", "protocol": "http"}]})
-    assert "Extra inputs are not permitted" in _issues(exc)["forks[0].protocol"]
+    assert "unknown field" in _issues(exc)["forks[0].protocol"]
     spec = parse_sandbox({"name": "sb", "forks": [{"service": "pricing", "run": "python q.py"}]})
     resolved = spec.forks[0].resolve(project.services["pricing"])
     assert (resolved.protocol, resolved.health) == ("grpc", "grpc:shop.Pricing")
@@ -228,3 +230,19 @@ def test_the_diff_noise_rule_is_set_in_laneway_yaml_and_checked() -> None:
     issues = _issues(exc)
     assert "diff.relative" in issues, issues
     assert "diff.absolut" in issues, issues
+
+
+@pytest.mark.parametrize(("data", "path", "says"), [
+    ({"name": "s", "ttll": "1h"}, "ttll", "did you mean 'ttl'?"),
+    ({"name": "s", "forks": [{"service": "web", "helth": "/x"}]}, "forks[0].helth",
+     "did you mean 'health'?"),
+    ({"name": "s", "forks": [{"service": "web", "adress": "9000"}]}, "forks[0].adress",
+     "did you mean 'address'?"),
+    ({"name": "s", "resources": [{"name": "db", "plugin": "sqlite", "parms": {}}]},
+     "resources[0].parms", "did you mean 'params'?"),
+])
+def test_unknown_fields_suggest_the_nearest_valid_one(data: dict[str, object], path: str,
+                                                      says: str) -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_sandbox(data)
+    assert says in _issues(exc)[path]

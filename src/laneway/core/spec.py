@@ -12,7 +12,7 @@ import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -84,14 +84,68 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def spec_error_from_validation(exc: ValidationError, source: str | None = None) -> SpecError:
+def spec_error_from_validation(exc: ValidationError, source: str | None = None,
+                               model: type[BaseModel] | None = None) -> SpecError:
     issues = []
     for err in exc.errors():
         # pydantic prefixes messages of our own validators with "Value error, ".
         message = str(err["msg"]).removeprefix("Value error, ")
         loc = tuple(p for p in err["loc"] if p not in ("function-after[check_run(), str]",))
+        if err["type"] == "extra_forbidden" and model is not None and loc:
+            message = _unknown_field(model, loc)
         issues.append((format_loc(loc), message))
     return SpecError(issues, source)
+
+
+def _unknown_field(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """"unknown field", with the nearest valid name of that place (`helth` -> health)."""
+    import difflib
+
+    names = _field_names_at(model, loc[:-1])
+    given = str(loc[-1])
+    close = difflib.get_close_matches(given, names, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field; did you mean {close[0]!r}?"
+    if names:
+        return f"unknown field; the fields here are: {', '.join(sorted(names))}"
+    return "unknown field"
+
+
+def _field_names_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The field names of the model found at `loc` under `model` (a list's index or a dict's
+    key steps into its item model)."""
+    current: Any = model
+    skip = 0
+    for part in loc:
+        if skip:  # an index of a list, a key of a dict
+            skip -= 1
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current, skip = _item_model(field.annotation)
+    if skip or not (isinstance(current, type) and issubclass(current, BaseModel)):
+        return []
+    return [name for name in current.model_fields if name != "run_line"]
+
+
+def _item_model(annotation: Any) -> tuple[Any, int]:
+    """The model under an annotation and how many containers hold it: `X`, `X | None` -> (X,
+    0); `list[X]`, `dict[str, X]` -> (X, 1)."""
+    depth = 0
+    for _ in range(6):
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation, depth
+        origin = get_origin(annotation)
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if not args:
+            return annotation, depth
+        if origin in (list, dict, tuple, set, frozenset):
+            depth += 1
+        annotation = args[-1]
+    return annotation, depth
 
 
 def _duration(value: object) -> float:
@@ -778,7 +832,7 @@ def _parse(model: type[_Spec], data: Mapping[str, Any], source: str | None) -> A
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise spec_error_from_validation(exc, source) from exc
+        raise spec_error_from_validation(exc, source, model) from exc
     except SpecError as exc:
         exc.source = source
         raise SpecError(exc.issues, source) from exc
