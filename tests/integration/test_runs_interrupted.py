@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -171,7 +172,11 @@ async def test_a_run_whose_daemon_was_killed_ends_interrupted_at_the_next_start(
     assert (report["status"], report["verdict"]) == ("interrupted", "interrupted")
     assert report["finished_at"] is not None
     assert "crashed or was killed" in report["note"]
-    assert f"laneway stopped it ({len(left)} processes)" in report["note"]
+    # As many as were left, or more: the orphaned command may have started another child
+    # between the count above and the stop (it failed once under CI's load, 4 against 3).
+    stopped = re.search(r"laneway stopped it \((\d+) processes\)", report["note"])
+    assert stopped is not None, report["note"]
+    assert int(stopped.group(1)) >= len(left)
     for field in ("hops", "forks_reached", "fork_responses", "output_tail", "output_bytes",
                   "duration_s", "started_at", "command_line"):
         assert report[field] == before[field], field

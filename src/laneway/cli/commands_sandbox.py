@@ -32,8 +32,10 @@ def _reveal(show_secrets: bool) -> dict[str, Any]:
     return {"reveal_secrets": "true"} if show_secrets else {}
 
 
-def _read_spec(file: Path) -> tuple[dict[str, Any], str]:
-    from laneway.core.spec import SpecError, load_yaml_document  # pydantic: only when needed
+def _read_specs(file: Path) -> list[tuple[dict[str, Any], str]]:
+    """Every document of the file (`---` between sandboxes), each with the source its errors
+    name (`sb.yaml`, or `sb.yaml (document 2)` when there are several)."""
+    from laneway.core.spec import SpecError, load_yaml_documents  # pydantic: only when needed
 
     source = "<stdin>" if str(file) == "-" else str(file)
     try:
@@ -41,22 +43,38 @@ def _read_spec(file: Path) -> tuple[dict[str, Any], str]:
     except OSError as exc:
         raise CliError(f"{source}: cannot read the file: {exc.strerror}") from exc
     try:
-        data = load_yaml_document(text, source)
+        docs = load_yaml_documents(text, source)
     except SpecError as exc:
         raise CliError(exc.render()) from exc
-    name = data.get("name")
-    if not isinstance(name, str) or not name:
-        raise CliError(f"{source}: name: required (a DNS label, at most 40 characters)")
-    if source != "<stdin>" and isinstance(data.get("forks"), list):
-        # A fork's relative `cwd` is relative to the file that says it (another checkout
-        # beside this one, say), not to wherever laneway runs.
-        import os
+    out = []
+    for i, data in enumerate(docs):
+        where = f"{source} (document {i + 1})" if len(docs) > 1 else source
+        name = data.get("name")
+        if not isinstance(name, str) or not name:
+            raise CliError(f"{where}: name: required (a DNS label, at most 40 characters)")
+        if source != "<stdin>" and isinstance(data.get("forks"), list):
+            # A fork's relative `cwd` is relative to the file that says it (another checkout
+            # beside this one, say), not to wherever laneway runs.
+            import os
 
-        for fork in data["forks"]:
-            cwd = fork.get("cwd") if isinstance(fork, dict) else None
-            if isinstance(cwd, str) and cwd and not os.path.isabs(cwd):
-                fork["cwd"] = os.path.normpath(os.path.join(file.resolve().parent, cwd))
-    return data, source
+            for fork in data["forks"]:
+                cwd = fork.get("cwd") if isinstance(fork, dict) else None
+                if isinstance(cwd, str) and cwd and not os.path.isabs(cwd):
+                    fork["cwd"] = os.path.normpath(os.path.join(file.resolve().parent, cwd))
+        out.append((data, where))
+    names = [data["name"] for data, _ in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise CliError(f"{source}: sandbox {twice[0]!r} is in the file more than once")
+    return out
+
+
+def _read_spec(file: Path) -> tuple[dict[str, Any], str]:
+    docs = _read_specs(file)
+    if len(docs) > 1:
+        raise CliError(f"{docs[0][1].rpartition(' (')[0]}: one document expected, found "
+                       f"{len(docs)}")
+    return docs[0]
 
 
 @sandbox_app.command("apply")
@@ -69,25 +87,35 @@ def sandbox_apply(
     show_secrets: ShowSecretsOption = False,
     api: ApiOption = None,
 ) -> None:
-    """Create or update a sandbox (idempotent by name)."""
-    data, source = _read_spec(file)
+    """Create or update sandboxes (idempotent by name); a file may hold several, separated by
+    `---`: all are checked before any is applied."""
+    docs = _read_specs(file)
     client = connect(api)
-    name = data["name"]
+    if len(docs) > 1:
+        for data, source in docs:  # all or none: a mistake in the third applies nothing
+            client.request("PUT", f"/v1/sandboxes/{data['name']}", json=data, source=source,
+                           params={"dryRun": "true"})
     params = {**_reveal(show_secrets), **({"wait": min(timeout, 30.0)} if wait else {})}
-    view = client.request("PUT", f"/v1/sandboxes/{name}", json=data, source=source,
-                          params=params)
+    views = [client.request("PUT", f"/v1/sandboxes/{data['name']}", json=data, source=source,
+                            params=params) for data, source in docs]
     if wait:
-        view = _wait_ready(client, name, time.monotonic() + timeout - 30.0, view,
-                           show_secrets)
+        deadline = time.monotonic() + timeout - 30.0
+        views = [_wait_ready(client, view["name"], deadline, view, show_secrets)
+                 for view in views]
     if output is Output.json:
-        print_json(view)
+        print_json(views[0] if len(views) == 1 else views)
     else:
-        status = view["status"]
-        console.print(f"sandbox {name} applied  routing key [bold]{view['routingKey']}[/bold]  "
-                      f"{phase_style(status['phase'])}: {status['message']}")
-        _print_previews(view, limit=6)
-    if wait and view["status"]["phase"] != "ready":
-        raise CliError(f"sandbox {name} is not ready: {view['status']['message']}")
+        for view in views:
+            status = view["status"]
+            console.print(f"sandbox {view['name']} applied  routing key "
+                          f"[bold]{view['routingKey']}[/bold]  "
+                          f"{phase_style(status['phase'])}: {status['message']}")
+            _print_previews(view, limit=6)
+    if wait:
+        for view in views:
+            if view["status"]["phase"] != "ready":
+                raise CliError(f"sandbox {view['name']} is not ready: "
+                               f"{view['status']['message']}")
 
 
 def _print_previews(view: dict[str, Any], limit: int | None = None) -> None:

@@ -17,7 +17,13 @@ import time
 from pathlib import Path
 
 from laneway.client import ApiClient, CliError, connect
-from laneway.core.layout import STATE_DIR_NAME, StateLayout, make_private, restrict_umask
+from laneway.core.layout import (
+    STATE_DIR_NAME,
+    StateLayout,
+    find_project_file,
+    make_private,
+    restrict_umask,
+)
 from laneway.core.processes import alive, find_marked, owner_env, stop_processes, stopped
 
 __all__ = ["down_environment", "start_daemon"]
@@ -40,6 +46,10 @@ def _running_pid(layout: StateLayout) -> int | None:
 def start_daemon(file: Path, *, detach: bool, timeout: float) -> None:
     from laneway.core.spec import SpecError, load_project  # pydantic: `up` only
 
+    if not file.is_absolute() and file == Path("laneway.yaml") and not file.exists():
+        found = find_project_file(Path.cwd())  # from a subfolder, as every other command
+        if found is not None:
+            file = found
     config = file.resolve()
     try:
         project = load_project(config)

@@ -188,7 +188,14 @@ def create_app(control: ControlPlane, token: str,
     @app.put("/v1/sandboxes/{name}", openapi_extra=_spec_body("SandboxSpec"))
     async def apply_sandbox(name: str, request: Request,
                             wait: float = Query(0, ge=0, le=600),
-                            reveal_secrets: _RevealSecrets = False) -> JSONResponse:
+                            reveal_secrets: _RevealSecrets = False,
+                            dry_run: bool = Query(False, alias="dryRun", description=(
+                                "validate only, as an apply would, and store nothing"))
+                            ) -> JSONResponse:
+        if dry_run:
+            result, _ = control.apply_sandbox(await _json_object(request), name=name,
+                                              dry_run=True)
+            return JSONResponse(result)
         view, created = control.apply_sandbox(await _json_object(request), name=name,
                                               principal=_principal(request))
         if wait:

@@ -197,8 +197,10 @@ class ControlPlane:
                 return key
 
     def apply_sandbox(self, data: Mapping[str, Any], *, name: str | None = None,
-                      principal: str = "local") -> tuple[dict[str, Any], bool]:
-        """Create or update a sandbox by name; returns (view, created)."""
+                      principal: str = "local",
+                      dry_run: bool = False) -> tuple[dict[str, Any], bool]:
+        """Create or update a sandbox by name; returns (view, created). `dry_run`: validate
+        only (every check an apply makes), store nothing."""
         data = _named(data, name)
         try:
             spec = parse_sandbox(data)
@@ -211,6 +213,8 @@ class ControlPlane:
                 self.resources.validate(spec, previous)
         except SpecError as exc:
             raise _invalid(exc) from exc
+        if dry_run:
+            return {"name": spec.name, "dryRun": True, "valid": True}, existing is None
         now = time.time()
         stored = spec.model_dump(mode="json", exclude_defaults=True, by_alias=True)
         expires = now + spec.ttl if spec.ttl else None

@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["STATE_DIR_NAME", "StateLayout", "find_state_dir", "make_private",
+__all__ = ["STATE_DIR_NAME", "StateLayout", "find_project_file", "find_state_dir", "make_private",
            "restrict_umask", "user_umask", "write_private"]
 
 STATE_DIR_NAME = ".laneway"
@@ -64,11 +64,22 @@ class StateLayout:
 
 
 def find_state_dir(start: Path) -> StateLayout | None:
-    """The nearest `.laneway/` at or above `start` that holds a daemon's files."""
+    """The environment of the nearest folder at or above `start` that has one (`.laneway/`
+    with a daemon's files) or is a project (`laneway.yaml`): a project inside another
+    project is its own, so `laneway down` there never stops the outer one."""
     for folder in [start, *start.parents]:
         candidate = folder / STATE_DIR_NAME
-        if candidate.is_dir() and (candidate / "token").exists():
+        if (candidate.is_dir() and (candidate / "token").exists()) or \
+                (folder / "laneway.yaml").is_file():
             return StateLayout(candidate)
+    return None
+
+
+def find_project_file(start: Path, name: str = "laneway.yaml") -> Path | None:
+    """The nearest `laneway.yaml` at or above `start` (as git finds its repository)."""
+    for folder in [start, *start.parents]:
+        if (folder / name).is_file():
+            return folder / name
     return None
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "interpolate_resources",
     "load_project",
     "load_yaml_document",
+    "load_yaml_documents",
     "parse_project",
     "parse_route_group",
     "parse_sandbox",
@@ -164,6 +165,16 @@ HEADER_NAME_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_extensions(cls, data: Any) -> Any:
+        # `x-…` fields are the author's (anchors to reuse, notes), as in Compose files.
+        if isinstance(data, dict) and any(isinstance(k, str) and k.startswith("x-")
+                                          for k in data):
+            return {k: v for k, v in data.items()
+                    if not (isinstance(k, str) and k.startswith("x-"))}
+        return data
 
 
 def _check_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -420,6 +431,9 @@ class ProjectSpec(_Spec):
     """`laneway.yaml`: the baseline's services."""
 
     name: str
+    # Merged under every service's own env (a service's value wins): OpenTelemetry settings,
+    # say, written once.
+    env: dict[str, str] = Field(default_factory=dict)
     services: dict[str, ServiceSpec]
     router: RouterSettings = Field(default_factory=RouterSettings)
     diff: DiffSettings = Field(default_factory=DiffSettings)
@@ -430,6 +444,31 @@ class ProjectSpec(_Spec):
     @property
     def root(self) -> str | None:
         return self._root or None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_env(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("env"), dict) or \
+                not isinstance(data.get("services"), dict):
+            return data
+        shared = _stringify_env(data["env"])
+        services: dict[Any, Any] = {}
+        for name, svc in data["services"].items():
+            own = svc.get("env") if isinstance(svc, dict) else None
+            services[name] = {**svc, "env": {**shared, **(own if isinstance(own, dict) else
+                                                         {})}} \
+                if isinstance(svc, dict) else svc
+        return {**data, "services": services}
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_strings(cls, value: Any) -> Any:
+        return _stringify_env(value)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_env(value)
 
     @field_validator("name")
     @classmethod
@@ -472,6 +511,7 @@ class ProjectSpec(_Spec):
                 for ref in _REF_RE.finditer(text):
                     if ref.group(1) not in self.services:
                         issues.append((path, f"{ref.group(0)} names an unknown service"))
+                issues += _unknown_refs(path, text, resources=False)
         cycle = _find_cycle({n: s.depends_on for n, s in self.services.items()})
         if cycle:
             issues.append(("services", "depends_on has a cycle: " + " -> ".join(cycle)))
@@ -501,8 +541,30 @@ class ProjectSpec(_Spec):
         return order
 
 
+_ANY_REF_RE = re.compile(r"\$\{([^}]*)\}")
+
+
+def _unknown_refs(path: str, text: str, *, resources: bool) -> list[tuple[str, str]]:
+    """`${…}` that laneway does not replace: a mistake (`${PORT}` would reach the process as
+    those six characters), with the forms there are."""
+    out = []
+    for ref in _ANY_REF_RE.finditer(text):
+        if _REF_RE.fullmatch(ref.group(0)) or (resources and
+                                               RESOURCE_REF_RE.fullmatch(ref.group(0))):
+            continue
+        forms = "${services.NAME.url}, ${services.NAME.host}, ${services.NAME.port}" + (
+            ", ${resources.NAME.OUTPUT}" if resources else "")
+        hint = "; PORT is in the process's environment already (read $PORT there)" \
+            if ref.group(1) == "PORT" else ""
+        out.append((path, f"{ref.group(0)} is not something laneway replaces: it replaces "
+                    f"{forms}{hint}"))
+    return out
+
+
 def _strings_of(name: str, svc: ServiceSpec) -> list[tuple[str, str]]:
-    out = [(f"services.{name}.run[{i}]", arg) for i, arg in enumerate(svc.run)]
+    # A `shell: true` command line is the shell's to expand (`${PORT}` is right there).
+    out = [] if svc.shell else \
+        [(f"services.{name}.run[{i}]", arg) for i, arg in enumerate(svc.run)]
     out += [(f"services.{name}.env.{k}", v) for k, v in svc.env.items()]
     if svc.cwd:
         out.append((f"services.{name}.cwd", svc.cwd))
@@ -784,9 +846,13 @@ def check_sandbox_against_project(spec: SandboxSpec, project: ProjectSpec) -> No
                  f"{known}")
             )
         texts = [(f"forks[{i}].env.{k}", v) for k, v in fork.env.items()]
-        texts += [(f"forks[{i}].run[{j}]", a) for j, a in enumerate(fork.run or [])]
+        base = project.services.get(fork.service)
+        shell = fork.shell if fork.shell is not None else bool(base and base.shell)
+        if not shell:
+            texts += [(f"forks[{i}].run[{j}]", a) for j, a in enumerate(fork.run or [])]
         declared = {r.name for r in spec.resources}
         for path, text in texts:
+            issues += _unknown_refs(path, text, resources=True)
             for ref in _REF_RE.finditer(text):
                 if ref.group(1) not in project.services:
                     issues.append((path, f"{ref.group(0)} names an unknown service"))
@@ -801,11 +867,14 @@ def check_sandbox_against_project(spec: SandboxSpec, project: ProjectSpec) -> No
 
 class _StrictLoader(yaml.SafeLoader):
     """A safe loader that refuses duplicate keys (PyYAML keeps the last one silently, which
-    would turn two services with the same name into one)."""
+    would turn two services with the same name into one). Anchors, aliases and merge keys
+    (`<<: *otel`) work as YAML says: a key written beside a merge overrides the merged one."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -826,6 +895,26 @@ def load_yaml_document(text: str, source: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError([("", "must be a YAML mapping (key: value) at the top level")], source)
     return data
+
+
+def load_yaml_documents(text: str, source: str) -> list[dict[str, Any]]:
+    """Every document of a file (`---` between them), each a mapping; empty ones skipped."""
+    try:
+        docs = list(yaml.load_all(text, Loader=_StrictLoader))  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([("", f"invalid YAML: {where}{problem}")], source) from exc
+    found = [doc for doc in docs if doc is not None]
+    for i, doc in enumerate(found):
+        if not isinstance(doc, dict):
+            where = f" (document {i + 1})" if len(found) > 1 else ""
+            raise SpecError([("", f"must be a YAML mapping (key: value) at the top "
+                              f"level{where}")], source)
+    if not found:
+        raise SpecError([("", "must be a YAML mapping (key: value) at the top level")], source)
+    return found
 
 
 def _parse(model: type[_Spec], data: Mapping[str, Any], source: str | None) -> Any:

@@ -1,0 +1,118 @@
+"""Configuration as people write it: anchors and merge keys, `x-` fields, a project-wide `env`,
+several sandboxes in one file, `laneway up` from a subfolder, a project inside a project."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.conftest import CHAIN, Project, free_ports
+
+
+def anchored_yaml(ports: dict[str, int]) -> str:
+    return f"""
+name: anchored
+x-defaults: &defaults
+  health: /healthz
+  startup_timeout: 3s
+x-otel: &otel
+  OTEL_SDK_DISABLED: "true"
+  SHARED: from-anchor
+env:                          # under every service's own env
+  SHARED: from-project
+  ONLY_PROJECT: "yes"
+services:
+  c:
+    <<: *defaults
+    x-note: the end of the chain
+    run: [{sys.executable}, {CHAIN}]
+    port: {ports['c']}
+    env:
+      <<: *otel
+  b:
+    <<: *defaults
+    run: [{sys.executable}, {CHAIN}]
+    port: {ports['b']}
+    env:
+      NEXT_URL: ${{services.c.url}}
+      SHARED: from-b
+    depends_on: [c]
+  a:
+    <<: *defaults
+    run: [{sys.executable}, {CHAIN}]
+    port: {ports['a']}
+    env:
+      NEXT_URL: ${{services.b.url}}
+    depends_on: [b]
+"""
+
+
+def env_of(project: Project, sandbox: str, service: str) -> dict[str, Any]:
+    out = project.run("sandbox", "env", sandbox, service, "--format", "json").stdout
+    env: dict[str, Any] = json.loads(out)["env"]
+    return env
+
+
+def test_anchors_merge_keys_shared_env_and_multi_document_files(tmp_path: Path) -> None:
+    ports = dict(zip("abc", free_ports(3), strict=True))
+    project = Project(tmp_path, ports)
+    project.write("laneway.yaml", anchored_yaml(ports))
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    # `up` from a subfolder finds laneway.yaml above it, as every other command does.
+    inner = Project(tmp_path / "sub" / "deeper", ports)
+    inner.run("up", "--detach")
+    try:
+        assert [s["phase"] for s in project.json("status")["services"]] == ["ready"] * 3
+        project.write("two.yaml", "name: one\nforks:\n  - service: c\n---\n"
+                                  "name: two\nlabels: {n: '2'}\nforks:\n  - service: b\n")
+        applied = project.run("sandbox", "apply", "-f", "two.yaml", "--wait").stdout
+        assert "sandbox one applied" in applied
+        assert "sandbox two applied" in applied
+        assert {s["name"] for s in project.json("sandbox", "list")} == {"one", "two"}
+        # Merge keys and the project's env, with the nearer value winning each time.
+        c = env_of(project, "one", "c")
+        assert c["OTEL_SDK_DISABLED"] == "true"
+        assert c["SHARED"] == "from-anchor"
+        assert c["ONLY_PROJECT"] == "yes"
+        b = env_of(project, "two", "b")
+        assert b["SHARED"] == "from-b"
+        assert b["ONLY_PROJECT"] == "yes"
+        # Several documents are all checked before any is applied.
+        project.write("bad.yaml", "name: three\nforks:\n  - service: c\n---\n"
+                                  "name: four\nforks:\n  - service: nope\n")
+        refused = project.run("sandbox", "apply", "-f", "bad.yaml", check=False)
+        assert refused.returncode == 1
+        assert "bad.yaml (document 2): forks[0].service: unknown service 'nope'" \
+            in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert {s["name"] for s in project.json("sandbox", "list")} == {"one", "two"}
+
+        # A project inside this one is its own: `down` there does not stop this one.
+        nested = tmp_path / "nested"
+        nested.mkdir()
+        (nested / "laneway.yaml").write_text(anchored_yaml(dict(zip(
+            "abc", free_ports(3), strict=True))).replace("anchored", "nested"))
+        result = Project(nested, {}).run("down", check=False)
+        assert result.returncode == 1
+        assert f"laneway is not running for {nested}" in result.stderr
+        assert project.json("status")["name"] == "anchored"
+    finally:
+        project.run("down", check=False)
+
+
+def test_what_laneway_does_not_replace_is_an_error_not_a_literal(tmp_path: Path) -> None:
+    ports = dict(zip("abc", free_ports(3), strict=True))
+    project = Project(tmp_path, ports)
+    project.write("laneway.yaml", anchored_yaml(ports).replace(
+        "SHARED: from-b", "SHARED: from-b\n      LISTEN: ${PORT}"))
+    result = project.run("up", "--detach", check=False)
+    assert result.returncode == 2
+    assert "services.b.env.LISTEN: ${PORT} is not something laneway replaces" in result.stderr
+    assert "read $PORT there" in result.stderr
+    project.write("laneway.yaml", anchored_yaml(ports).replace("health: /healthz",
+                                                               "helth: /healthz"))
+    result = project.run("up", "--detach", check=False)
+    assert result.returncode == 2
+    assert "helth: unknown field; did you mean 'health'?" in result.stderr
