@@ -16,7 +16,9 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -193,6 +195,26 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _stringify_env(value: Any) -> Any:
+    # YAML reads `PORT: 80` and `DEBUG: true` as int and bool; env values are strings.
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if isinstance(item, bool):
+                out[key] = "true" if item else "false"
+            elif isinstance(item, int | float):
+                out[key] = str(item)
+            else:
+                out[key] = item
+        return out
+    return value
+
+
+
+# An environment as YAML gives it (`PORT: 80`, `DEBUG: true`) made strings, names checked.
+EnvMap = Annotated[dict[str, str], BeforeValidator(_stringify_env), AfterValidator(_check_env)]
+
+
 def _split_run(value: object) -> object:
     if isinstance(value, str):
         try:
@@ -219,7 +241,7 @@ class ServiceSpec(_Spec):
     run: list[str]
     port: int = Field(ge=1, le=65535)
     shell: bool = False
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvMap = Field(default_factory=dict)
     protocol: ServiceProtocol = "http"
     health: str = "tcp"
     depends_on: list[str] = Field(default_factory=list)
@@ -250,16 +272,6 @@ class ServiceSpec(_Spec):
         if not value:
             raise ValueError("must name a command to run (an argv list or a command line)")
         return value
-
-    @field_validator("env", mode="before")
-    @classmethod
-    def _env_strings(cls, value: Any) -> Any:
-        return _stringify_env(value)
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        return _check_env(value)
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -317,21 +329,6 @@ def parse_address(value: str) -> tuple[str, int]:
         raise ValueError(f"{text!r}: the address must be on this machine (127.0.0.1:PORT or "
                          "localhost:PORT), where the router and its health checks reach it")
     return "127.0.0.1", int(port_text)
-
-
-def _stringify_env(value: Any) -> Any:
-    # YAML reads `PORT: 80` and `DEBUG: true` as int and bool; env values are strings.
-    if isinstance(value, dict):
-        out: dict[Any, Any] = {}
-        for key, item in value.items():
-            if isinstance(item, bool):
-                out[key] = "true" if item else "false"
-            elif isinstance(item, int | float):
-                out[key] = str(item)
-            else:
-                out[key] = item
-        return out
-    return value
 
 
 DATAPLANE_ROUTER_FIELDS = (
@@ -433,7 +430,7 @@ class ProjectSpec(_Spec):
     name: str
     # Merged under every service's own env (a service's value wins): OpenTelemetry settings,
     # say, written once.
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvMap = Field(default_factory=dict)
     services: dict[str, ServiceSpec]
     router: RouterSettings = Field(default_factory=RouterSettings)
     diff: DiffSettings = Field(default_factory=DiffSettings)
@@ -459,16 +456,6 @@ class ProjectSpec(_Spec):
                                                          {})}} \
                 if isinstance(svc, dict) else svc
         return {**data, "services": services}
-
-    @field_validator("env", mode="before")
-    @classmethod
-    def _env_strings(cls, value: Any) -> Any:
-        return _stringify_env(value)
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        return _check_env(value)
 
     @field_validator("name")
     @classmethod
@@ -649,7 +636,7 @@ class ForkSpec(_Spec):
     service: str
     run: list[str] | None = None
     shell: bool | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvMap = Field(default_factory=dict)
     run_line: str | None = None
     # A process the developer runs by hand (under a debugger, from another checkout): laneway
     # health-checks it and routes the key to it, but never starts or stops it.
@@ -680,16 +667,6 @@ class ForkSpec(_Spec):
         if value is not None and not value:
             raise ValueError("must name a command, or be left out to inherit the baseline's")
         return value
-
-    @field_validator("env", mode="before")
-    @classmethod
-    def _env_strings(cls, value: Any) -> Any:
-        return _stringify_env(value)
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        return _check_env(value)
 
     @field_validator("address")
     @classmethod

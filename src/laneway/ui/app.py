@@ -22,7 +22,7 @@ import hashlib
 import json
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -337,38 +337,38 @@ def ui_app(api_url: str) -> Starlette:
         return render(request, "trace.html", title=f"Trace {trace[:12]}", nav="overview",
                       trace=trace, picture=path_picture(hops), hops=hops)
 
-    @page
-    async def runs_view(request: Request, session: str) -> Response:
-        runs = await api.call(session, "GET", "/v1/runs", params={"limit": 100})
-        return render(request, "runs.html", title="Runs", nav="runs", runs=runs)
+    def live_views(full: str, fragment: str, nav: str,
+                   load: Callable[[Request, str], Awaitable[dict[str, Any]]],
+                   title: Callable[[dict[str, Any]], str]) -> tuple[Any, Any]:
+        """A page and its `data-live` part, from one loader: the part is re-rendered alone
+        when the event stream says something changed."""
+        @page
+        async def whole(request: Request, session: str) -> Response:
+            data = await load(request, session)
+            return render(request, full, title=title(data), nav=nav, **data)
 
-    @page
-    async def runs_fragment(request: Request, session: str) -> Response:
-        runs = await api.call(session, "GET", "/v1/runs", params={"limit": 100})
-        return render(request, "runs_live.html", runs=runs)
+        @page
+        async def part(request: Request, session: str) -> Response:
+            return render(request, fragment, **(await load(request, session)))
 
-    @page
-    async def run_view(request: Request, session: str) -> Response:
+        return whole, part
+
+    async def load_runs(request: Request, session: str) -> dict[str, Any]:
+        return {"runs": await api.call(session, "GET", "/v1/runs", params={"limit": 100})}
+
+    async def load_run(request: Request, session: str) -> dict[str, Any]:
         run_id = urllib.parse.quote(request.path_params["run"], safe="")
-        report = await api.call(session, "GET", f"/v1/runs/{run_id}")
-        return render(request, "run.html", title=f"Run {report['id']}", nav="runs",
-                      report=report)
+        return {"report": await api.call(session, "GET", f"/v1/runs/{run_id}")}
 
-    @page
-    async def run_fragment(request: Request, session: str) -> Response:
-        run_id = urllib.parse.quote(request.path_params["run"], safe="")
-        report = await api.call(session, "GET", f"/v1/runs/{run_id}")
-        return render(request, "run_live.html", report=report)
+    async def load_leaks(request: Request, session: str) -> dict[str, Any]:
+        return {"leaks": await api.call(session, "GET", "/v1/leaks", params={"limit": 200})}
 
-    @page
-    async def leaks_view(request: Request, session: str) -> Response:
-        leaks = await api.call(session, "GET", "/v1/leaks", params={"limit": 200})
-        return render(request, "leaks.html", title="Leaks", nav="leaks", leaks=leaks)
-
-    @page
-    async def leaks_fragment(request: Request, session: str) -> Response:
-        leaks = await api.call(session, "GET", "/v1/leaks", params={"limit": 200})
-        return render(request, "leaks_live.html", leaks=leaks)
+    runs_view, runs_fragment = live_views("runs.html", "runs_live.html", "runs", load_runs,
+                                          lambda _: "Runs")
+    run_view, run_fragment = live_views("run.html", "run_live.html", "runs", load_run,
+                                        lambda data: f"Run {data['report']['id']}")
+    leaks_view, leaks_fragment = live_views("leaks.html", "leaks_live.html", "leaks",
+                                            load_leaks, lambda _: "Leaks")
 
     @page
     async def diffs_view(request: Request, session: str) -> Response:
