@@ -194,6 +194,16 @@ async def test_hops_by_sandbox_and_trace(env: Env) -> None:
     assert [h["service"] for h in mine] == ["web", "currency"]
     trace = (await env.client.get("/v1/hops", params={"trace": "t2"})).json()
     assert [h["destination"] for h in trace] == ["baseline"]
+    # Tables show 12 characters of a trace id: a unique start of one is enough.
+    whole = ["4bf92f3577b34da6a3ce929d0e0e4736", "4bf92f35aaaaaaaaaaaaaaaaaaaaaaaa"]
+    env.control.hops.add([Hop(now + 0.003, t, "", "web", "", "baseline", "", 200, 1.0, "GET",
+                              f"/{i}") for i, t in enumerate(whole)])
+    by_start = (await env.client.get("/v1/hops", params={"trace": "4bf92f3577b3"})).json()
+    assert [h["trace_id"] for h in by_start] == [whole[0]]
+    ambiguous = await env.client.get("/v1/hops", params={"trace": "4BF92F35"})
+    assert ambiguous.status_code == 422
+    assert "is the start of 2 traces" in ambiguous.json()["message"]
+    assert (await env.client.get("/v1/hops", params={"trace": "ffff"})).json() == []
 
 
 def test_sqlite_store_round_trip(tmp_path: Path) -> None:

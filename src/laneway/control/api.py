@@ -275,10 +275,23 @@ def create_app(control: ControlPlane, token: str,
             keys = control.keys_of_sandbox(sandbox)
         if key is not None:
             keys = (keys or set()) | {key}
+        trace_id = _whole_trace_id(trace.lower()) if trace else None
         found: list[Hop] = control.hops.query(routing_keys=keys, destination=sandbox,
-                                              trace_id=trace.lower() if trace else None,
-                                              since=since, limit=limit)
+                                              trace_id=trace_id, since=since, limit=limit)
         return [h.to_json() for h in found]
+
+    def _whole_trace_id(given: str) -> str:
+        """A trace id, or a unique prefix of one (tables show the first 12 characters)."""
+        if len(given) >= 32:
+            return given
+        matches = control.hops.trace_ids(given)
+        if given in matches:
+            return given
+        if len(matches) > 1:
+            raise Invalid(f"trace: {given!r} is the start of {len(matches)} traces "
+                          f"({', '.join(m[:16] + '…' for m in matches[:4])}); give more of "
+                          "it", field="trace", errors=[("trace", "ambiguous")])
+        return matches[0] if matches else given
 
     def _captured(*, service: str | None = None, since: float | None = None,
                   sandbox: str | None = None, run: str | None = None,

@@ -79,5 +79,16 @@ class HopLog:
         out.sort(key=lambda hop: hop.at)
         return out
 
+    def trace_ids(self, prefix: str, limit: int = 10) -> list[str]:
+        """The trace ids kept that start with `prefix`, newest first (at most `limit`)."""
+        found: list[str] = []
+        for hop in reversed(self._hops):
+            trace = hop.trace_id
+            if trace and trace.startswith(prefix) and trace not in found:
+                found.append(trace)
+                if len(found) >= limit:
+                    break
+        return found
+
     def __len__(self) -> int:
         return len(self._hops)
