@@ -68,8 +68,8 @@ def test_anchors_merge_keys_shared_env_and_multi_document_files(tmp_path: Path) 
         project.write("two.yaml", "name: one\nforks:\n  - service: c\n---\n"
                                   "name: two\nlabels: {n: '2'}\nforks:\n  - service: b\n")
         applied = project.run("sandbox", "apply", "-f", "two.yaml", "--wait").stdout
-        assert "sandbox one applied" in applied
-        assert "sandbox two applied" in applied
+        assert "sandbox one created  generation 1" in applied
+        assert "sandbox two created  generation 1" in applied
         assert {s["name"] for s in project.json("sandbox", "list")} == {"one", "two"}
         # Merge keys and the project's env, with the nearer value winning each time.
         c = env_of(project, "one", "c")
@@ -88,6 +88,31 @@ def test_anchors_merge_keys_shared_env_and_multi_document_files(tmp_path: Path) 
             in refused.stderr
         assert "Traceback" not in refused.stderr
         assert {s["name"] for s in project.json("sandbox", "list")} == {"one", "two"}
+        # Safe updates: what changed, with a diff; refusals that change nothing.
+        project.write("one.yaml", "name: one\nforks:\n  - service: c\n")
+        assert "sandbox one unchanged  generation 1" in \
+            project.run("sandbox", "apply", "-f", "one.yaml").stdout
+        project.write("one.yaml", "name: one\nforks:\n  - service: c\n"
+                                  "    env: {VERSION: v2}\n")
+        updated = project.run("sandbox", "apply", "-f", "one.yaml").stdout
+        assert "sandbox one updated  generation 2" in updated
+        assert "+    VERSION: v2" in updated
+        stale = project.run("sandbox", "apply", "-f", "one.yaml", "--if-generation", "1",
+                            check=False)
+        assert stale.returncode == 1
+        assert "is at generation 2, not 1" in stale.stderr
+        taken = project.run("sandbox", "apply", "-f", "one.yaml", "--create-only",
+                            check=False)
+        assert taken.returncode == 1
+        assert "exists already" in taken.stderr
+
+        # Logs of a baseline service and of a fork, by the same command.
+        assert "c baseline listening" in project.run("logs", "c", "--grep", "listening").stdout
+        assert "b baseline listening" in \
+            project.run("logs", "b", "--sandbox", "two", "--since", "1h").stdout
+        missing = project.run("logs", "nope", check=False)
+        assert missing.returncode == 1
+        assert "service 'nope' not found; services: c, b, a" in missing.stderr
 
         # A project inside this one is its own: `down` there does not stop this one.
         nested = tmp_path / "nested"

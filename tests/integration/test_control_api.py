@@ -218,3 +218,35 @@ def test_sqlite_store_round_trip(tmp_path: Path) -> None:
     assert reopened.delete("sandbox", "a")
     assert reopened.records("sandbox") == []
     reopened.close()
+
+
+async def test_apply_says_what_changed_and_guards_against_lost_updates(env: Env) -> None:
+    spec = {"forks": [{"service": "web", "env": {"A": "1"}}]}
+    first = (await env.client.put("/v1/sandboxes/sb", json=spec)).json()
+    assert (first["change"], first["generation"]) == ("created", 1)
+    same = (await env.client.put("/v1/sandboxes/sb", json=spec)).json()
+    assert (same["change"], same["generation"]) == ("unchanged", 1)
+    assert "specDiff" not in same
+    changed = {"forks": [{"service": "web", "env": {"A": "2"}}], "labels": {"t": "x"}}
+    updated = (await env.client.put("/v1/sandboxes/sb", json=changed)).json()
+    assert (updated["change"], updated["generation"]) == ("updated", 2)
+    assert "-    A: '1'" in updated["specDiff"]
+    assert "+    A: '2'" in updated["specDiff"]
+    assert any(line.startswith("+labels:") for line in updated["specDiff"])
+    # Guards: nothing changes when they refuse.
+    refused = await env.client.put("/v1/sandboxes/sb", json=spec,
+                                   params={"createOnly": "true"})
+    assert refused.status_code == 409
+    assert "exists already (generation 2)" in refused.json()["message"]
+    stale = await env.client.put("/v1/sandboxes/sb", json=spec, params={"ifGeneration": 1})
+    assert stale.status_code == 409
+    assert "is at generation 2, not 1" in stale.json()["message"]
+    assert (await env.client.get("/v1/sandboxes/sb")).json()["forks"][0]["env"] == {"A": "2"}
+    fresh = await env.client.put("/v1/sandboxes/sb", json=spec, params={"ifGeneration": 2})
+    assert fresh.json()["generation"] == 3
+    new = await env.client.put("/v1/sandboxes/other", json=spec, params={"ifGeneration": 0})
+    assert new.json()["change"] == "created"
+    dry = await env.client.put("/v1/sandboxes/third", json={"forks": [{"service": "nope"}]},
+                               params={"dryRun": "true"})
+    assert dry.status_code == 422
+    assert (await env.client.get("/v1/sandboxes/third")).status_code == 404

@@ -83,19 +83,32 @@ def sandbox_apply(
     wait: Annotated[bool, typer.Option("--wait", help="Wait until every fork is ready "
                                        "(exit 1 if one fails)")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits")] = 120.0,
+    create_only: Annotated[bool, typer.Option(
+        "--create-only", help="Refuse to replace a sandbox that exists")] = False,
+    if_generation: Annotated[int | None, typer.Option(
+        "--if-generation", min=0, help="Refuse unless the sandbox is at this generation "
+        "(`sandbox get` shows it; 0: it must not exist): someone else's change is never "
+        "overwritten")] = None,
     output: OutputOption = Output.table,
     show_secrets: ShowSecretsOption = False,
     api: ApiOption = None,
 ) -> None:
     """Create or update sandboxes (idempotent by name); a file may hold several, separated by
-    `---`: all are checked before any is applied."""
+    `---`: all are checked before any is applied. Says what changed: created, updated (with
+    a diff of the spec) or unchanged."""
     docs = _read_specs(file)
+    if if_generation is not None and len(docs) > 1:
+        raise CliError("--if-generation: one sandbox per file with it (the file has "
+                       f"{len(docs)})")
     client = connect(api)
-    if len(docs) > 1:
+    guards = {**({"createOnly": "true"} if create_only else {}),
+              **({"ifGeneration": if_generation} if if_generation is not None else {})}
+    if len(docs) > 1 or guards:
         for data, source in docs:  # all or none: a mistake in the third applies nothing
             client.request("PUT", f"/v1/sandboxes/{data['name']}", json=data, source=source,
-                           params={"dryRun": "true"})
-    params = {**_reveal(show_secrets), **({"wait": min(timeout, 30.0)} if wait else {})}
+                           params={"dryRun": "true", **guards})
+    params = {**_reveal(show_secrets), **({"wait": min(timeout, 30.0)} if wait else {}),
+              **guards}
     views = [client.request("PUT", f"/v1/sandboxes/{data['name']}", json=data, source=source,
                             params=params) for data, source in docs]
     if wait:
@@ -107,9 +120,14 @@ def sandbox_apply(
     else:
         for view in views:
             status = view["status"]
-            console.print(f"sandbox {view['name']} applied  routing key "
+            console.print(f"sandbox {view['name']} {view.get('change', 'applied')}  "
+                          f"generation {view['generation']}  routing key "
                           f"[bold]{view['routingKey']}[/bold]  "
                           f"{phase_style(status['phase'])}: {status['message']}")
+            for line in view.get("specDiff") or []:
+                style = "green" if line.startswith("+") else \
+                    "red" if line.startswith("-") else "dim"
+                console.print(f"  {line}", style=style, markup=False, highlight=False)
             _print_previews(view, limit=6)
     if wait:
         for view in views:
@@ -341,15 +359,19 @@ def sandbox_logs(
     api: ApiOption = None,
 ) -> None:
     """Print a fork's log (its stdout and stderr, across restarts, time-stamped)."""
+    print_logs(api, f"/v1/sandboxes/{name}/logs",
+               {"service": service} if service else {}, follow, tail, since, grep)
+
+
+def print_logs(api: str | None, path: str, params: dict[str, Any], follow: bool, tail: int,
+               since: str | None, grep: str | None) -> None:
+    """A log from the API (a fork's or a baseline service's), or followed until Ctrl-C."""
     client = connect(api)
-    path = f"/v1/sandboxes/{name}/logs"
-    params: dict[str, Any] = {"tail": tail}
+    params = {**params, "tail": tail}
     if since:
         params["since"] = since
     if grep:
         params["grep"] = grep
-    if service:
-        params["service"] = service
     if not follow:
         sys.stdout.write(str(client.get(path, **params)))
         return

@@ -122,6 +122,30 @@ def status(
 
 
 @app.command()
+def logs(
+    service: Annotated[str, typer.Argument(help="The service (its baseline process, or its "
+                                            "fork with --sandbox)")],
+    sandbox: Annotated[str | None, typer.Option("--sandbox", help="The fork of SERVICE in "
+                                                "this sandbox")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep printing new lines")] =
+    False,
+    tail: Annotated[int, typer.Option(help="Lines from the end")] = 200,
+    since: Annotated[str | None, typer.Option(help="Only lines since: 5m, 1h, or an ISO time")]
+    = None,
+    grep: Annotated[str | None, typer.Option(help="Only lines matching this regex")] = None,
+    api: ApiOption = None,
+) -> None:
+    """Print a service's log: the baseline process's, or a sandbox's fork of it (stdout and
+    stderr, across restarts, time-stamped)."""
+    if sandbox:
+        commands_sandbox.print_logs(api, f"/v1/sandboxes/{sandbox}/logs", {"service": service},
+                                    follow, tail, since, grep)
+    else:
+        commands_sandbox.print_logs(api, f"/v1/services/{service}/logs", {}, follow, tail,
+                                    since, grep)
+
+
+@app.command()
 def hops(
     sandbox: Annotated[str | None, typer.Option(help="Hops made with this sandbox's key")] =
     None,

@@ -190,17 +190,22 @@ def create_app(control: ControlPlane, token: str,
                             wait: float = Query(0, ge=0, le=600),
                             reveal_secrets: _RevealSecrets = False,
                             dry_run: bool = Query(False, alias="dryRun", description=(
-                                "validate only, as an apply would, and store nothing"))
-                            ) -> JSONResponse:
+                                "validate only, as an apply would, and store nothing")),
+                            create_only: bool = Query(False, alias="createOnly", description=(
+                                "409 if the sandbox exists: never replace one")),
+                            if_generation: int | None = Query(None, alias="ifGeneration",
+                                                              ge=0, description=(
+                                "409 unless the sandbox is at this generation (0: it does "
+                                "not exist): optimistic concurrency"))) -> JSONResponse:
+        view, created = control.apply_sandbox(
+            await _json_object(request), name=name, principal=_principal(request),
+            dry_run=dry_run, create_only=create_only, if_generation=if_generation)
         if dry_run:
-            result, _ = control.apply_sandbox(await _json_object(request), name=name,
-                                              dry_run=True)
-            return JSONResponse(result)
-        view, created = control.apply_sandbox(await _json_object(request), name=name,
-                                              principal=_principal(request))
+            return JSONResponse(view)
         if wait:
+            what: dict[str, Any] = {k: view[k] for k in ("change", "specDiff") if k in view}
             await control.next_pass(1.0)
-            view = await _wait(name, wait)
+            view = {**await _wait(name, wait), **what}
         return JSONResponse(_shown(view, reveal_secrets), status_code=201 if created else 200)
 
     @app.get("/v1/sandboxes/{name}")

@@ -29,6 +29,14 @@ class NotFound(ControlError):
     code = "not_found"
 
 
+class Conflict(ControlError):
+    """The change was made against another state than there is (`createOnly` on a name that
+    exists, `ifGeneration` that is not the current one): nothing was changed."""
+
+    status = 409
+    code = "conflict"
+
+
 class StoreUnavailable(ControlError):
     """The store refused a read or write (disk full, read-only, I/O error); the message names
     the file, the reason and what to do. Temporary: the same call succeeds once the cause is

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from laneway.control.errors import Invalid, NotFound
+from laneway.control.errors import Conflict, Invalid, NotFound
 from laneway.control.hoplog import HopLog
 from laneway.control.resources import ResourceManager
 from laneway.control.store import AuditEntry, Kind, Record, Store
@@ -47,6 +47,17 @@ __all__ = ["ControlPlane"]
 def _invalid(exc: SpecError) -> Invalid:
     first = exc.issues[0] if exc.issues else ("", "invalid")
     return Invalid(exc.render(), field=first[0], errors=exc.issues)
+
+
+def _spec_diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """What an update changed, as the lines of a unified diff of the two specs in YAML."""
+    import difflib
+
+    import yaml
+
+    old = yaml.safe_dump(dict(before), sort_keys=True).splitlines()
+    new = yaml.safe_dump(dict(after), sort_keys=True).splitlines()
+    return list(difflib.unified_diff(old, new, "before", "after", n=1, lineterm=""))[2:]
 
 
 def _named(data: Mapping[str, Any], name: str | None) -> dict[str, Any]:
@@ -197,10 +208,14 @@ class ControlPlane:
                 return key
 
     def apply_sandbox(self, data: Mapping[str, Any], *, name: str | None = None,
-                      principal: str = "local",
-                      dry_run: bool = False) -> tuple[dict[str, Any], bool]:
-        """Create or update a sandbox by name; returns (view, created). `dry_run`: validate
-        only (every check an apply makes), store nothing."""
+                      principal: str = "local", dry_run: bool = False,
+                      create_only: bool = False,
+                      if_generation: int | None = None) -> tuple[dict[str, Any], bool]:
+        """Create or update a sandbox by name; returns (view, created). The view says what
+        changed (`change`: created, updated or unchanged; `specDiff` for an update).
+        `dry_run`: validate only (every check an apply makes), store nothing. `create_only`:
+        refuse to replace one that exists; `if_generation`: refuse unless the sandbox is at
+        that generation (0: does not exist), as Kubernetes' resourceVersion."""
         data = _named(data, name)
         try:
             spec = parse_sandbox(data)
@@ -213,6 +228,16 @@ class ControlPlane:
                 self.resources.validate(spec, previous)
         except SpecError as exc:
             raise _invalid(exc) from exc
+        current = existing.generation if existing is not None else 0
+        if create_only and existing is not None:
+            raise Conflict(f"sandbox {spec.name!r} exists already (generation {current}); "
+                           "nothing was changed. Drop --create-only to update it, or choose "
+                           "another name")
+        if if_generation is not None and if_generation != current:
+            raise Conflict(
+                f"sandbox {spec.name!r} is at generation {current}, not {if_generation}: "
+                "it was changed (or created, or deleted) since you read it; nothing was "
+                "changed. Read it again (`laneway sandbox get`) and apply on top of that")
         if dry_run:
             return {"name": spec.name, "dryRun": True, "valid": True}, existing is None
         now = time.time()
@@ -232,7 +257,15 @@ class ControlPlane:
             principal, "create" if created else "update", "sandbox", spec.name,
             {"generation": record.generation}))
         self.wake()
-        return self.sandbox_view(record), created
+        view = self.sandbox_view(record)
+        if created:
+            view["change"] = "created"
+        elif existing is not None and existing.spec != stored:
+            view["change"] = "updated"
+            view["specDiff"] = _spec_diff(existing.spec, stored)
+        else:
+            view["change"] = "unchanged"
+        return view, created
 
     def sandbox_view(self, rec: Record) -> dict[str, Any]:
         spec, _ = self._checked_spec(rec)

@@ -92,7 +92,7 @@ def _compact_sandbox(view: dict[str, Any]) -> dict[str, Any]:
     return {"name": view["name"], "routing_key": view["routingKey"],
             "baggage": f"laneway-key={view['routingKey']}", "phase": status["phase"],
             "ready": status["ready"], "message": status["message"], "labels": view["labels"],
-            "ttl_s": view.get("ttl"), "forks": forks,
+            "ttl_s": view.get("ttl"), "generation": view.get("generation"), "forks": forks,
             **({"previews": view["previews"]} if view.get("previews") else {})}
 
 
@@ -207,6 +207,11 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         forks: Annotated[list[ForkArg], Field(description="services to fork")],
         labels: dict[str, str] | None = None,
         ttl: Annotated[str | None, Field(description="e.g. 30m, 2h, 1d")] = None,
+        create_only: Annotated[bool, Field(description=(
+            "fail instead of replacing a sandbox of that name (someone else's, say)"))] = False,
+        if_generation: Annotated[int | None, Field(ge=0, description=(
+            "apply only if the sandbox is still at this generation (from get_sandbox; 0: it "
+            "must not exist), so that a change made meanwhile is never overwritten"))] = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"name": name,
                                 "forks": [f.model_dump(exclude_none=True) for f in forks]}
@@ -214,10 +219,19 @@ def build_server(api: AsyncApiClient) -> MCPServer:
             body["labels"] = labels
         if ttl:
             body["ttl"] = ttl
+        params: dict[str, Any] = {"wait": WAIT_S}
+        if create_only:
+            params["createOnly"] = "true"
+        if if_generation is not None:
+            params["ifGeneration"] = if_generation
         view = await _call(api.request("PUT", f"/v1/sandboxes/{name}", json=body,
-                                       params={"wait": WAIT_S}),
-                           "correct the arguments and call apply_sandbox again")
+                                       params=params),
+                           "correct the arguments and call apply_sandbox again (a conflict: "
+                           "get_sandbox, then apply on top of what is there)")
         result = _compact_sandbox(view)
+        result["change"] = view.get("change", "")
+        if view.get("specDiff"):
+            result["spec_diff"] = view["specDiff"][:40]
         if result["phase"] == "failed":
             raise ToolError(
                 f"sandbox {name} is not ready: {result['message']}. Next: fix the fork's run/env "
