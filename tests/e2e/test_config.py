@@ -141,3 +141,32 @@ def test_what_laneway_does_not_replace_is_an_error_not_a_literal(tmp_path: Path)
     result = project.run("up", "--detach", check=False)
     assert result.returncode == 2
     assert "helth: unknown field; did you mean 'health'?" in result.stderr
+
+
+def test_the_api_port_and_the_internal_ports_can_be_set(tmp_path: Path) -> None:
+    import socket
+
+    a, b, c, api = free_ports(4)
+    ports = {"a": a, "b": b, "c": c}
+    low = 41000 + (api % 500) * 16
+    project = Project(tmp_path, ports)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", api))
+    holder.listen()
+    try:
+        project.write("laneway.yaml", anchored_yaml(ports) +
+                      f"ports:\n  api: {api}\n  internal: {low}-{low + 63}\n")
+        taken = project.run("up", "--detach", check=False)
+        assert taken.returncode == 1
+        assert f"ports.api: cannot listen on 127.0.0.1:{api}" in taken.stderr
+    finally:
+        holder.close()
+    with project.running():
+        info = json.loads((tmp_path / ".laneway" / "api.json").read_text())
+        assert info["url"] == f"http://127.0.0.1:{api}"
+        internal = [s["internalPort"] for s in project.json("status")["services"]]
+        assert all(low <= port <= low + 63 for port in internal), internal
+    project.write("laneway.yaml", anchored_yaml(ports) + "ports:\n  internal: 9000-9001\n")
+    small = project.run("up", "--detach", check=False)
+    assert small.returncode == 2
+    assert "at least 16 ports" in small.stderr

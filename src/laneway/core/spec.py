@@ -402,6 +402,39 @@ class RouterSettings(_Spec):
 DEFAULT_PREVIEW_PORT = 7780
 
 
+class PortSettings(_Spec):
+    """Where laneway's own listeners go: the control plane's API (default: a free port the
+    kernel picks), and the range the internal ports of processes come from (`PORT`; default:
+    the kernel's ephemeral range). For firewalls, port forwarding, and machines where other
+    software owns the ephemeral range."""
+
+    api: int | None = Field(default=None, ge=1, le=65535)
+    internal: str | None = None  # "30000-39999"
+
+    @field_validator("internal")
+    @classmethod
+    def _range(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        low, sep, high = str(value).partition("-")
+        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            raise ValueError(f"{value!r} is not a range of ports such as 30000-39999")
+        first, last = int(low), int(high)
+        if not 1024 <= first <= last <= 65535:
+            raise ValueError(f"{value!r}: ports from 1024 to 65535, the first no larger than "
+                             "the last")
+        if last - first < 15:
+            raise ValueError(f"{value!r}: at least 16 ports (a fork takes a new one at "
+                             "every start)")
+        return f"{first}-{last}"
+
+    def internal_range(self) -> tuple[int, int] | None:
+        if self.internal is None:
+            return None
+        low, _, high = self.internal.partition("-")
+        return int(low), int(high)
+
+
 class PreviewSettings(_Spec):
     """The preview edge (`http://<sandbox>--<service>.localhost:<port>/`, core/preview.py):
     one port on loopback. The default port gives way to a free one when another project holds
@@ -435,6 +468,7 @@ class ProjectSpec(_Spec):
     router: RouterSettings = Field(default_factory=RouterSettings)
     diff: DiffSettings = Field(default_factory=DiffSettings)
     preview: PreviewSettings = Field(default_factory=PreviewSettings)
+    ports: PortSettings = Field(default_factory=PortSettings)
     # The folder of laneway.yaml (set by `with_base_dir`): a fork's relative `cwd` starts there.
     _root: str = PrivateAttr(default="")
 
@@ -502,6 +536,9 @@ class ProjectSpec(_Spec):
         cycle = _find_cycle({n: s.depends_on for n, s in self.services.items()})
         if cycle:
             issues.append(("services", "depends_on has a cycle: " + " -> ".join(cycle)))
+        if self.ports.api is not None and self.ports.api in ports:
+            issues.append(("ports.api", f"port {self.ports.api} is service "
+                           f"{ports[self.ports.api]!r}'s; the API needs its own port"))
         preview = self.preview
         if preview.enabled and not preview.fallback and preview.port in ports:
             issues.append(("preview.port", f"port {preview.port} is service "

@@ -131,7 +131,13 @@ class Daemon:
         routes_token = new_api_token(24)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        try:
+            sock.bind(("127.0.0.1", self.project.ports.api or 0))
+        except OSError as exc:
+            sock.close()
+            raise DaemonError(f"ports.api: cannot listen on 127.0.0.1:{self.project.ports.api}"
+                              f" ({exc.strerror or exc}); stop what holds it or choose "
+                              "another ports.api in laneway.yaml") from exc
         port = sock.getsockname()[1]
         url = f"http://127.0.0.1:{port}"
         settings = self.project.router
@@ -139,7 +145,9 @@ class Daemon:
                       capture_max_age=settings.capture_max_age)
         # The data plane (routers and processes) is its own process and outlives this one:
         # adopt the one that runs (this daemon was restarted, or had crashed), or start it.
-        runtime = DataPlaneRuntime(self.layout.root, settings.dataplane(),
+        internal = self.project.ports.internal_range()
+        runtime = DataPlaneRuntime(self.layout.root, {
+            **settings.dataplane(), **({"internal_ports": list(internal)} if internal else {})},
                                    settings.drain_timeout, hop_sink=hops.add)
         feed = RoutesBroadcaster()
         control = ControlPlane(self.project, store, runtime, feed, hops)

@@ -219,8 +219,10 @@ class DataPlane:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        internal = self.raw_settings.get("internal_ports")
         self.runtime = LocalRuntime(self.layout.root, extra_env={
-            "LANEWAY_ROUTES_URL": f"{url}/v1/routes", "LANEWAY_ROUTES_TOKEN": self.routes_token})
+            "LANEWAY_ROUTES_URL": f"{url}/v1/routes", "LANEWAY_ROUTES_TOKEN": self.routes_token},
+            port_range=(int(internal[0]), int(internal[1])) if internal else None)
         if self.runtime.reaped:
             log.warning("stopped processes left by a previous data plane: %s",
                         ", ".join(self.runtime.reaped))

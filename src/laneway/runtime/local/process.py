@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import io
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -40,11 +42,26 @@ STOP_GRACE = 5.0
 MAX_LOG_BYTES = 16 * 1024 * 1024  # a unit's log is rotated (one older file kept) past this
 
 
-def free_port() -> int:
-    """A port the kernel just handed out on loopback; the process binds it right after."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(within: tuple[int, int] | None = None) -> int:
+    """A port free on loopback now, which the process binds right after: one the kernel
+    hands out, or one of `within` (first, last; `ports.internal` in laneway.yaml), tried
+    from a random start."""
+    if within is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    first, last = within
+    count = last - first + 1
+    start = random.randrange(count)
+    for i in range(count):
+        port = first + (start + i) % count
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(errno.EADDRINUSE, f"no free port in ports.internal {first}-{last}")
 
 
 def tail_lines(path: Path, count: int = 10, max_bytes: int = 8192) -> list[str]:
@@ -167,8 +184,10 @@ def _child_setup(umask: int) -> Callable[[], None]:
 
 class SupervisedProcess:
     def __init__(self, spec: ProcessSpec, log_path: Path, pid_dir: Path,
-                 on_change: Callable[[], None], extra_env: dict[str, str] | None = None) -> None:
+                 on_change: Callable[[], None], extra_env: dict[str, str] | None = None,
+                 port_range: tuple[int, int] | None = None) -> None:
         self.spec = spec
+        self.port_range = port_range
         self.extra_env = extra_env or {}
         self.log_path = log_path
         self._pid_path = pid_dir / (spec.unit.replace("/", "_").replace("@", "_") + ".json")
@@ -234,7 +253,7 @@ class SupervisedProcess:
                   message=f"laneway could not supervise it ({cause})", log_tail=[])
 
     async def _run_once(self) -> None:
-        port = free_port()
+        port = free_port(self.port_range)
         env = dict(os.environ)
         env.update(self.extra_env)
         env.update(self.spec.env)

@@ -24,8 +24,10 @@ UNIT_ROLE = {"LANEWAY_ROLE": "unit"}
 
 
 class LocalRuntime:
-    def __init__(self, state_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, state_dir: Path, extra_env: dict[str, str] | None = None,
+                 port_range: tuple[int, int] | None = None) -> None:
         self.state_dir = state_dir
+        self.port_range = port_range  # where internal ports come from (None: the kernel's)
         # Given to every process, not part of specs.
         self.extra_env = {**(extra_env or {}), **owner_env(state_dir), **UNIT_ROLE}
         self.pid_dir = state_dir / "run"
@@ -63,7 +65,7 @@ class LocalRuntime:
             proc = WatchedAddress(spec, self._changed)
         else:
             proc = SupervisedProcess(spec, self.log_path(spec.unit), self.pid_dir,
-                                     self._changed, self.extra_env)
+                                     self._changed, self.extra_env, self.port_range)
         self._units[spec.unit] = proc
         proc.start()
         self._changed()
