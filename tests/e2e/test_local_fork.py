@@ -111,7 +111,7 @@ def test_sandbox_exec_runs_a_command_as_the_fork_while_it_runs(project: Project)
         forks = project.json("sandbox", "get", "dev2")["forks"]
         assert {f["service"] for f in forks} == {"b", "c"}
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # passed on to the command
         _, err = proc.communicate(timeout=30)
     assert "c@dev2 is back to the baseline" in err, err
     view = project.json("sandbox", "get", "dev2")

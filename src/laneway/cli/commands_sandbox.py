@@ -274,7 +274,8 @@ def sandbox_exec(
 ) -> None:
     """Run COMMAND in the foreground as SERVICE's fork in sandbox NAME: with the fork's
     environment and a PORT to listen on, health-checked, and given the sandbox's key while it
-    runs; when it exits the sandbox is as it was (no fork of SERVICE, or the one it had)."""
+    runs; when it exits the sandbox is as it was (no fork of SERVICE, or the one it had).
+    Ctrl-C goes to COMMAND; laneway's exit code is COMMAND's."""
     import os
     import signal
     import socket
@@ -308,9 +309,10 @@ def sandbox_exec(
             proc = subprocess.Popen(command, env=env)
         except OSError as exc:
             raise CliError(f"cannot start {command[0]!r}: {exc.strerror or exc}") from exc
-        forward = lambda sig, _frame: proc.send_signal(sig)  # noqa: E731
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, forward)
+        # The command shares the terminal (a debugger's prompt must read it): Ctrl-C reaches
+        # it from there, so laneway itself only waits; a SIGTERM sent to laneway is passed on.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda sig, _frame: proc.send_signal(sig))
         code = proc.wait()
     finally:
         if changed:
