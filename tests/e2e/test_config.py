@@ -56,15 +56,24 @@ def env_of(project: Project, sandbox: str, service: str) -> dict[str, Any]:
 
 
 def test_anchors_merge_keys_shared_env_and_multi_document_files(tmp_path: Path) -> None:
-    ports = dict(zip("abc", free_ports(3), strict=True))
+    a, b, c, api = free_ports(4)
+    ports = {"a": a, "b": b, "c": c}
+    low = 41000 + (api % 500) * 16
     project = Project(tmp_path, ports)
-    project.write("laneway.yaml", anchored_yaml(ports))
+    project.write("laneway.yaml", anchored_yaml(ports) +
+                  f"ports:\n  api: {api}\n  internal: {low}-{low + 63}\n")
     (tmp_path / "sub" / "deeper").mkdir(parents=True)
     # `up` from a subfolder finds laneway.yaml above it, as every other command does.
     inner = Project(tmp_path / "sub" / "deeper", ports)
     inner.run("up", "--detach")
     try:
-        assert [s["phase"] for s in project.json("status")["services"]] == ["ready"] * 3
+        status = project.json("status")
+        assert [s["phase"] for s in status["services"]] == ["ready"] * 3
+        # The API's port and the range of the processes' PORT, as laneway.yaml set them.
+        info = json.loads((tmp_path / ".laneway" / "api.json").read_text())
+        assert info["url"] == f"http://127.0.0.1:{api}"
+        internal = [s["internalPort"] for s in status["services"]]
+        assert all(low <= port <= low + 63 for port in internal), internal
         project.write("two.yaml", "name: one\nforks:\n  - service: c\n---\n"
                                   "name: two\nlabels: {n: '2'}\nforks:\n  - service: b\n")
         applied = project.run("sandbox", "apply", "-f", "two.yaml", "--wait").stdout
@@ -141,32 +150,22 @@ def test_what_laneway_does_not_replace_is_an_error_not_a_literal(tmp_path: Path)
     result = project.run("up", "--detach", check=False)
     assert result.returncode == 2
     assert "helth: unknown field; did you mean 'health'?" in result.stderr
-
-
-def test_the_api_port_and_the_internal_ports_can_be_set(tmp_path: Path) -> None:
+    project.write("laneway.yaml", anchored_yaml(ports) + "ports:\n  internal: 9000-9001\n")
+    small = project.run("up", "--detach", check=False)
+    assert small.returncode == 2
+    assert "ports.internal: '9000-9001': at least 16 ports" in small.stderr
+    # A set API port that is taken: one clear error, nothing left running.
     import socket
 
-    a, b, c, api = free_ports(4)
-    ports = {"a": a, "b": b, "c": c}
-    low = 41000 + (api % 500) * 16
-    project = Project(tmp_path, ports)
+    api = free_ports(1)[0]
     holder = socket.socket()
     holder.bind(("127.0.0.1", api))
     holder.listen()
     try:
-        project.write("laneway.yaml", anchored_yaml(ports) +
-                      f"ports:\n  api: {api}\n  internal: {low}-{low + 63}\n")
+        project.write("laneway.yaml", anchored_yaml(ports) + f"ports:\n  api: {api}\n")
         taken = project.run("up", "--detach", check=False)
         assert taken.returncode == 1
         assert f"ports.api: cannot listen on 127.0.0.1:{api}" in taken.stderr
+        assert not (tmp_path / ".laneway" / "api.json").exists()
     finally:
         holder.close()
-    with project.running():
-        info = json.loads((tmp_path / ".laneway" / "api.json").read_text())
-        assert info["url"] == f"http://127.0.0.1:{api}"
-        internal = [s["internalPort"] for s in project.json("status")["services"]]
-        assert all(low <= port <= low + 63 for port in internal), internal
-    project.write("laneway.yaml", anchored_yaml(ports) + "ports:\n  internal: 9000-9001\n")
-    small = project.run("up", "--detach", check=False)
-    assert small.returncode == 2
-    assert "at least 16 ports" in small.stderr

@@ -112,7 +112,12 @@ def test_sandbox_exec_runs_a_command_as_the_fork_while_it_runs(project: Project)
         assert {f["service"] for f in forks} == {"b", "c"}
     finally:
         proc.send_signal(signal.SIGTERM)  # passed on to the command
-        _, err = proc.communicate(timeout=30)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
     assert "c@dev2 is back to the baseline" in err, err
     view = project.json("sandbox", "get", "dev2")
     assert view["forks"] == [{"service": "b", "env": {"VERSION": "v2"}}]

@@ -210,6 +210,7 @@ async def test_the_ui_and_previews_in_a_browser(pages: tuple[Project, int], chro
         assert console.errors == []
     finally:
         await context.close()
+    await mcp_screenshot_of_a_preview(proj, edge)
 
 
 async def settled(page: Any) -> None:
@@ -263,7 +264,7 @@ async def test_signed_out_and_forged_requests_are_refused(pages: tuple[Project, 
             "authorization": f"Bearer {session}"}, timeout=10).status_code == 401
 
 
-async def test_mcp_screenshot_of_a_preview(pages: tuple[Project, int]) -> None:
+async def mcp_screenshot_of_a_preview(proj: Project, edge: int) -> None:
     """An agent checks a UI change: MCP screenshot_preview loads the sandbox's preview URL in
     headless Chromium and returns a PNG and the page's errors."""
     import base64
@@ -275,10 +276,7 @@ async def test_mcp_screenshot_of_a_preview(pages: tuple[Project, int]) -> None:
     from tests.browser import ensure_chromium
     from tests.e2e.conftest import LANEWAY
 
-    proj, edge = pages
     chromium_path = ensure_chromium()
-    proj.write("sb.yaml", "name: data-v2\nforks:\n  - service: data\n    env: {VERSION: v2}\n")
-    proj.run("sandbox", "apply", "-f", "sb.yaml", "--wait")
     params = StdioServerParameters(command=LANEWAY, args=["mcp"], cwd=str(proj.root),
                                    env={**os.environ, "LANEWAY_CHROMIUM": chromium_path})
     async with Client(params) as client:
