@@ -256,6 +256,27 @@ async def test_signed_out_and_forged_requests_are_refused(pages: tuple[Project, 
             assert says in refused.text, (spec, refused.text)
             assert "Traceback" not in refused.text
         assert proj.json("sandbox", "list") == []
+        # New sandbox never replaces one; an edit keeps secrets left as *** and never
+        # overwrites a change made since the page was loaded.
+        proj.write("sec.yaml", "name: sec\nforks:\n  - service: data\n    env:\n"
+                               "      API_TOKEN: s3cr3t-value\n      LEVEL: '1'\n")
+        proj.run("sandbox", "apply", "-f", "sec.yaml")
+        again = client.post(f"{base}/ui/sandboxes", headers={"origin": base},
+                            data={"spec": "name: sec\nforks:\n  - service: web\n"})
+        assert again.status_code == 422
+        assert "exists already" in again.text
+        edited = ("name: sec\nforks:\n- service: data\n  env:\n    API_TOKEN: '***'\n"
+                  "    LEVEL: '2'\n")
+        stale = client.post(f"{base}/ui/sandboxes", headers={"origin": base}, data={
+            "spec": edited, "editing": "sec", "generation": "7"})
+        assert stale.status_code == 422
+        assert "is at generation 1, not 7" in stale.text
+        saved = client.post(f"{base}/ui/sandboxes", headers={"origin": base}, data={
+            "spec": edited, "editing": "sec", "generation": "1"})
+        assert saved.status_code == 303
+        env = proj.json("sandbox", "get", "sec", "--show-secrets")["forks"][0]["env"]
+        assert env == {"API_TOKEN": "s3cr3t-value", "LEVEL": "2"}
+        proj.run("sandbox", "delete", "sec")
         # The session opens the API, but not what only the CLI may do.
         session = next(iter(client.cookies.values()))
         assert httpx.get(f"{base}/v1/status", headers={

@@ -177,7 +177,7 @@ async def test_a_taken_default_port_falls_back_and_an_explicit_one_is_an_error(
 
 
 async def test_a_preview_page_calling_a_service_directly_is_the_sandbox_by_its_origin(
-        edge: Edge) -> None:
+        edge: Edge, fork_upstream: TestUpstream) -> None:
     """A page opened at its preview URL that calls another service at its own address (a
     cross-origin `fetch()` to the public port): the browser's `Origin` names the preview."""
     web = edge.router.ports["web"]
@@ -193,6 +193,10 @@ async def test_a_preview_page_calling_a_service_directly_is_the_sandbox_by_its_o
             "baggage": "laneway-key=otherkey0000"})
     assert by_origin.json()["server"] == "fork"
     assert by_origin.headers["laneway-served-by"] == "web@sb-a"
+    # ...and the service gets the key in `baggage`, to pass on to its own calls.
+    first = next(r for r in fork_upstream.requests
+                 if dict(r["headers"]).get("origin"))  # type: ignore[arg-type]
+    assert dict(first["headers"])["baggage"] == f"laneway-key={KEY}"  # type: ignore[arg-type]
     assert other_port.json()["server"] == "baseline"
     assert unknown.json()["server"] == "baseline"
     assert keyed.json()["server"] == "baseline"

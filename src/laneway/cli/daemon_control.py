@@ -102,6 +102,12 @@ def start_daemon(file: Path, *, detach: bool, timeout: float) -> None:
     print(f"laneway: {project.name} is up (control plane {url}, daemon pid {proc.pid})")
     for name, svc in project.services.items():
         print(f"  {name:<16} http://127.0.0.1:{svc.port}")
+    preview = client.get("/v1/status").get("preview")
+    if preview:
+        moved = "" if preview["port"] == project.preview.port else \
+            f" (port {project.preview.port} is taken: another project's?)"
+        print(f"  previews         {preview['url']}{moved}")
+    print("  web UI           laneway ui")
 
 
 def _make_private(layout: StateLayout) -> None:

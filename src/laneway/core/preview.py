@@ -111,7 +111,7 @@ def resolve(host: str, names: Mapping[str, str],
         return PreviewMiss(404, "unknown_sandbox", "No such sandbox",
                            f"there is no sandbox or route group named {unknown_name!r}: it "
                            "was deleted, it expired, or it was never created. "
-                           "`laneway sandbox list` shows the ones there are; this page "
+                           "'laneway sandbox list' shows the ones there are; this page "
                            "never falls back to the baseline")
     sandbox, _, service = label.partition(PREVIEW_SEPARATOR)
     return PreviewMiss(404, "unknown_service", "No such service",

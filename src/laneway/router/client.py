@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
-from laneway.core.baggage import baggage_key, key_from_tracestate
+from laneway.core.baggage import baggage_key, key_from_tracestate, with_key
 from laneway.core.hops import Hop, trace_context
 from laneway.core.preview import key_of_origin
 from laneway.core.routes import ForkRoute, Upstream, decide
@@ -164,6 +164,18 @@ class ServiceContext:
 
     def key_of_origin(self, origin: bytes) -> str | None:
         return key_of_origin(origin.decode("latin-1"), self.names, self.preview_port)
+
+
+def head_with_key(head: bytes, key: str) -> bytes:
+    """A serialised request head whose `baggage` carries `key` (`core.baggage.with_key`: other
+    members kept, one `baggage` field). For the rare request that got its key another way."""
+    lines = head.split(b"\r\n")
+    given = [line.partition(b":")[2].strip() for line in lines
+             if line[:8].lower() == b"baggage:"]
+    kept = [line for line in lines if line[:8].lower() != b"baggage:"]
+    merged = with_key(b",".join(given).decode("latin-1"), key).encode("latin-1")
+    kept.insert(1, b"baggage: " + merged)
+    return b"\r\n".join(kept)
 
 
 def choose_key(baggage: list[bytes], tracestate: bytes,
@@ -610,6 +622,10 @@ class ClientConnection(asyncio.Protocol):
         key, ex.key_conflict = choose_key(baggage, tracestate, extra_key)
         if key is None and origin and ctx.preview_port:
             key = ctx.key_of_origin(origin)  # a preview page calling this service directly
+            if key is not None:
+                # The service must pass the key on to its own calls: it gets it in `baggage`,
+                # as from the edge, so that its propagation carries it to the next hop.
+                ex.head = head_with_key(ex.head, key)
         route = decide(ctx.routes, key)
         if key is not None:
             ex.key = key

@@ -45,23 +45,26 @@ class Edge:
     """What the edge's connections share: where the names and the service listeners are."""
 
     def __init__(self, host: str, names: Callable[[], Mapping[str, str]],
-                 ports: Mapping[str, int]) -> None:
+                 ports: Mapping[str, int],
+                 pages: Callable[[str], bool] = lambda service: True) -> None:
         self.host = host
         self.names = names  # the routes table's names -> keys, read per request (it is replaced)
         self.ports = ports  # service -> the port of its router listener
+        self.pages = pages  # whether a browser can open a service (HTTP/1.1, not gRPC/h2c)
         self.port = 0  # the edge's own, once bound
 
     def resolve(self, host: str) -> Preview | PreviewMiss | None:
         return resolve(host, self.names(), self.ports)
 
     def links(self) -> list[tuple[str, str]]:
+        services = [s for s in sorted(self.ports) if self.pages(s)]
         links = [(f"{name} → {service}", preview_url(name, service, self.port))
-                 for name in sorted(self.names()) for service in sorted(self.ports)]
+                 for name in sorted(self.names()) for service in services]
         return links[:MAX_LINKS]
 
     def baseline_links(self) -> list[tuple[str, str]]:
         return [(service, f"http://{service}.localhost:{self.port}/")
-                for service in sorted(self.ports)]
+                for service in sorted(self.ports) if self.pages(service)]
 
 
 def _answer(status: int, code: str, page: bytes, message: str, html: bool,

@@ -158,7 +158,9 @@ class Router:
         if self._edge_ctx is None:
             self._edge_ctx = self._new_context(EDGE, "http")
         ctx = self._edge_ctx
-        edge = Edge(self.settings.host, lambda: self.table.names, self.ports)
+        edge = Edge(self.settings.host, lambda: self.table.names, self.ports,
+                    lambda service: service not in self.contexts or
+                    self.contexts[service].protocol == "http")
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(lambda: EdgeConnection(ctx, edge),

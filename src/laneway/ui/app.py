@@ -42,6 +42,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from laneway.client.api import CliError, api_error
+from laneway.core.duration import parse_duration
+from laneway.core.hops import status_text
 from laneway.core.runs import leak_sentence
 from laneway.core.spec import SpecError, load_yaml_document
 
@@ -75,6 +77,19 @@ def _ago(at: float | None) -> str:
 
 def _clock(at: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at)) if at else "-"
+
+
+def _keep_masked(data: dict[str, Any], current: dict[str, Any]) -> None:
+    """Env values a user left as `***` (how the form shows secrets) get the values they stand
+    for, from the sandbox as it is, fork by fork."""
+    now = {f["service"]: f.get("env") or {} for f in current.get("forks", [])}
+    for fork in data.get("forks") or []:
+        if not isinstance(fork, dict) or not isinstance(fork.get("env"), dict):
+            continue
+        before = now.get(fork.get("service"), {})
+        for key, value in fork["env"].items():
+            if value == "***" and key in before:
+                fork["env"][key] = before[key]
 
 
 def _duration(seconds: float) -> str:
@@ -143,6 +158,7 @@ def ui_app(api_url: str) -> Starlette:
     env.filters["ago"] = _ago
     env.filters["clock"] = _clock
     env.filters["leak"] = leak_sentence
+    env.filters["status"] = status_text
     env.filters["tojson_pretty"] = lambda value: json.dumps(value, indent=2, sort_keys=True)
 
     def cookie_name(request: Request) -> str:
@@ -161,6 +177,8 @@ def ui_app(api_url: str) -> Starlette:
                             headers={"cache-control": "no-store"})
 
     def same_origin(request: Request) -> bool:
+        if not _local_host(request.headers.get("host", "")):
+            return False
         origin = request.headers.get("origin")
         if origin is None:  # browsers send it on every POST; a client that does not: no
             return False
@@ -247,7 +265,8 @@ def ui_app(api_url: str) -> Starlette:
                                               "first": f"{hop['method']} {hop['path']}",
                                               "service": hop["service"], "errors": 0})
             entry["hops"] += 1
-            entry["errors"] += int(hop["status"] >= 500)
+            entry["errors"] += int(hop["status"] >= 500 or
+                                   hop.get("grpc_status") not in (None, 0))
             if hop["at"] < entry["at"]:
                 entry.update(at=hop["at"], first=f"{hop['method']} {hop['path']}",
                              service=hop["service"])
@@ -297,6 +316,8 @@ def ui_app(api_url: str) -> Starlette:
                 [{"field": "", "message": exc.render()}]
             data = {}
         name = data.get("name") if isinstance(data, dict) else None
+        if isinstance(name, int | float) and not isinstance(name, bool):
+            name = data["name"] = str(name)  # `name: 123`: the API says what is wrong with it
         if not errors and (not isinstance(name, str) or not name):
             errors = [{"field": "name", "message": "required (a DNS label, at most 40 "
                        "characters)"}]
@@ -305,9 +326,19 @@ def ui_app(api_url: str) -> Starlette:
                        f"a new sandbox, use New sandbox"}]
         if not errors:
             assert isinstance(name, str)
+            path = f"/v1/sandboxes/{urllib.parse.quote(name, safe='')}"
             try:
-                await api.call(session, "PUT", f"/v1/sandboxes/{urllib.parse.quote(name)}",
-                               json=data)
+                if editing:
+                    # The form shows secrets as ***: one left as it was keeps its value.
+                    current = await api.call(session, "GET", path,
+                                             params={"reveal_secrets": "true"})
+                    _keep_masked(data, current)
+                # New sandbox never replaces one of the same name; editing never overwrites
+                # a change made since the page was loaded.
+                guard = {"ifGeneration": form["generation"]} \
+                    if editing and form.get("generation", "").isdigit() \
+                    else {} if editing else {"createOnly": "true"}
+                await api.call(session, "PUT", path, json=data, params=guard)
             except CliError as exc:
                 errors = exc.fields or [{"field": "", "message": exc.message}]
         if errors:
@@ -316,7 +347,8 @@ def ui_app(api_url: str) -> Starlette:
             if editing:
                 extra = await sandbox_data(session, editing)
             return render(request, template, http_status=422, title="Fix the sandbox",
-                          nav="new", spec=text, errors=errors, services=[], **extra)
+                          nav="overview" if editing else "new", spec=text, errors=errors,
+                          services=[], **extra)
         return RedirectResponse(f"/ui/sandboxes/{urllib.parse.quote(str(name))}",
                                 status_code=303)
 
@@ -375,7 +407,7 @@ def ui_app(api_url: str) -> Starlette:
         sandboxes = await api.call(session, "GET", "/v1/sandboxes")
         chosen = request.query_params.get("sandbox", "")
         return render(request, "diffs.html", title="Diffs", nav="diffs", sandboxes=sandboxes,
-                      chosen=chosen, report=None, error="")
+                      chosen=chosen, report=None, error="", since="")
 
     @page
     async def run_diff(request: Request, session: str) -> Response:
@@ -385,15 +417,23 @@ def ui_app(api_url: str) -> Starlette:
         form = await form_of(request)
         sandboxes = await api.call(session, "GET", "/v1/sandboxes")
         chosen = form.get("sandbox", "")
-        params = {"sandbox": chosen, **({"since": form["since"]} if form.get("since") else {})}
+        since_text = form.get("since", "").strip()
+        params: dict[str, Any] = {"sandbox": chosen}
         report, error = None, ""
-        try:
-            report = await api.call(session, "POST", "/v1/diffs", params=params, json={})
-        except CliError as exc:
-            error = exc.message
+        if since_text:
+            try:
+                params["since"] = time.time() - parse_duration(since_text)
+            except ValueError:
+                error = (f"Captured since: {since_text!r} is not a duration such as 90s, 10m "
+                         "or 2h")
+        if not error:
+            try:
+                report = await api.call(session, "POST", "/v1/diffs", params=params, json={})
+            except CliError as exc:
+                error = exc.message
         return render(request, "diffs.html", http_status=200 if report else 422, title="Diffs",
                       nav="diffs", sandboxes=sandboxes, chosen=chosen, report=report,
-                      error=error)
+                      error=error, since=since_text)
 
     @page
     async def logs_view(request: Request, session: str) -> Response:
@@ -494,6 +534,13 @@ def ui_app(api_url: str) -> Starlette:
     return app
 
 
+def _local_host(host: str) -> bool:
+    """A `Host` of this machine (127.0.0.1:PORT, localhost:PORT, [::1]:PORT): a name that
+    resolves elsewhere is DNS rebinding, not a person at this machine."""
+    name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    return name in ("127.0.0.1", "localhost", "[::1]")
+
+
 def _logs_path(source: str) -> tuple[str, dict[str, Any]]:
     """The API path of a log source: `service` (the baseline's) or `service@sandbox`."""
     service, _, sandbox = source.partition("@")
@@ -522,8 +569,11 @@ def path_picture(hops: list[dict[str, Any]]) -> dict[str, Any]:
             words.append(served)
         x = label_w + (hop["at"] - start) / total * (width - label_w - 10)
         w = max(3.0, hop["duration_ms"] / 1000 / total * (width - label_w - 10))
+        grpc = hop.get("grpc_status")
         rows.append({"y": 10 + i * row_h, "x": round(x, 1), "w": round(w, 1), "label": served,
-                     "fork": fork, "status": hop["status"], "error": hop.get("error", ""),
+                     "fork": fork, "status": status_text(hop["status"], grpc),
+                     "failed": hop["status"] >= 500 or grpc not in (None, 0),
+                     "error": hop.get("error", ""),
                      "ms": hop["duration_ms"], "what": f"{hop['method']} {hop['path']}",
                      "key": bool(hop.get("routing_key"))})
     return {"rows": rows, "width": width, "height": 20 + len(rows) * row_h,

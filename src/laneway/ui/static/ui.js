@@ -17,7 +17,16 @@ async function refresh() {
       if (resp.status === 401) { window.location.reload(); return; }
       if (!resp.ok) continue;
       const html = await resp.text();
-      if (html !== el.innerHTML) el.innerHTML = html;
+      if (html === el.innerHTML) continue;
+      // Keep the keyboard's place: the focused link or button, found again by its target.
+      const active = el.contains(document.activeElement) ? document.activeElement : null;
+      const key = active && (active.getAttribute("href") || active.dataset.focusKey);
+      el.innerHTML = html;
+      if (key) {
+        const again = [...el.querySelectorAll("[href], [data-focus-key]")]
+          .find((node) => (node.getAttribute("href") || node.dataset.focusKey) === key);
+        if (again) again.focus();
+      }
     } catch (err) {
       say("offline");
     }
@@ -62,6 +71,13 @@ function confirmations() {
   }
 }
 
+// A form sent back with problems: take the reader to them.
+function showErrors() {
+  const alert = document.querySelector("[role=alert][tabindex]");
+  if (alert) { alert.scrollIntoView({ block: "center" }); alert.focus(); }
+}
+
 watch();
 follow();
 confirmations();
+showErrors();
