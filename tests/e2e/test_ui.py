@@ -227,6 +227,8 @@ async def test_signed_out_and_forged_requests_are_refused(pages: tuple[Project, 
     assert api["name"] == "pages"
     base = proj.run("ui", "--no-open").stdout.strip().splitlines()[-1].split("/ui/")[0]
 
+    # The control plane's own address leads a browser to the UI.
+    assert httpx.get(f"{base}/", timeout=10).headers["location"] == "/ui/"
     signed_out = httpx.get(f"{base}/ui/", timeout=10)
     assert signed_out.status_code == 401
     assert "laneway ui" in signed_out.text

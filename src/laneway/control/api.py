@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 
@@ -41,7 +41,7 @@ from laneway.core.spec import HEADER_NAME_RE, RouteGroupSpec, SandboxSpec, forma
 
 __all__ = ["create_app"]
 
-_PUBLIC = frozenset({"/healthz", "/openapi.json", "/docs", "/v1/ui/sessions"})
+_PUBLIC = frozenset({"/", "/healthz", "/openapi.json", "/docs", "/v1/ui/sessions"})
 # What a browser session (the web UI's) may not do: stop the environment, mint more logins.
 _NOT_FOR_SESSIONS = frozenset({"/v1/shutdown", "/v1/ui/logins"})
 
@@ -128,6 +128,11 @@ def create_app(control: ControlPlane, token: str,
                       f"{request.url.path}: {type(exc).__name__}: {exc}; the daemon's log "
                       "(.laneway/daemon.log) has the traceback; retry, and report it if it "
                       "happens again")
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> Response:
+        """A browser that opens the control plane's address finds the web UI."""
+        return RedirectResponse("/ui/", status_code=307)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
