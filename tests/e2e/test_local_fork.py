@@ -9,13 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from tests.e2e.conftest import CHAIN, LANEWAY, Project, free_ports
+from tests.e2e.test_churn import wait_until
 
 
 def versions(body: dict[str, Any]) -> list[str]:
@@ -32,14 +32,7 @@ def get(project: Project, key: str) -> httpx.Response:
 
 
 def eventually(check: Callable[[], Any], timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("not within the time")
-        time.sleep(0.1)
+    return wait_until("the sandbox routes as expected", check, timeout, every=0.1)
 
 
 def test_a_fork_at_an_address_is_watched_routed_and_reported_down(project: Project) -> None:

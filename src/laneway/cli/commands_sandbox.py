@@ -10,7 +10,18 @@ from typing import Annotated, Any
 
 import typer
 
-from laneway.cli.output import Output, console, phase_style, print_json, since, table
+from laneway.cli.output import (
+    FollowOption,
+    GrepOption,
+    Output,
+    SinceOption,
+    TailOption,
+    console,
+    phase_style,
+    print_json,
+    since,
+    table,
+)
 from laneway.client import ApiClient, CliError, connect
 
 __all__ = ["group_app", "sandbox_app"]
@@ -352,12 +363,10 @@ def sandbox_logs(
     name: str,
     service: Annotated[str | None, typer.Option("--service", "-s", help="Which fork "
                                                 "(needed when there are several)")] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep printing new lines")] =
-    False,
-    tail: Annotated[int, typer.Option(help="Lines from the end")] = 200,
-    since: Annotated[str | None, typer.Option(help="Only lines since: 5m, 1h, or an ISO time")]
-    = None,
-    grep: Annotated[str | None, typer.Option(help="Only lines matching this regex")] = None,
+    follow: FollowOption = False,
+    tail: TailOption = 200,
+    since: SinceOption = None,
+    grep: GrepOption = None,
     api: ApiOption = None,
 ) -> None:
     """Print a fork's log (its stdout and stderr, across restarts, time-stamped)."""

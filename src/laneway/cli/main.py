@@ -15,7 +15,18 @@ import typer
 
 from laneway.cli import commands_k8s, commands_runs, commands_sandbox
 from laneway.cli.daemon_control import down_environment, start_daemon
-from laneway.cli.output import Output, console, phase_style, print_json, since, table
+from laneway.cli.output import (
+    FollowOption,
+    GrepOption,
+    Output,
+    SinceOption,
+    TailOption,
+    console,
+    phase_style,
+    print_json,
+    since,
+    table,
+)
 from laneway.client import CliError, connect
 from laneway.core.hops import status_text
 
@@ -127,12 +138,10 @@ def logs(
                                             "fork with --sandbox)")],
     sandbox: Annotated[str | None, typer.Option("--sandbox", help="The fork of SERVICE in "
                                                 "this sandbox")] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep printing new lines")] =
-    False,
-    tail: Annotated[int, typer.Option(help="Lines from the end")] = 200,
-    since: Annotated[str | None, typer.Option(help="Only lines since: 5m, 1h, or an ISO time")]
-    = None,
-    grep: Annotated[str | None, typer.Option(help="Only lines matching this regex")] = None,
+    follow: FollowOption = False,
+    tail: TailOption = 200,
+    since: SinceOption = None,
+    grep: GrepOption = None,
     api: ApiOption = None,
 ) -> None:
     """Print a service's log: the baseline process's, or a sandbox's fork of it (stdout and

@@ -6,8 +6,9 @@ import json
 import sys
 import time
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -47,3 +48,11 @@ def phase_style(phase: str) -> str:
     colour = {"ready": "green", "pending": "yellow", "starting": "yellow",
               "failed": "red", "crashed": "red", "unhealthy": "red"}.get(phase, "white")
     return f"[{colour}]{phase}[/{colour}]"
+
+
+# The options of every command that prints a log (`laneway logs`, `laneway sandbox logs`).
+FollowOption = Annotated[bool, typer.Option("--follow", "-F", help="Keep printing new lines")]
+TailOption = Annotated[int, typer.Option(help="Lines from the end")]
+SinceOption = Annotated[str | None, typer.Option(
+    help="Only lines since: 5m, 1h, or an ISO time")]
+GrepOption = Annotated[str | None, typer.Option(help="Only lines matching this regex")]
