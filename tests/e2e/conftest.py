@@ -71,12 +71,21 @@ class Project:
         return path
 
     def remember_pids(self) -> None:
-        """Every process laneway runs now, to check later that none is left behind."""
-        status = self.json("status")
-        self.pids |= {s["pid"] for s in status["services"] if s["pid"]}
-        for sb in self.json("sandbox", "list"):
+        """Every process laneway runs now, to check later that none is left behind. Read from
+        the API itself, not through two CLI start-ups: every e2e test does this twice."""
+        import httpx
+
+        state = self.root / ".laneway"
+        info = json.loads((state / "api.json").read_text())
+        headers = {"authorization": f"Bearer {(state / 'token').read_text().strip()}"}
+        status = httpx.get(f"{info['url']}/v1/status", headers=headers, timeout=10)
+        status.raise_for_status()
+        self.pids |= {s["pid"] for s in status.json()["services"] if s["pid"]}
+        sandboxes = httpx.get(f"{info['url']}/v1/sandboxes", headers=headers, timeout=10)
+        sandboxes.raise_for_status()
+        for sb in sandboxes.json():
             self.pids |= {f["pid"] for f in sb["status"]["forks"] if f["pid"]}
-        self.pids.add(json.loads((self.root / ".laneway" / "api.json").read_text())["pid"])
+        self.pids.add(info["pid"])
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Project]:
