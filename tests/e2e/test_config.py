@@ -85,6 +85,9 @@ def test_anchors_merge_keys_shared_env_and_multi_document_files(tmp_path: Path) 
         assert c["OTEL_SDK_DISABLED"] == "true"
         assert c["SHARED"] == "from-anchor"
         assert c["ONLY_PROJECT"] == "yes"
+        unforked = env_of(project, "two", "c")  # what c would get, forked in two
+        assert unforked["SHARED"] == "from-anchor"
+        assert unforked["LANEWAY_SANDBOX"] == "two"
         b = env_of(project, "two", "b")
         assert b["SHARED"] == "from-b"
         assert b["ONLY_PROJECT"] == "yes"

@@ -25,17 +25,19 @@ from laneway.core.plan import (
     RouteGroupEntry,
     RouteGroupStatus,
     SandboxStatus,
-    desired_baseline,
+    desired_forks,
+    fork_blockers,
 )
 from laneway.core.preview import preview_url
 from laneway.core.runtime import Runtime
 from laneway.core.spec import (
+    ForkSpec,
     ProjectSpec,
     RouteGroupSpec,
     SandboxSpec,
     SpecError,
     check_sandbox_against_project,
-    interpolate,
+    parse_address,
     parse_route_group,
     parse_sandbox,
     service_url,
@@ -468,23 +470,22 @@ class ControlPlane:
         fork = next((f for f in spec.forks if f.service == service), None)
         unit = self.unit_of_fork(sandbox, service)
         running = self.runtime.running_specs().get(unit) if unit else None
-        if running is not None:
-            env = dict(running.env)
-            cwd, run = running.cwd, list(running.argv)
-        else:
-            # Not running (not forked yet, or waiting): the baseline's, with the fork's env.
-            base = desired_baseline(self.project)[service]
-            env = dict(base.env)
-            resolved = fork.resolve(self.project.services[service], self.project.root) \
-                if fork is not None else self.project.services[service]
-            env.update({k: interpolate(v, self.project) for k, v in (
-                fork.env if fork is not None else {}).items()})
-            cwd, run = resolved.cwd, list(base.argv) if fork is None or fork.run is None \
-                else [interpolate(a, self.project) for a in resolved.argv()]
-            env.update(LANEWAY_SERVICE=service, LANEWAY_SANDBOX=sandbox,
-                       LANEWAY_ROUTING_KEY=rec.routing_key)
+        if running is None:
+            # Not running (not forked yet, or waiting): what the planner would start for it.
+            forks = spec.forks if fork is not None else [*spec.forks, ForkSpec(service=service)]
+            desired = DesiredSandbox(
+                spec.model_copy(update={"forks": forks}), rec.routing_key, rec.created_at,
+                rec.generation, self.resources.views(sandbox) if self.resources else {},
+                uid=rec.uid)
+            running = next((p for p in desired_forks(self.project, desired).values()
+                            if p.service == service), None)
+            if running is None:
+                reason = fork_blockers(desired).get(service, ("it cannot start yet", False))[0]
+                raise Conflict(f"fork {service}@{sandbox} has no environment yet: {reason}")
+        env = dict(running.env)
+        cwd, run = running.cwd, list(running.argv)
         address = fork.address if fork is not None else None
-        port = int(address.rpartition(":")[2]) if address else None
+        port = parse_address(address)[1] if address else None
         env.update(getattr(self.runtime, "unit_env", {}))
         if port is not None:
             env["PORT"] = str(port)
