@@ -107,6 +107,17 @@ def test_a_fork_at_an_address_is_watched_not_started_and_never_blocks_the_switch
     assert "nothing healthy at 127.0.0.1:9000" in down.reason
     assert not statuses["sb-a"].ready
     assert "nothing healthy" in statuses["sb-a"].message
+    # An update whose new forks are ready switches even while the address is down: the
+    # developer's process must not hold back the rest (nor keep the old version serving).
+    old = sandbox("sb-a", {"service": "web", "env": {"V": "1"}})
+    old_unit = next(iter(desired_forks(PROJECT, old)))
+    before = {**baseline_ready(), old_unit: state(old_unit, "ready", 32000)}
+    previous, _, _ = build_routes(1, PROJECT, [old], [], before)
+    actual[old_unit] = before[old_unit]
+    table, _, _ = build_routes(2, PROJECT, [sb], [], actual, previous=previous)
+    assert table.forks["web"][sb.routing_key].fork != old_unit
+    assert table.forks["web"][sb.routing_key].ready
+    del actual[old_unit]
     actual[watched.unit] = state(watched.unit, "ready", 9000)
     table, statuses, _ = build_routes(2, PROJECT, [sb], [], actual)
     assert table.forks["pricing"][sb.routing_key].upstream.port == 9000  # type: ignore[union-attr]
