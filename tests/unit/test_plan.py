@@ -7,6 +7,7 @@ from dataclasses import replace
 from laneway.core.plan import (
     DesiredSandbox,
     RouteGroupEntry,
+    baseline_units,
     build_routes,
     desired_baseline,
     desired_forks,
@@ -35,8 +36,8 @@ def sandbox(name: str, *forks: dict[str, object], labels: dict[str, str] | None 
 
 def state(unit: str, phase: Phase, port: int = 30000, message: str = "") -> UnitState:
     service, _, rest = unit.partition("@")
-    return UnitState(unit, service, rest.partition("#")[0] or None, phase, port=port,
-                     message=message)
+    return UnitState(unit, service.partition("~")[0], rest.partition("#")[0] or None, phase,
+                     port=port, message=message)
 
 
 def baseline_ready() -> dict[str, UnitState]:
@@ -375,15 +376,65 @@ def test_route_lookup_does_not_depend_on_sandbox_count() -> None:
     assert all(s.ready for s in statuses.values())
 
 
-def test_an_adopted_baseline_process_that_laneway_yaml_changed_is_restarted() -> None:
+def test_a_baseline_process_laneway_yaml_changed_is_replaced_make_before_break() -> None:
     actual = baseline_ready()
     desired = desired_baseline(PROJECT)
     assert plan_actions(PROJECT, [], actual, running=desired).empty
     changed = dict(desired)
     changed["pricing"] = replace(desired["pricing"], argv=("python", "old-pricing.py"))
     plan = plan_actions(PROJECT, [], actual, running=changed)
+    # A new revision starts beside the old one, which keeps serving meanwhile.
+    assert [s.unit for s in plan.start] == ["pricing~1"]
+    assert plan.start[0].argv == desired["pricing"].argv
+    assert plan.stop == []
+    actual["pricing~1"] = state("pricing~1", "starting", 31000)
+    running = {**changed, "pricing~1": plan.start[0]}
+    assert plan_actions(PROJECT, [], actual, running=running).empty
+    table, _, _ = build_routes(1, PROJECT, [], [], actual,
+                               baseline=baseline_units(PROJECT, actual, running))
+    assert table.baseline["pricing"].port == actual["pricing"].port
+    # Ready: the routes name the new one, and the old one is no longer wanted.
+    actual["pricing~1"] = state("pricing~1", "ready", 31000)
+    units = baseline_units(PROJECT, actual, running)
+    table, _, _ = build_routes(2, PROJECT, [], [], actual, baseline=units)
+    assert table.baseline["pricing"].port == 31000
+    assert plan_actions(PROJECT, [], actual, running=running).stop == ["pricing"]
+
+
+def test_a_new_baseline_process_that_fails_never_takes_the_traffic() -> None:
+    actual = baseline_ready()
+    running = dict(desired_baseline(PROJECT))
+    plan = plan_actions(PROJECT, [], actual, running=running, retiring={"pricing"})
+    assert [s.unit for s in plan.start] == ["pricing~1"]
+    actual["pricing~1"] = state("pricing~1", "crashed", 31000, "exited with code 1")
+    running["pricing~1"] = plan.start[0]
+    units = baseline_units(PROJECT, actual, running, {"pricing"})
+    assert units["pricing"].serving == "pricing"
+    assert units["pricing"].replacing
+    table, _, _ = build_routes(1, PROJECT, [], [], actual, baseline=units)
+    assert table.baseline["pricing"].port == actual["pricing"].port
+    assert plan_actions(PROJECT, [], actual, running=running, retiring={"pricing"}).empty
+
+
+def test_a_restart_of_a_crashed_baseline_process_does_not_wait_for_it() -> None:
+    actual = baseline_ready()
+    actual["pricing"] = state("pricing", "crashed")
+    running = dict(desired_baseline(PROJECT))
+    plan = plan_actions(PROJECT, [], actual, running=running, retiring={"pricing"})
+    # Nothing to keep serving: the new one starts, the crashed one stops at once.
+    assert [s.unit for s in plan.start] == ["pricing~1"]
     assert plan.stop == ["pricing"]
-    assert plan.start == []  # started again by the next pass, once the old one is gone
-    del actual["pricing"]
-    assert [s.unit for s in plan_actions(PROJECT, [], actual, running=changed).start] == \
-        ["pricing"]
+
+
+def test_a_service_laneway_yaml_no_longer_has_is_stopped_and_unrouted() -> None:
+    actual = {**baseline_ready(), "legacy": state("legacy", "ready", 29999)}
+    assert plan_actions(PROJECT, [], actual).stop == ["legacy"]
+    table, _, _ = build_routes(1, PROJECT, [], [], actual)
+    assert "legacy" not in table.baseline
+
+
+def test_a_dependency_being_replaced_still_counts_as_ready() -> None:
+    actual = {"currency": state("currency", "ready"),
+              "currency~1": state("currency~1", "starting")}
+    plan = plan_actions(PROJECT, [], actual)
+    assert [s.unit for s in plan.start] == ["pricing"]

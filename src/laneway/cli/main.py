@@ -154,6 +154,99 @@ def logs(
                                     since, grep)
 
 
+WaitOption = Annotated[bool, typer.Option(
+    "--wait/--no-wait", help="Wait until the new processes serve and the old ones stopped")]
+TimeoutOption = Annotated[float, typer.Option(help="Seconds to wait at most")]
+
+
+@app.command()
+def restart(
+    service: Annotated[str, typer.Argument(help="The baseline service to restart")],
+    wait: WaitOption = True,
+    timeout: TimeoutOption = 120.0,
+    output: OutputOption = Output.table,
+    api: ApiOption = None,
+) -> None:
+    """Replace a baseline service's process, make-before-break: the new one starts beside
+    the old, gets the traffic once healthy, and the old one finishes its requests and stops,
+    so no request fails. A new process that fails never gets the traffic."""
+    result = connect(api).request("POST", f"/v1/services/{service}/restart",
+                                  params={"wait": timeout if wait else 0})
+    if output is Output.json:
+        print_json(result)
+    _settled(result, f"{service}: restarted", wait, timeout, quiet=output is Output.json)
+    if output is not Output.json:
+        view = result["serviceView"]
+        old = ", ".join(result["replacing"]) or "nothing was running"
+        console.print(f"{service}: now pid {view['pid']} ({view['unit']}); replaced {old}",
+                      highlight=False, style="dim")
+
+
+@app.command()
+def reload(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would change; change "
+                                          "nothing")] = False,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = 120.0,
+    output: OutputOption = Output.table,
+    api: ApiOption = None,
+) -> None:
+    """Apply an edited laneway.yaml to the running environment: changed services are
+    replaced make-before-break, new ones start, removed ones stop (the sandboxes that fork
+    them are told: they become failed). Forks of a changed service are replaced too."""
+    params: dict[str, Any] = {"wait": timeout if wait and not dry_run else 0}
+    if dry_run:
+        params["dryRun"] = "true"
+    result = connect(api).request("POST", "/v1/reload", params=params, source="laneway.yaml")
+    if output is Output.json:
+        print_json(result)
+        _settled(result, "", wait and not dry_run, timeout, quiet=True)
+        return
+    would = "would be " if dry_run else ""
+    changed = [f"{c['service']} ({', '.join(c['fields'])})" for c in result["changed"]]
+    if not (changed or result["added"] or result["removed"] or result["restartNeeded"]):
+        console.print("laneway.yaml: nothing changed", highlight=False)
+        return
+    console.print("laneway.yaml: " + ("dry run, nothing changed" if dry_run else "reloaded"),
+                  highlight=False)
+    rows = [("changed", ", ".join(changed), "replaced make-before-break"),
+            ("added", ", ".join(result["added"]), "started"),
+            ("removed", ", ".join(result["removed"]), "stopped"),
+            ("unchanged", ", ".join(result["unchanged"]), "")]
+    for what, names, how in rows:
+        if names:
+            console.print(f"  {what:<10} {names}" + (f"  ({would}{how})" if how else ""),
+                          highlight=False)
+    for sb in result["sandboxesFailed"]:
+        console.print(f"  sandbox {sb['name']} {would or 'is now '}failed: it forks "
+                      f"{', '.join(sb['forks'])}, no longer in laneway.yaml", highlight=False,
+                      style="yellow")
+    if result["restartNeeded"]:
+        console.print(f"  not applied: {', '.join(result['restartNeeded'])} (takes effect at "
+                      "the next `laneway down` and `laneway up`)", highlight=False,
+                      style="yellow")
+    if not dry_run:
+        _settled(result, "baseline ready", wait, timeout)
+
+
+def _settled(result: dict[str, Any], done: str, wait: bool, timeout: float,
+             quiet: bool = False) -> None:
+    """Report the end of a restart or reload that was waited for; failed or not finished in
+    time is an error (exit 1) that says why, and that the old process keeps serving."""
+    if not wait:
+        return
+    state, message = result.get("state"), result.get("message", "")
+    if state == "failed":
+        raise CliError(f"the new process failed: {message}",
+                       ["the previous process (if any) keeps serving; see `laneway logs "
+                        "SERVICE`, fix it and try again"])
+    if state == "waiting":
+        raise CliError(f"not finished after {timeout:g}s: {message}",
+                       ["it goes on in the background; `laneway status` shows how it does"])
+    if done and not quiet:
+        console.print(done, highlight=False, style="green")
+
+
 @app.command()
 def hops(
     sandbox: Annotated[str | None, typer.Option(help="Hops made with this sandbox's key")] =

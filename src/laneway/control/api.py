@@ -178,6 +178,39 @@ def create_app(control: ControlPlane, token: str,
                            f"{', '.join(control.project.services)}")
         return _logs_response(control, name, tail, follow, since, grep)
 
+    async def _settle(services: list[str] | None, wait: float) -> dict[str, Any]:
+        deadline = time.monotonic() + wait
+        await control.next_pass(min(1.0, wait))
+        state, message = control.settled(services)
+        while state == "waiting" and time.monotonic() < deadline:
+            await control.next_pass(min(0.5, max(0.0, deadline - time.monotonic())))
+            state, message = control.settled(services)
+        return {"state": state, "message": message}
+
+    @app.post("/v1/services/{name}/restart")
+    async def restart_service(name: str, request: Request,
+                              wait: float = Query(0, ge=0, le=600, description=(
+                                  "seconds to wait until the new process serves and the "
+                                  "old one has stopped"))) -> dict[str, Any]:
+        """Replace a baseline service's process make-before-break (no request fails)."""
+        result = control.restart(name, principal=_principal(request))
+        if wait:
+            result.update(await _settle([name], wait))
+        view = next(v for v in control.services() if v["name"] == name)
+        return {**result, "serviceView": view}
+
+    @app.post("/v1/reload")
+    async def reload(request: Request, wait: float = Query(0, ge=0, le=600),
+                     dry_run: bool = Query(False, alias="dryRun", description=(
+                         "say what would change and change nothing"))) -> dict[str, Any]:
+        """Read laneway.yaml again and apply it: changed services replaced make-before-break,
+        new ones started, removed ones stopped (their sandboxes are told: `failed`)."""
+        result = await control.reload(principal=_principal(request), dry_run=dry_run)
+        if wait and not dry_run:
+            touched = [c["service"] for c in result["changed"]] + result["added"]
+            result.update(await _settle(touched, wait))
+        return result
+
     async def _wait(name: str, wait: float) -> dict[str, Any]:
         deadline = time.monotonic() + wait
         view = control.get_sandbox(name)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from laneway.control.errors import Conflict, Invalid, NotFound
@@ -21,10 +21,13 @@ from laneway.control.store import AuditEntry, Kind, Record, Store
 from laneway.core.feed import RoutesBroadcaster
 from laneway.core.keys import new_routing_key
 from laneway.core.plan import (
+    BaselineUnits,
     DesiredSandbox,
     RouteGroupEntry,
     RouteGroupStatus,
     SandboxStatus,
+    baseline_units,
+    desired_baseline,
     desired_forks,
     fork_blockers,
 )
@@ -97,6 +100,12 @@ class ControlPlane:
         # Keys captured for runs with `--capture` (a count: two runs may share a key); the
         # keys of sandboxes with `capture: true` come from their specs.
         self.captured_keys: Counter[str] = Counter()
+        # Baseline units to replace although laneway.yaml did not change (`laneway restart`);
+        # the reconciler forgets each once it has stopped.
+        self.retiring: set[str] = set()
+        self.baseline: Mapping[str, BaselineUnits] = {}  # the last pass's `baseline_units`
+        # Reads laneway.yaml again (set by the daemon): `reload`.
+        self.load_project: Callable[[], ProjectSpec] | None = None
 
     # the reconciler's side
 
@@ -147,8 +156,8 @@ class ControlPlane:
     def _checked_spec(self, rec: Record) -> tuple[SandboxSpec, str]:
         """The stored spec and, when it no longer fits the baseline (laneway.yaml changed
         since it was applied), why: the sandbox is then `failed`, never a reason to stop.
-        Checked once per version of the record (every pass and every view asks; the
-        baseline does not change while the daemon runs)."""
+        Checked once per version of the record (every pass and every view asks); `reload`
+        forgets every check, since the baseline they were made against has changed."""
         version = (rec.uid, rec.generation)
         cached = self._checked.get(rec.name)
         if cached is None or cached[0] != version:
@@ -396,16 +405,27 @@ class ControlPlane:
 
     # reading
 
+    def _baseline_units(self) -> Mapping[str, BaselineUnits]:
+        if set(self.baseline) == set(self.project.services):
+            return self.baseline
+        # Before the first pass (or right after a reload): the same decision, made now.
+        return baseline_units(self.project, self.runtime.states(),
+                              self.runtime.running_specs(), self.retiring)
+
     def services(self) -> list[dict[str, Any]]:
         states = self.runtime.states()
+        units = self._baseline_units()
         out = []
         for name, svc in self.project.services.items():
-            state = states.get(name)
-            out.append({
+            decided = units.get(name)
+            unit = (decided.serving or decided.wanted.unit) if decided else name
+            state = states.get(unit)
+            view: dict[str, Any] = {
                 "name": name,
                 "url": service_url(svc.port),
                 "port": svc.port,
                 "protocol": svc.protocol,
+                "unit": unit,
                 "phase": state.phase if state else "pending",
                 "ready": bool(state and state.phase == "ready"),
                 "message": state.message if state else "waiting for its dependencies",
@@ -416,8 +436,140 @@ class ControlPlane:
                 "supervisionErrors": state.errors if state else 0,
                 "lastFailure": state.last_failure if state else "",
                 "dependsOn": list(svc.depends_on),
-            })
+                "replacing": None,
+            }
+            if decided is not None and decided.replacing:
+                # A new process (restart, reload) starts beside the one that serves.
+                new = states.get(decided.wanted.unit)
+                failed = bool(new and new.failed)
+                view["replacing"] = {
+                    "unit": decided.wanted.unit,
+                    "phase": new.phase if new else "pending",
+                    "pid": new.pid if new else None,
+                    "failed": failed,
+                    "message": new.message if new else "waiting for its dependencies",
+                }
+                what = "failed" if failed else "in progress"
+                view["message"] = (f"replacement {what} ({decided.wanted.unit}: "
+                                   f"{view['replacing']['message']}); pid {view['pid']} keeps "
+                                   "serving until it is ready")
+            out.append(view)
         return out
+
+    def restart(self, service: str, *, principal: str = "local") -> dict[str, Any]:
+        """Replace `service`'s baseline process make-before-break: a new one starts beside
+        it, gets the traffic once it is healthy, and the old one then finishes the requests it
+        has and stops. A failing new process never takes the traffic (status says why)."""
+        if service not in self.project.services:
+            raise NotFound(f"service {service!r} not found; services: "
+                           f"{', '.join(self.project.services)}")
+        states = self.runtime.states()
+        old = sorted(u for u, st in states.items() if st.sandbox is None and st.service == service)
+        self.retiring.update(old)
+        self.store.audit(AuditEntry(time.time(), principal, "restart", "service", service,
+                                    {"units": old}))
+        self.wake()
+        return {"service": service, "replacing": old}
+
+    async def reload(self, project: ProjectSpec | None = None, *, principal: str = "local",
+                     dry_run: bool = False) -> dict[str, Any]:
+        """Make `project` (laneway.yaml read again) the baseline: changed services are replaced
+        make-before-break, new ones start, removed ones stop once the sandboxes that fork them
+        are `failed` with the reason. Public ports move first; a port that cannot be had
+        leaves everything as it was (409). What only a new data plane can change (router
+        settings, `ports`) is named in `restartNeeded` and left as it is. `project`: None
+        reads laneway.yaml again (`load_project`); an invalid file changes nothing (422)."""
+        if project is None:
+            if self.load_project is None:
+                raise Conflict("this control plane has no laneway.yaml to read again")
+            try:
+                project = self.load_project()
+            except SpecError as exc:
+                raise _invalid(exc) from exc
+        before, after = self.project, project
+        old_specs = {s.service: s for s in desired_baseline(before).values()}
+        new_specs = {s.service: s for s in desired_baseline(after).values()}
+        changes: dict[str, list[str]] = {}
+        for name, svc in after.services.items():
+            if name not in before.services:
+                continue
+            was = before.services[name].model_dump()
+            now = svc.model_dump()
+            fields = sorted(k for k in now if now[k] != was.get(k))
+            if old_specs[name] != new_specs[name] and not fields:
+                fields = ["env"]  # an interpolation changed (a port another service moved)
+            if fields:
+                changes[name] = fields
+        added = [n for n in after.services if n not in before.services]
+        removed = [n for n in before.services if n not in after.services]
+        affected = []
+        for rec in self.store.records("sandbox"):
+            spec, _ = self._checked_spec(rec)
+            gone = sorted({f.service for f in spec.forks} & set(removed))
+            if gone:
+                affected.append({"name": rec.name, "forks": gone})
+        restart_needed = [field for field in ("name", "router", "ports")
+                          if getattr(before, field) != getattr(after, field)]
+        summary = {
+            "changed": [{"service": n, "fields": f} for n, f in changes.items()],
+            "added": added, "removed": removed,
+            "unchanged": [n for n in after.services if n not in changes and n not in added],
+            "sandboxesFailed": affected, "restartNeeded": restart_needed,
+            "dryRun": dry_run,
+        }
+        if dry_run:
+            return summary
+        listen = getattr(self.runtime, "listen", None)
+        if listen is not None:
+            preview = after.preview
+            wanted = (preview.port, preview.fallback) if preview.enabled else None
+            try:
+                await listen({n: s.port for n, s in after.services.items()},
+                             {n: s.protocol for n, s in after.services.items()}, wanted)
+            except Exception as exc:
+                # Put the listeners back as they were: nothing of the reload is applied.
+                with contextlib.suppress(Exception):
+                    old = before.preview
+                    await listen({n: s.port for n, s in before.services.items()},
+                                 {n: s.protocol for n, s in before.services.items()},
+                                 (old.port, old.fallback) if old.enabled else None)
+                raise Conflict(f"laneway.yaml was not reloaded: {exc}; nothing was "
+                               "changed") from exc
+            self.preview_port = getattr(self.runtime, "preview_port", self.preview_port)
+        self.project = after
+        self._checked.clear()
+        self.baseline = {}
+        self.store.audit(AuditEntry(time.time(), principal, "reload", "project", after.name,
+                                    {k: summary[k] for k in ("changed", "added", "removed")}))
+        self.wake()
+        return summary
+
+    def settled(self, services: Collection[str] | None = None) -> tuple[str, str]:
+        """Whether the baseline (of `services`; None: all) is as laneway.yaml says: `done`
+        (every service ready on the process it wants, nothing older left running), `failed`
+        (a new process crashed or is unhealthy: the old one, if any, keeps serving) or
+        `waiting`; and a sentence on what is still going on or went wrong."""
+        units = self._baseline_units()
+        waiting, failed = [], []
+        for view in self.services():
+            name = view["name"]
+            if services is not None and name not in services:
+                continue
+            replacing = view["replacing"]
+            if (replacing and replacing["failed"]) or (
+                    not replacing and view["phase"] in ("crashed", "unhealthy")):
+                failed.append(f"{name}: {view['message']}")
+            elif replacing or not view["ready"]:
+                waiting.append(f"{name}: {view['message']}")
+            elif units.get(name) and units[name].others:
+                waiting.append(f"{name}: the previous process is finishing its requests")
+        extra = sorted(u for u, st in self.runtime.states().items()
+                       if st.sandbox is None and st.service not in self.project.services)
+        if extra:
+            waiting.append(f"stopping {', '.join(extra)} (no longer in laneway.yaml)")
+        if failed:
+            return "failed", "; ".join(failed)
+        return ("waiting", "; ".join(waiting)) if waiting else ("done", "")
 
     def status(self) -> dict[str, Any]:
         services = self.services()

@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 
 from laneway.control.plane import ControlPlane
-from laneway.core.plan import all_desired_forks, build_routes, plan_actions
+from laneway.core.plan import all_desired_forks, baseline_units, build_routes, plan_actions
 from laneway.core.routes import diff_tables
 
 __all__ = ["Reconciler"]
@@ -84,23 +84,28 @@ class Reconciler:
         forks = all_desired_forks(control.project, sandboxes)
         runtime = control.runtime
         previous = runtime.routes
+        # A unit being replaced (`laneway restart`) that has stopped needs no more replacing.
+        control.retiring.intersection_update(runtime.states())
         plan = plan_actions(control.project, sandboxes, runtime.states(), forks, previous,
-                            runtime.running_specs())
+                            runtime.running_specs(), control.retiring)
         for spec in plan.start:
             await runtime.start(spec)
         actual = runtime.states()
+        baseline = baseline_units(control.project, actual, runtime.running_specs(),
+                                  control.retiring)
         table, statuses, group_statuses = build_routes(
             control.feed.version + 1, control.project, sandboxes, groups, actual, forks,
-            previous, captured=control.captured_keys,
+            previous, captured=control.captured_keys, baseline=baseline,
         )
         if previous is None or not diff_tables(previous, table).empty:
             await runtime.publish_routes(table)
         control.feed.publish(table)
         control.sandbox_status = statuses
         control.group_status = group_statuses
+        control.baseline = baseline
         # What the routes just published no longer name can go (drained first).
         stop = plan_actions(control.project, sandboxes, actual, forks, table,
-                            runtime.running_specs()).stop
+                            runtime.running_specs(), control.retiring).stop
         now = time.monotonic()
         for unit in stop:
             if unit not in self._stopping and self._retry_at.get(unit, (0.0, 0.0))[0] <= now:

@@ -8,8 +8,8 @@ conflict, a baseline that waits for its dependencies) are tested with plain data
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from laneway.core.resources import ResourceView
@@ -17,6 +17,7 @@ from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.core.runtime import (
     ProcessSpec,
     UnitState,
+    baseline_revision,
     baseline_unit,
     fork_unit,
     spec_hash,
@@ -31,12 +32,14 @@ from laneway.core.spec import (
 )
 
 __all__ = [
+    "BaselineUnits",
     "DesiredSandbox",
     "Plan",
     "RouteGroupEntry",
     "RouteGroupStatus",
     "SandboxStatus",
     "all_desired_forks",
+    "baseline_units",
     "build_routes",
     "desired_baseline",
     "desired_forks",
@@ -90,6 +93,8 @@ class Plan:
 
 
 def desired_baseline(project: ProjectSpec) -> dict[str, ProcessSpec]:
+    """Each baseline service's process spec, as `laneway.yaml` says it now, under its first
+    unit name (`baseline_units` picks the name it runs under)."""
     out: dict[str, ProcessSpec] = {}
     for name in project.start_order():
         svc = project.services[name]
@@ -105,6 +110,61 @@ def desired_baseline(project: ProjectSpec) -> dict[str, ProcessSpec]:
             health=svc.health,
             startup_timeout=svc.startup_timeout,
         )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineUnits:
+    """Which processes are a baseline service, decided once per pass.
+
+    `wanted`: the spec laneway.yaml asks for, under the unit that runs (or will run) it: a
+    running unit started with that very spec and not being replaced, or else a new revision
+    (`pricing~1`) started beside the old one. `serving`: the unit its public port routes to,
+    the wanted one once it is ready and until then the newest older one that is ready
+    (make-before-break: `laneway restart`, `reload`, a daemon restarted on an edited
+    laneway.yaml); None when none is ready (the router answers 503).
+    """
+
+    wanted: ProcessSpec
+    serving: str | None
+    others: tuple[str, ...]  # older units of the service still running
+
+    @property
+    def replacing(self) -> bool:
+        return self.serving is not None and self.serving != self.wanted.unit
+
+
+def _ready(state: UnitState | None) -> bool:
+    return state is not None and state.phase == "ready" and state.port is not None
+
+
+def baseline_units(project: ProjectSpec, actual: Mapping[str, UnitState],
+                   running: Mapping[str, ProcessSpec] | None = None,
+                   retiring: Collection[str] = ()) -> dict[str, BaselineUnits]:
+    """`BaselineUnits` of every service of `project`, by service. `running`: the spec each
+    unit was started with (None: every running unit is taken to match); `retiring`: units to
+    replace even though their spec matches (`laneway restart`)."""
+    units_of: dict[str, list[str]] = {}
+    for unit, st in actual.items():
+        if st.sandbox is None:
+            units_of.setdefault(st.service, []).append(unit)
+    out: dict[str, BaselineUnits] = {}
+    for spec in desired_baseline(project).values():
+        units = sorted(units_of.get(spec.service, ()), key=baseline_revision)
+        matching = [u for u in units if u not in retiring and (
+            running is None or ((ran := running.get(u)) is not None
+                                and replace(ran, unit=spec.unit) == spec))]
+        if matching:
+            unit = matching[-1]
+        elif units:
+            unit = baseline_unit(spec.service, baseline_revision(units[-1]) + 1)
+        else:
+            unit = spec.unit
+        wanted = replace(spec, unit=unit)
+        ready = [u for u in units if u != unit and _ready(actual.get(u))]
+        serving = unit if _ready(actual.get(unit)) else (ready[-1] if ready else None)
+        out[spec.service] = BaselineUnits(wanted, serving,
+                                          tuple(u for u in units if u != unit))
     return out
 
 
@@ -214,6 +274,7 @@ def plan_actions(
     forks: ForksBySandbox | None = None,
     previous: RouteTable | None = None,
     running: Mapping[str, ProcessSpec] | None = None,
+    retiring: Collection[str] = (),
 ) -> Plan:
     """Start what is wanted and missing; stop what is running and no longer wanted.
 
@@ -222,22 +283,24 @@ def plan_actions(
     routes the routers hold) keep running until every new fork is ready and the routes switch
     to them all at once; a failing update leaves them serving.
 
-    `running` (the specs units were started with) finds baseline processes that a restarted
-    daemon adopted but that `laneway.yaml` has changed since: they are restarted (stopped
-    now, started again by the next pass), not make-before-break.
+    A baseline service is replaced the same way (`baseline_units`): when the spec a unit was
+    started with (`running`) is no longer what laneway.yaml says (`laneway reload`, a daemon
+    restarted on an edited file), or the unit is `retiring` (`laneway restart`), a new
+    revision starts beside it, and the old one stops once the new one is ready and the routes
+    name it. A unit of a service laneway.yaml no longer has is stopped.
     """
     plan = Plan()
     wanted: set[str] = set()
-    for unit, spec in desired_baseline(project).items():
-        if unit in actual and running is not None and unit in running and \
-                running[unit] != spec:
-            continue  # not wanted as it runs: stopped below, started again next pass
-        wanted.add(unit)
-        if unit in actual:
+    baseline = baseline_units(project, actual, running, retiring)
+    for units in baseline.values():
+        spec = units.wanted
+        wanted.add(spec.unit)
+        if units.serving is not None:
+            wanted.add(units.serving)  # until the new one is ready
+        if spec.unit in actual:
             continue
         deps = project.services[spec.service].depends_on
-        if all(actual.get(baseline_unit(d)) and actual[baseline_unit(d)].phase == "ready"
-               for d in deps):
+        if all(baseline[d].serving is not None for d in deps):
             plan.start.append(spec)
     forks = forks if forks is not None else all_desired_forks(project, sandboxes)
     for sandbox in sandboxes:
@@ -413,20 +476,24 @@ def build_routes(
     forks: ForksBySandbox | None = None,
     previous: RouteTable | None = None,
     captured: Iterable[str] = (),
+    baseline: Mapping[str, BaselineUnits] | None = None,
 ) -> tuple[RouteTable, dict[str, SandboxStatus], dict[str, RouteGroupStatus]]:
     """The routing table and every sandbox's and route group's status, from the same facts.
 
     `previous` is the table the routers hold now: a sandbox whose new forks are not all ready
     keeps the units it routes to there (see `plan_actions`). `captured`: keys captured besides
-    those of sandboxes with `capture: true` (the keys of runs with `--capture`)."""
+    those of sandboxes with `capture: true` (the keys of runs with `--capture`). `baseline`:
+    `baseline_units` of this pass (computed here when not given)."""
     table = RouteTable(version=version)
     table.captured = frozenset(captured) | {s.routing_key for s in sandboxes if s.spec.capture}
     table.names = {s.spec.name: s.routing_key for s in sandboxes}
     table.names.update({g.spec.name: g.routing_key for g in groups})
+    baseline = baseline if baseline is not None else baseline_units(project, actual)
     for name in project.services:
-        state = actual.get(baseline_unit(name))
         # Health-checked before it gets traffic: until then the router answers 503, not 502.
-        if state is not None and state.port is not None and state.phase == "ready":
+        serving = baseline[name].serving
+        state = actual.get(serving) if serving is not None else None
+        if state is not None and state.port is not None:
             table.baseline[name] = Upstream(LOCAL_HOST, state.port)
         table.forks[name] = {}
     statuses: dict[str, SandboxStatus] = {}

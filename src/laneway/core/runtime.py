@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from laneway.core.routes import RouteTable
 
 __all__ = [
-    "Phase", "ProcessSpec", "Runtime", "UnitState", "baseline_unit", "fork_unit",
-    "unit_log_path",
+    "Phase", "ProcessSpec", "Runtime", "UnitState", "baseline_revision", "baseline_unit",
+    "fork_unit", "unit_log_path",
 ]
 
 Phase = Literal["starting", "ready", "crashed", "unhealthy", "stopping"]
@@ -77,8 +77,18 @@ def spec_hash(service: str, argv: list[str], env: Mapping[str, str], cwd: str | 
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
-def baseline_unit(service: str) -> str:
-    return service
+REVISION_MARK = "~"
+
+
+def baseline_unit(service: str, revision: int = 0) -> str:
+    """A baseline service's unit: `pricing`, then `pricing~1`, `pricing~2`… for the processes
+    that replace it (`laneway restart`, `reload`), which run beside it until they are ready."""
+    return f"{service}{REVISION_MARK}{revision}" if revision else service
+
+
+def baseline_revision(unit: str) -> int:
+    _, mark, revision = unit.partition(REVISION_MARK)
+    return int(revision) if mark and revision.isdigit() else 0
 
 
 def fork_unit(service: str, sandbox: str, digest: str) -> str:
@@ -86,11 +96,11 @@ def fork_unit(service: str, sandbox: str, digest: str) -> str:
 
 
 def unit_log_path(state_dir: Path, unit: str) -> Path:
-    """Where a unit's output is kept: `logs/baseline/<service>.log`, or
+    """Where a unit's output is kept: `logs/baseline/<service>.log` (all its revisions), or
     `logs/sandboxes/<sandbox>/<service>-<digest>.log` for a fork (kept across its restarts)."""
     service, _, rest = unit.partition("@")
-    if not rest:
-        return state_dir / "logs" / "baseline" / f"{service}.log"
+    if not rest:  # every revision of a baseline service writes the same log, one after another
+        return state_dir / "logs" / "baseline" / f"{service.partition(REVISION_MARK)[0]}.log"
     sandbox, _, digest = rest.partition("#")
     return state_dir / "logs" / "sandboxes" / sandbox / f"{service}-{digest}.log"
 

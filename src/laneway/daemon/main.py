@@ -151,6 +151,7 @@ class Daemon:
                                    settings.drain_timeout, hop_sink=hops.add)
         feed = RoutesBroadcaster()
         control = ControlPlane(self.project, store, runtime, feed, hops)
+        control.load_project = lambda: load_project(self.config)  # `laneway reload`
         control.resources = ResourceManager(builtin_plugins(), self.layout.root / "resources",
                                             self.config.parent, store, control.wake)
         reconciler = Reconciler(control)
