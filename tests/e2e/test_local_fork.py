@@ -77,7 +77,14 @@ def test_a_fork_at_an_address_is_watched_routed_and_reported_down(project: Proje
         reached = eventually(lambda: (r := get(project, key)).status_code == 200 and
                              versions(r.json())[1] == "b:by-hand" and r)
         assert versions(reached.json()) == ["a:baseline", "b:by-hand", "c:baseline"]
-        assert project.json("sandbox", "get", "dev")["status"]["ready"]
+        status = project.json("sandbox", "get", "dev")["status"]
+        assert status["ready"]
+        # The process run by hand is known as the fork: its pid, and the hops it makes.
+        assert status["forks"][0]["pid"] == by_hand.pid
+        hops = project.json("hops", "--sandbox", "dev", "--limit", "200")
+        at_c = [h for h in hops if h["service"] == "c"]
+        assert at_c, hops
+        assert {h["caller"] for h in at_c} == {"b@dev"}
         assert versions(httpx.get(project.url("a"), timeout=10).json()) == \
             ["a:baseline", "b:baseline", "c:baseline"]
     finally:

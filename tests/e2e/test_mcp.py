@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
 import sys
 from typing import Any
 
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from tests.e2e.conftest import LANEWAY, Project
+from tests.e2e.conftest import CHAIN, LANEWAY, Project, free_ports
 
 TEST_FILE = """
 import os, urllib.request
@@ -57,6 +60,30 @@ async def test_agent_loop_over_stdio(project: Project) -> None:
         assert "cannot load configuration" in message
         assert "call apply_sandbox again" in message
         assert not (await call(client, "delete_sandbox", name="crash"))[0]
+
+        # The agent's own process as the fork: an address, never started or stopped by us.
+        (port,) = free_ports(1)
+        error, sandbox = await call(client, "apply_sandbox", name="mine",
+                                    forks=[{"service": "c", "address": f"127.0.0.1:{port}"}])
+        assert not error, sandbox
+        assert sandbox["phase"] == "pending"  # not waited for: nothing runs there yet
+        assert f"nothing healthy at 127.0.0.1:{port}" in sandbox["message"]
+        own = subprocess.Popen([sys.executable, CHAIN], env={
+            **os.environ, "PORT": str(port), "VERSION": "mine", "LANEWAY_SERVICE": "c"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                error, sandbox = await call(client, "get_sandbox", name="mine")
+                if sandbox["phase"] == "ready":
+                    break
+                await asyncio.sleep(0.1)
+            error, answer = await call(client, "send_request", url=project.url("a") + "/",
+                                       sandbox="mine")
+            assert answer["path"] == "a → b → c@mine", answer
+        finally:
+            own.terminate()
+            own.wait()
+        assert not (await call(client, "delete_sandbox", name="mine"))[0]
 
         # A fork with a bug: healthy, but it fails every request.
         error, sandbox = await call(client, "apply_sandbox", name="fix",
@@ -112,11 +139,6 @@ async def test_agent_loop_over_stdio(project: Project) -> None:
 
 
 async def test_streamable_http_transport(project: Project) -> None:
-    import asyncio
-    import subprocess
-
-    from tests.e2e.conftest import free_ports
-
     (port,) = free_ports(1)
     with subprocess.Popen([LANEWAY, "mcp", "--http", "--port", str(port)], cwd=project.root,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as server:

@@ -142,7 +142,7 @@ def sandbox_apply(
             _print_previews(view, limit=6)
     if wait:
         for view in views:
-            if view["status"]["phase"] != "ready":
+            if view["status"]["phase"] != "ready" and not view["status"].get("addressDown"):
                 raise CliError(f"sandbox {view['name']} is not ready: "
                                f"{view['status']['message']}")
 
@@ -164,7 +164,9 @@ def _print_previews(view: dict[str, Any], limit: int | None = None) -> None:
 
 def _wait_ready(client: ApiClient, name: str, deadline: float,
                 view: dict[str, Any], show_secrets: bool) -> dict[str, Any]:
-    while view["status"]["phase"] == "pending" and time.monotonic() < deadline:
+    # A fork at an address that is down is the developer's to start: not waited for.
+    while view["status"]["phase"] == "pending" and not view["status"].get("addressDown") \
+            and time.monotonic() < deadline:
         left = max(0.1, min(30.0, deadline - time.monotonic()))
         view = client.get(f"/v1/sandboxes/{name}", wait=left, **_reveal(show_secrets))
     return view

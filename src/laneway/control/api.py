@@ -214,7 +214,9 @@ def create_app(control: ControlPlane, token: str,
     async def _wait(name: str, wait: float) -> dict[str, Any]:
         deadline = time.monotonic() + wait
         view = control.get_sandbox(name)
-        while view["status"]["phase"] == "pending" and time.monotonic() < deadline:
+        # A fork at an address that is down is the developer's to start: not waited for.
+        while view["status"]["phase"] == "pending" and not view["status"].get("addressDown") \
+                and time.monotonic() < deadline:
             await control.next_pass(min(0.5, max(0.0, deadline - time.monotonic())))
             view = control.get_sandbox(name)
         return view

@@ -322,9 +322,13 @@ class SandboxStatus:
     generation: int = 0  # the sandbox generation this status was computed for
     failed: bool = False  # not ready because a fork (or what it needs) failed
     uid: str = ""  # the incarnation of the sandbox this status was computed for
+    # Everything laneway runs is ready; only a process the developer runs (a fork at an
+    # `address`) is down: waiting longer (`apply --wait`) would not change that.
+    address_down: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"ready": self.ready, "message": self.message, "forks": self.forks}
+        return {"ready": self.ready, "message": self.message, "forks": self.forks,
+                **({"addressDown": True} if self.address_down else {})}
 
 
 @dataclass(slots=True)
@@ -445,7 +449,11 @@ def _sandbox_routes(project: ProjectSpec, sandbox: DesiredSandbox,
         return routes, SandboxStatus(True, f"{count}/{count} forks ready", forks_json,
                                      generation, uid=uid)
     if serving.switched:
-        return routes, SandboxStatus(False, "; ".join(down), forks_json, generation, uid=uid)
+        # Known down once checked at least once (not while the first check is under way).
+        checked = all((st := actual.get(unit)) is not None and st.phase != "starting"
+                      for unit, spec in wanted.items() if spec.address is not None)
+        return routes, SandboxStatus(False, "; ".join(down), forks_json, generation, uid=uid,
+                                     address_down=checked)
     problems = [f"fork {service}@{name}: {reason}" for service, (reason, _) in blocked.items()]
     problems += [_why_not_ready(actual.get(unit), f"{service}@{name}")
                  for service, unit in by_service.items()

@@ -53,6 +53,13 @@ class ForkArg(BaseModel):
     env: dict[str, str] | None = Field(
         default=None, description="environment variables merged over the baseline's (results "
         "show secret-looking values as ***: pass the real values, never ***)")
+    address: str | None = Field(
+        default=None, description="HOST:PORT (this machine) of a process you started "
+        "yourself, instead of `run`: laneway health-checks it and routes the key to it but "
+        "never starts or stops it; get_sandbox says while it is down")
+    cwd: str | None = Field(
+        default=None, description="folder to run the fork in (another checkout), relative to "
+        "the folder of laneway.yaml")
 
 
 def _cut(text: str, limit: int, how: str) -> tuple[str, str | None]:
