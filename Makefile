@@ -29,8 +29,10 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Four workers, each test going to whichever is free (worksteal): most e2e tests wait on
+# processes and sockets, so the suite takes about 6 minutes here instead of 13 serially.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4 --dist worksteal
 
 # The UI's screenshots under docs/ (the README shows them), taken by its browser test.
 screenshots: venv

@@ -57,3 +57,49 @@ def test_render_router_mode_and_install_print() -> None:
                                capture_output=True, text=True, check=True, timeout=60)
     kinds = [d["kind"] for d in yaml.safe_load_all(installed.stdout) if d]
     assert kinds[-1] == "Service"  # the routes feed the sidecars follow
+
+
+PLAIN = """
+name: sb-a
+namespace: shop
+labels: {team: pay}
+ttl: 2h
+forks:
+  - workload: pricing
+    image: registry.example/pricing:pr-123
+    env: {DISCOUNT: "20"}
+  - workload: {name: currency}
+    env: [{name: RATES, value: fixed}]
+"""
+
+
+def test_render_and_convert_read_the_plain_sandbox_file_users_have(tmp_path: Path) -> None:
+    plain = tmp_path / "sandbox.yaml"
+    plain.write_text(PLAIN)
+    args = ["--baseline", str(DATA), "--routing-key", "abc123def456"]
+    from_plain = subprocess.run([LANEWAY, "k8s", "render", "-f", str(plain), *args],
+                                capture_output=True, text=True, check=False, timeout=60)
+    assert from_plain.returncode == 0, from_plain.stderr
+    assert from_plain.stdout == render(*args).stdout  # the same objects as the resource's
+    converted = subprocess.run([LANEWAY, "k8s", "convert", "-f", str(plain)],
+                               capture_output=True, text=True, check=True, timeout=60)
+    (resource,) = [d for d in yaml.safe_load_all(converted.stdout) if d]
+    assert resource["apiVersion"] == "laneway.dev/v1alpha1"
+    assert resource["kind"] == "Sandbox"
+    assert resource["metadata"] == {"name": "sb-a", "namespace": "shop"}
+    assert resource["spec"]["forks"][1] == {"workload": {"kind": "Deployment",
+                                                         "name": "currency"},
+                                            "env": [{"name": "RATES", "value": "fixed"}]}
+    # Converted back through render: the same objects again.
+    again = tmp_path / "resource.yaml"
+    again.write_text(converted.stdout)
+    rendered = subprocess.run([LANEWAY, "k8s", "render", "-f", str(again), *args],
+                              capture_output=True, text=True, check=True, timeout=60)
+    assert rendered.stdout == from_plain.stdout
+    # A local fork's field is refused with why; no traceback.
+    plain.write_text("name: dev\nforks:\n  - workload: pricing\n    address: 127.0.0.1:9000\n")
+    refused = subprocess.run([LANEWAY, "k8s", "convert", "-f", str(plain)],
+                             capture_output=True, text=True, check=False, timeout=60)
+    assert refused.returncode == 1
+    assert "forks[0].address: only for forks on this machine" in refused.stderr
+    assert "Traceback" not in refused.stderr

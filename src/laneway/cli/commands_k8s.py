@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -19,9 +19,40 @@ k8s_app = typer.Typer(help="Kubernetes: render sandboxes against baseline manife
                       no_args_is_help=True)
 
 
+def _read_sandboxes(file: Path, namespace: str | None) -> list[dict[str, Any]]:
+    """The `Sandbox` resources of a file: plain sandbox files or the resources themselves,
+    one or several (`---`)."""
+    from laneway.core.kubernetes import RenderError
+    from laneway.core.kubernetes.convert import sandbox_resource
+    from laneway.core.spec import SpecError, load_yaml_documents
+
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise CliError(f"{file}: cannot read the file: {exc.strerror}") from exc
+    try:
+        docs = load_yaml_documents(text, str(file))
+    except SpecError as exc:
+        raise CliError(exc.render()) from exc
+    out = []
+    for i, doc in enumerate(docs):
+        where = f" (document {i + 1})" if len(docs) > 1 else ""
+        try:
+            out.append(sandbox_resource(doc, namespace))
+        except RenderError as exc:
+            raise CliError(f"{file}{where}: {exc}") from exc
+    return out
+
+
+NamespaceOption = Annotated[str | None, typer.Option(
+    "--namespace", "-n", help="The sandbox's namespace when the file names none (default: "
+    "default)")]
+
+
 @k8s_app.command("render")
 def render(
-    file: Annotated[Path, typer.Option("-f", "--file", help="A Sandbox (laneway.dev/v1alpha1)")],
+    file: Annotated[Path, typer.Option("-f", "--file", help="A sandbox file (name, forks with "
+                                       "workload, image, env) or a Sandbox resource")],
     baseline: Annotated[Path, typer.Option(help="Folder of the baseline's manifests")],
     routing_key: Annotated[str | None, typer.Option(help="Keep this key (default: a new one)")]
     = None,
@@ -31,8 +62,9 @@ def render(
     = DEFAULT_IMAGE,
     operator_namespace: Annotated[str, typer.Option(
         help="Router mode: where the operator (and its routes feed) runs")] = "laneway-system",
+    namespace: NamespaceOption = None,
 ) -> None:
-    """Print, as multi-document YAML, every object the operator would create or patch for one
+    """Print, as multi-document YAML, every object the operator would create or patch for a
     sandbox: the forked Deployments and their Services, and either the Istio VirtualServices
     (merged into the team's own) or the baseline Deployments and Services with the router
     sidecar put in front (router mode), for review and GitOps."""
@@ -45,28 +77,43 @@ def render(
         raise CliError(f"--mode {mode}: must be istio or router")
     if routing_key is not None and not is_routing_key(routing_key):
         raise CliError("--routing-key: must be 12 characters of a-z and 0-9")
-    try:
-        doc = yaml.safe_load(file.read_text())
-    except OSError as exc:
-        raise CliError(f"{file}: cannot read the file: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise CliError(f"{file}: invalid YAML: {exc}") from exc
+    sandboxes = _read_sandboxes(file, namespace)
+    if routing_key is not None and len(sandboxes) > 1:
+        raise CliError("--routing-key: the file has several sandboxes, and each has its own key")
     if not baseline.is_dir():
         raise CliError(f"--baseline {baseline}: not a directory")
-    key = routing_key or new_routing_key()
     try:
-        objects = render_sandbox(doc if isinstance(doc, dict) else {}, load_manifests(baseline),
-                                 key, "router" if mode == "router" else "istio",
-                                 RouterSidecar(image, operator_namespace))
+        manifests = load_manifests(baseline)
     except RenderError as exc:
-        raise CliError(f"{file}: {exc}") from exc
-    header = (f"# laneway k8s render: sandbox {doc['metadata']['name']}, routing key {key}, "
-              f"mode {mode}") + (
-        "" if routing_key else " (new: pass --routing-key to keep it)")
-    sys.stdout.write(header + "\n" + yaml.safe_dump_all(objects, sort_keys=False,
-                                                         explicit_start=True))
-    if not routing_key:
-        print(f"routing key: {key} (generated)", file=sys.stderr)
+        raise CliError(str(exc)) from exc
+    for doc in sandboxes:
+        key = routing_key or new_routing_key()
+        try:
+            objects = render_sandbox(doc, manifests, key,
+                                     "router" if mode == "router" else "istio",
+                                     RouterSidecar(image, operator_namespace))
+        except RenderError as exc:
+            raise CliError(f"{file}: {exc}") from exc
+        header = (f"# laneway k8s render: sandbox {doc['metadata']['name']}, routing key "
+                  f"{key}, mode {mode}") + (
+            "" if routing_key else " (new: pass --routing-key to keep it)")
+        sys.stdout.write(header + "\n" + yaml.safe_dump_all(objects, sort_keys=False,
+                                                             explicit_start=True))
+        if not routing_key:
+            print(f"routing key: {key} (generated) for sandbox {doc['metadata']['name']}",
+                  file=sys.stderr)
+
+
+@k8s_app.command("convert")
+def convert(
+    file: Annotated[Path, typer.Option("-f", "--file", help="A sandbox file (name, labels, "
+                                       "ttl, forks with workload, image, container, env)")],
+    namespace: NamespaceOption = None,
+) -> None:
+    """Print the Sandbox custom resource(s) of a plain sandbox file, for `kubectl apply` or
+    GitOps."""
+    sys.stdout.write(yaml.safe_dump_all(_read_sandboxes(file, namespace), sort_keys=False,
+                                        explicit_start=True))
 
 
 @k8s_app.command("install")
