@@ -60,3 +60,13 @@ def test_handlers_module_imports() -> None:
     import laneway.runtime.kubernetes.handlers as handlers
 
     assert callable(handlers.sandbox_changed)
+
+
+def test_a_sandboxs_key_comes_from_its_uid_so_concurrent_first_passes_agree() -> None:
+    from laneway.core.keys import is_routing_key, routing_key_of
+
+    first, second = routing_key_of("6f1c0000-0000-4000-8000-000000000001"), \
+        routing_key_of("6f1c0000-0000-4000-8000-000000000001")
+    assert first == second
+    assert is_routing_key(first)
+    assert routing_key_of("6f1c0000-0000-4000-8000-000000000002") != first

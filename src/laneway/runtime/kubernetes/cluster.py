@@ -120,10 +120,16 @@ class KubernetesCluster:  # pragma: no cover - needs a cluster; the executor is 
         out: list[dict[str, Any]] = []
         selectors = [f"!{SANDBOX_LABEL}"] + ([f"{SANDBOX_LABEL}={sandbox}"] if sandbox else [])
         for selector in selectors:
-            out += self._plain("Deployment", "apps/v1", self.apps.list_namespaced_deployment(
+            found = self._plain("Deployment", "apps/v1", self.apps.list_namespaced_deployment(
                 namespace, label_selector=selector).items)
-            out += self._plain("Service", "v1", self.core.list_namespaced_service(
+            found += self._plain("Service", "v1", self.core.list_namespaced_service(
                 namespace, label_selector=selector).items)
+            # Checked here too: an API emulation that ignores selectors must not make another
+            # sandbox's forks look like the baseline (free against a real server).
+            seen = {(o["kind"], o["metadata"]["name"]) for o in out}
+            out += [o for o in found if (o["metadata"].get("labels") or {}).get(
+                SANDBOX_LABEL) in (None, sandbox) and (o["kind"], o["metadata"]["name"])
+                not in seen]
         from kubernetes.client.exceptions import ApiException
 
         group, version, plural = _ISTIO

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from laneway.core.feed import RoutesBroadcaster
-from laneway.core.keys import new_routing_key
+from laneway.core.keys import new_routing_key, routing_key_of
 from laneway.core.kubernetes.objects import SANDBOX_LABEL, Mode
 from laneway.core.kubernetes.plan import SandboxPlan, plan_route_group, plan_sandbox
 from laneway.core.kubernetes.router_mode import RouterSidecar
@@ -29,6 +29,14 @@ __all__ = ["OperatorSettings", "RoutesPublisher", "reconcile", "reconcile_route_
 class OperatorSettings:
     mode: Mode = "istio"
     sidecar: RouterSidecar = field(default_factory=RouterSidecar)
+
+
+def _key_of(body: Mapping[str, Any]) -> str:
+    """The object's routing key: kept in its status once written; until then derived from its
+    uid, so that two passes running at once (kopf's handler and a fork Deployment's event)
+    agree on it. A body without a uid (never stored by an API server) gets a fresh one."""
+    uid = body.get("metadata", {}).get("uid")
+    return routing_key_of(str(uid)) if uid else new_routing_key()
 
 
 def _owner_reference(body: Mapping[str, Any], kind: str) -> dict[str, Any] | None:
@@ -80,7 +88,7 @@ def reconcile(body: Mapping[str, Any], cluster: Cluster, now: datetime | None = 
     meta = body.get("metadata", {})
     namespace = str(meta.get("namespace", "default"))
     status = dict(body.get("status") or {})
-    key = status.get("routingKey") or new_routing_key()  # generated once, kept in status
+    key = status.get("routingKey") or _key_of(body)
     now = now or datetime.now(UTC)
     plan = plan_sandbox(body, cluster.objects(namespace, str(meta.get("name"))), key, now,
                         settings.mode, settings.sidecar)
@@ -95,7 +103,7 @@ def reconcile_route_group(body: Mapping[str, Any], cluster: Cluster,
     """One pass for one RouteGroup: its routes where its members' forks are, and its status."""
     settings = settings or OperatorSettings()
     namespace = str(body.get("metadata", {}).get("namespace", "default"))
-    key = (body.get("status") or {}).get("routingKey") or new_routing_key()
+    key = (body.get("status") or {}).get("routingKey") or _key_of(body)
     plan, status = plan_route_group(body, cluster.custom("Sandbox"), cluster.objects(namespace),
                                     key, settings.mode)
     _execute(plan, cluster, None, None)
