@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kmock
 import pytest
 import yaml
@@ -63,7 +64,8 @@ async def eventually(what: str, check: Callable[[], Awaitable[Any]],
 class Operator:
     """`kopf run -m laneway.runtime.kubernetes.handlers` against the emulation."""
 
-    def __init__(self, url: str, folder: Path) -> None:
+    def __init__(self, url: str, folder: Path, env: dict[str, str] | None = None) -> None:
+        self.env = env or {"LANEWAY_ROUTING_MODE": "istio"}
         self.kubeconfig = folder / "kubeconfig"
         self.kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "test",
@@ -74,8 +76,7 @@ class Operator:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
-               "LANEWAY_ROUTING_MODE": "istio"}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
@@ -281,3 +282,68 @@ async def test_an_operator_restarted_mid_way_converges_and_a_route_group_routes(
     await eventually("the group's routes gone with its last member", lambda: asyncio.sleep(
         0, [r["name"] for r in api.get_object(VIRTUAL_SERVICES, "shop", "pricing")["spec"][
             "http"]] == ["canary-by-header", "default"]), timeout=30)  # the group's 10 s timer
+
+
+async def test_router_mode_feeds_the_sidecars_their_table_behind_token_reviews(
+        tmp_path: Path) -> None:
+    from tests.e2e.conftest import free_ports
+
+    (port,) = free_ports(1)
+    feed = f"http://127.0.0.1:{port}/v1/routes"
+    async with ApiServer(tokens={"sidecar-token": ["laneway-routes"],
+                                 "other-audience": ["api"]}) as api, kmock.Server(api) as srv:
+        load_api(api)
+        controller = ControllerManager(api)
+        controller.rolling = True
+        task = asyncio.get_running_loop().create_task(controller.run())
+        operator = Operator(str(srv.url).rstrip("/"), tmp_path, {
+            "LANEWAY_ROUTING_MODE": "router", "LANEWAY_FEED_ADDRESS": f"127.0.0.1:{port}",
+            "LANEWAY_ROUTER_IMAGE": "registry.example/laneway:test",
+            "POD_NAMESPACE": "laneway-system"})
+        await operator.start()
+        try:
+            created = await call(api, "POST",
+                                 "/apis/laneway.dev/v1alpha1/namespaces/shop/sandboxes", SANDBOX)
+            await eventually("Ready", lambda: asyncio.sleep(0, ready(api)))
+            key = api.get_object(SANDBOXES, "shop", "sb-a")["status"]["routingKey"]
+            assert created["metadata"]["uid"]
+            # The baseline behind the router: its sidecar added beside the team's containers.
+            base = api.get_object(DEPLOYMENTS, "shop", "pricing")
+            containers = base["spec"]["template"]["spec"]["containers"]
+            assert [c["name"] for c in containers][:2] == ["pricing", "sidecar-metrics"]
+            assert containers[-1]["image"] == "registry.example/laneway:test"
+            assert api.get_object(VIRTUAL_SERVICES, "shop", "pricing")["spec"]["http"][0][
+                "name"] == "canary-by-header"  # no Istio routes in router mode
+
+            async def fed(token: str) -> tuple[int, str]:
+                async with aiohttp.ClientSession() as session, session.get(
+                        feed, headers={"authorization": f"Bearer {token}"}) as resp:
+                    return resp.status, await resp.text()
+
+            try:
+                status, _ = await eventually("the fork's key on the feed", lambda: _keyed(
+                    fed("sidecar-token"), key))
+            except AssertionError:
+                raise AssertionError(f"{key}: {_last_answer}; services: "
+                                     f"{api.get_object(SERVICES, 'shop', 'pricing')}") from None
+            assert status == 200
+            assert (await fed("other-audience"))[0] == 401  # a token for another audience
+            assert (await fed("made-up"))[0] == 401
+            await call(api, "DELETE",
+                       "/apis/laneway.dev/v1alpha1/namespaces/shop/sandboxes/sb-a")
+            await eventually("the key gone from the feed", lambda: _keyed(
+                fed("sidecar-token"), key, present=False))
+        finally:
+            task.cancel()
+            await operator.stop()
+            print(operator.output())  # shown when the test fails
+
+
+_last_answer: list[Any] = []
+
+
+async def _keyed(answer: Awaitable[tuple[int, str]], key: str,
+                 present: bool = True) -> tuple[int, str] | None:
+    status, text = await answer
+    _last_answer[:] = [status, text]
+    return (status, text) if status == 200 and (key in text) == present else None

@@ -321,8 +321,8 @@ class ApiServer(kmock.KubernetesEmulator):
         wanted = list(spec.get("audiences") or [])
         ok = audiences is not None and all(a in audiences for a in wanted)
         return aiohttp.web.json_response({
-            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-            "status": {"authenticated": ok, "audiences": wanted if ok else [],
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {},
+            "spec": spec, "status": {"authenticated": ok, "audiences": wanted if ok else [],
                        **({"user": {"username": "system:serviceaccount:test:client"}}
                           if ok else {})}})
 

@@ -5,7 +5,8 @@ table after a pass that changed something, and every 30 s.
 
 Settings come from the operator Deployment's environment: `LANEWAY_ROUTING_MODE` (istio or
 router), `LANEWAY_ROUTER_IMAGE` (the sidecar's image), `POD_NAMESPACE` (where the feed's
-Service is). Tests call the handlers over the in-memory cluster; kopf's dispatch, the feed
+Service is), `LANEWAY_FEED_ADDRESS` (where the feed listens, `0.0.0.0:8790` by default; tests
+give a loopback port). Tests call the handlers over the in-memory cluster; kopf's dispatch, the feed
 server's start and the official client need a cluster.
 """
 
@@ -96,7 +97,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     cluster = _api()  # pragma: no cover - router mode serves the feed of a real cluster
     assert isinstance(cluster, KubernetesCluster)
     app = feed_app(_publisher.feed, TokenReviews(cluster.review_token))
-    server = _FeedServer(uvicorn.Config(app, host="0.0.0.0", port=FEED_PORT,
+    host, _, port = os.environ.get("LANEWAY_FEED_ADDRESS", f"0.0.0.0:{FEED_PORT}").rpartition(":")
+    server = _FeedServer(uvicorn.Config(app, host=host, port=int(port),
                                         log_level="warning", lifespan="off",
                                         timeout_graceful_shutdown=2))
     memo.tasks = [asyncio.create_task(server.serve()), asyncio.create_task(_publish_forever())]
