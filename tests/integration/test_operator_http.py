@@ -93,8 +93,8 @@ class Operator:
                 self.proc.kill()
                 await self.proc.wait()
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+    def output(self, tail: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-tail:]
 
 
 @pytest.fixture
@@ -347,3 +347,22 @@ async def _keyed(answer: Awaitable[tuple[int, str]], key: str,
     status, text = await answer
     _last_answer[:] = [status, text]
     return (status, text) if status == 200 and (key in text) == present else None
+
+
+async def test_an_api_error_is_retried_with_the_configured_backoff(
+        cluster: tuple[ApiServer, Operator, ControllerManager]) -> None:
+    api, operator, controller = cluster
+    controller.rolling = True
+    api.fail_next[("POST", "deployments")] = 1  # the fork's first create fails
+    await call(api, "POST", "/apis/laneway.dev/v1alpha1/namespaces/shop/sandboxes", SANDBOX)
+    await eventually("the fork after the retry", lambda: asyncio.sleep(
+        0, api.get_object(DEPLOYMENTS, "shop", "pricing-lw-sb-a")), timeout=40)
+    assert api.failed == [("POST", "deployments")]
+    await eventually("Ready", lambda: asyncio.sleep(0, ready(api)))
+    # Retried after laneway's delay (10 s), not kopf's default minute, nor in a tight loop.
+    creates = [w for w in api.writes if w[:2] == ("create", "deployments")]
+    assert len(creates) == 1
+    failures = [line for line in operator.output(10**7).splitlines()
+                if "'sandbox_changed' failed" in line]
+    assert failures, operator.output()
+    assert all("will try again in 10.0 seconds: (500)" in line for line in failures)

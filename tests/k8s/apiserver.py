@@ -12,7 +12,9 @@ and KMock's emulator leaves to its users ("inherit and implement for your cases"
   (moves when the spec does), `creationTimestamp`, the namespace from the URL;
 - deletion with finalizers (`deletionTimestamp`, deleted once the last finalizer goes), and
   garbage collection of the objects whose `ownerReferences` name a deleted owner;
-- TokenReview: the tokens given to `tokens` are authenticated for their audiences.
+- TokenReview: the tokens given to `tokens` are authenticated for their audiences;
+- faults on demand: `fail_next[(method, plural)] = n` answers the next n such writes with a
+  500, as an API server having a bad moment does.
 
 The discovery endpoints, the storage with history (`objects`), the watch streams' buses and
 the error bodies (`kind: Status`) are KMock's.
@@ -110,6 +112,8 @@ class ApiServer(kmock.KubernetesEmulator):
     tokens: dict[str, list[str]] = attrs.field(factory=dict)  # token -> audiences
     _versions: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1000))
     writes: list[tuple[str, str, str, str]] = attrs.field(factory=list)  # verb, plural, ns, name
+    fail_next: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    failed: list[tuple[str, str]] = attrs.field(factory=list)
 
     # loading
 
@@ -203,6 +207,11 @@ class ApiServer(kmock.KubernetesEmulator):
         if request.resource is None or request.action in (
                 enums.action.LIST, enums.action.WATCH, enums.action.FETCH) or method == "GET":
             return await super()._handle(request)
+        fault = (method, str(request.resource.plural))
+        if self.fail_next.get(fault, 0) > 0:
+            self.fail_next[fault] -= 1
+            self.failed.append(fault)
+            return await self._render_error(_error(500, "InternalError", "injected fault"))
         try:
             async with self._lock:
                 body = await self._write(request, method)
