@@ -67,6 +67,7 @@ class Console:
         return page
 
 
+@pytest.mark.timeout(240)  # a browser, a project and many pages: the slowest test by far
 async def test_the_ui_and_previews_in_a_browser(pages: tuple[Project, int], chromium: Any,
                                                 tmp_path: Path) -> None:
     proj, edge = pages
