@@ -97,7 +97,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     cluster = _api()  # pragma: no cover - router mode serves the feed of a real cluster
     assert isinstance(cluster, KubernetesCluster)
     app = feed_app(_publisher.feed, TokenReviews(cluster.review_token))
-    host, _, port = os.environ.get("LANEWAY_FEED_ADDRESS", f"0.0.0.0:{FEED_PORT}").rpartition(":")
+    address = os.environ.get("LANEWAY_FEED_ADDRESS", f"0.0.0.0:{FEED_PORT}")
+    host, port = address.rpartition(":")[0], address.rpartition(":")[2]
     server = _FeedServer(uvicorn.Config(app, host=host, port=int(port),
                                         log_level="warning", lifespan="off",
                                         timeout_graceful_shutdown=2))
