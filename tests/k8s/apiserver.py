@@ -39,7 +39,6 @@ from kmock._internal import enums, rendering  # the request's parsed fields
 __all__ = ["ApiServer", "selector_matches"]
 
 _BUILTIN_STATUS = {("apps", "deployments"), ("", "pods")}
-_MERGE_BY_NAME = ("name",)
 
 
 def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
@@ -97,10 +96,6 @@ def strategic_merge(target: Any, patch: Any) -> Any:
                 merged.append(copy.deepcopy(item))
         return merged
     return copy.deepcopy(patch)
-
-
-class _Status(kmock.KubernetesError):
-    pass
 
 
 def _error(status: int, reason: str, message: str) -> kmock.KubernetesError:
