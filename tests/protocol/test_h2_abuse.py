@@ -111,7 +111,11 @@ async def test_data_beyond_the_window_is_a_flow_control_error(black_hole: int,
 async def test_a_header_block_that_never_ends(router: Router) -> None:
     figures = await _case(router, lambda: h2abusers.continuation_flood(router.port, 3.0))
     check("CONTINUATION flood", figures)
-    assert figures.result["sent_mb"] < 5  # cut off, not read for ever
+    # Cut off by a GOAWAY (the router does not read it for 3 s). What the client wrote until it
+    # saw the GOAWAY includes what the loopback socket buffers took meanwhile: a few MB, more
+    # when the machine is busy (it was 5.2 MB with four test workers), never a 3 s stream.
+    assert figures.result["goaway"] is not None, figures.result
+    assert figures.result["sent_mb"] < 50
 
 
 async def test_oversized_headers_end_the_connection(router: Router) -> None:
