@@ -19,7 +19,8 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["OWNER_ENV", "alive", "find_marked", "owner_env", "stop_processes", "stopped"]
+__all__ = ["OWNER_ENV", "alive", "find_marked", "owner_env", "socket_inodes", "stop_processes",
+           "stopped"]
 
 OWNER_ENV = "LANEWAY_OWNER"
 
@@ -27,6 +28,24 @@ OWNER_ENV = "LANEWAY_OWNER"
 def owner_env(state_dir: Path) -> dict[str, str]:
     """The environment entry that marks a process as this environment's."""
     return {OWNER_ENV: str(state_dir.resolve())}
+
+
+def socket_inodes(pid: int) -> list[int]:
+    """The inodes of the sockets process `pid` holds (`/proc/PID/fd` → `socket:[INODE]`); none
+    when it is gone or not ours to read."""
+    out: list[int] = []
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.append(int(target[8:-1]))
+    return out
 
 
 def _environ(pid: int) -> dict[bytes, bytes] | None:

@@ -30,6 +30,8 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
+from laneway.core.processes import socket_inodes
+
 __all__ = ["EXTERNAL", "CallerResolver", "Identified"]
 
 EXTERNAL = "external"
@@ -124,22 +126,6 @@ def _descendants(roots: Iterable[int]) -> dict[int, int]:
         for task in tasks:
             with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
                 todo.extend((int(child), root) for child in f.read().split())
-    return out
-
-
-def _socket_inodes(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return out
-    for name in names:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{name}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            out.append(int(target[8:-1]))
     return out
 
 
@@ -243,7 +229,7 @@ class CallerResolver:
         missing = set(wanted) - owner.keys()
         for pid, root in _descendants(self.identities).items():
             name = self.identities[root]
-            for inode in _socket_inodes(pid):
+            for inode in socket_inodes(pid):
                 owner[inode] = name
                 missing.discard(inode)
             if not missing:

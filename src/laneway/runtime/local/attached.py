@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 
+from laneway.core.processes import socket_inodes
 from laneway.core.runtime import ProcessSpec, UnitState
 from laneway.core.spec import parse_address
 from laneway.runtime.local.health import check_health
@@ -34,18 +35,15 @@ def listener_pid(port: int) -> int | None:
                 fields = line.split()
                 # local address (hex ip:port), remote, state (0A: LISTEN), ..., inode
                 if len(fields) > 9 and fields[3] == "0A" and \
-                            int(fields[1].rpartition(":")[2], 16) == port:
-                    inodes.add(f"socket:[{fields[9]}]")
+                        int(fields[1].rpartition(":")[2], 16) == port:
+                    inodes.add(int(fields[9]))
     if not inodes:
         return None
     # Lowest pid first: of a server and the workers it forked (who share the socket), the
     # server; the router names its descendants' connections after it too.
     for pid in sorted(int(name) for name in os.listdir("/proc") if name.isdigit()):
-        with contextlib.suppress(OSError):
-            for fd in os.scandir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd.path) in inodes:
-                        return pid
+        if inodes.intersection(socket_inodes(pid)):
+            return pid
     return None
 
 
