@@ -417,8 +417,8 @@ class ControlPlane:
         units = self._baseline_units()
         out = []
         for name, svc in self.project.services.items():
-            decided = units.get(name)
-            unit = (decided.serving or decided.wanted.unit) if decided else name
+            decided = units[name]  # every service of the project has its decision
+            unit = decided.serving or decided.wanted.unit
             state = states.get(unit)
             view: dict[str, Any] = {
                 "name": name,
@@ -438,7 +438,7 @@ class ControlPlane:
                 "dependsOn": list(svc.depends_on),
                 "replacing": None,
             }
-            if decided is not None and decided.replacing:
+            if decided.replacing:
                 # A new process (restart, reload) starts beside the one that serves.
                 new = states.get(decided.wanted.unit)
                 failed = bool(new and new.failed)
@@ -521,18 +521,12 @@ class ControlPlane:
             return summary
         listen = getattr(self.runtime, "listen", None)
         if listen is not None:
-            preview = after.preview
-            wanted = (preview.port, preview.fallback) if preview.enabled else None
             try:
-                await listen({n: s.port for n, s in after.services.items()},
-                             {n: s.protocol for n, s in after.services.items()}, wanted)
+                await listen(*after.listeners())
             except Exception as exc:
                 # Put the listeners back as they were: nothing of the reload is applied.
                 with contextlib.suppress(Exception):
-                    old = before.preview
-                    await listen({n: s.port for n, s in before.services.items()},
-                                 {n: s.protocol for n, s in before.services.items()},
-                                 (old.port, old.fallback) if old.enabled else None)
+                    await listen(*before.listeners())
                 raise Conflict(f"laneway.yaml was not reloaded: {exc}; nothing was "
                                "changed") from exc
             self.preview_port = getattr(self.runtime, "preview_port", self.preview_port)
@@ -561,7 +555,7 @@ class ControlPlane:
                 failed.append(f"{name}: {view['message']}")
             elif replacing or not view["ready"]:
                 waiting.append(f"{name}: {view['message']}")
-            elif units.get(name) and units[name].others:
+            elif units[name].others:
                 waiting.append(f"{name}: the previous process is finishing its requests")
         extra = sorted(u for u, st in self.runtime.states().items()
                        if st.sandbox is None and st.service not in self.project.services)

@@ -105,7 +105,7 @@ class Reconciler:
         control.baseline = baseline
         # What the routes just published no longer name can go (drained first).
         stop = plan_actions(control.project, sandboxes, actual, forks, table,
-                            runtime.running_specs(), control.retiring).stop
+                            baseline=baseline).stop
         now = time.monotonic()
         for unit in stop:
             if unit not in self._stopping and self._retry_at.get(unit, (0.0, 0.0))[0] <= now:

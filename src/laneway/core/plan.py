@@ -252,8 +252,7 @@ def _serving(sandbox: DesiredSandbox, wanted: Mapping[str, ProcessSpec],
     # A fork at an address counts once laneway watches it, up or down: it is the developer's
     # process, and while it is down its key gets a 503 that says so (never the older fork).
     if not blocked and all((st := actual.get(unit)) is not None and (
-            spec.address is not None or (st.phase == "ready" and st.port is not None))
-            for unit, spec in wanted.items()):
+            spec.address is not None or _ready(st)) for unit, spec in wanted.items()):
         return Serving(True, {spec.service: unit for unit, spec in wanted.items()})
     # Not all ready: the sandbox keeps its previous generation (make-before-break, switched
     # for all forks at once), as long as those processes are still there. A previous unit that
@@ -275,6 +274,7 @@ def plan_actions(
     previous: RouteTable | None = None,
     running: Mapping[str, ProcessSpec] | None = None,
     retiring: Collection[str] = (),
+    baseline: Mapping[str, BaselineUnits] | None = None,
 ) -> Plan:
     """Start what is wanted and missing; stop what is running and no longer wanted.
 
@@ -287,11 +287,13 @@ def plan_actions(
     started with (`running`) is no longer what laneway.yaml says (`laneway reload`, a daemon
     restarted on an edited file), or the unit is `retiring` (`laneway restart`), a new
     revision starts beside it, and the old one stops once the new one is ready and the routes
-    name it. A unit of a service laneway.yaml no longer has is stopped.
+    name it. A unit of a service laneway.yaml no longer has is stopped. `baseline`:
+    `baseline_units` of these facts, when the caller has them already.
     """
     plan = Plan()
     wanted: set[str] = set()
-    baseline = baseline_units(project, actual, running, retiring)
+    baseline = baseline if baseline is not None else baseline_units(project, actual, running,
+                                                                     retiring)
     for units in baseline.values():
         spec = units.wanted
         wanted.add(spec.unit)

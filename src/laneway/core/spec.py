@@ -547,6 +547,14 @@ class ProjectSpec(_Spec):
             raise SpecError(issues)
         return self
 
+    def listeners(self) -> tuple[dict[str, int], dict[str, str], tuple[int, bool] | None]:
+        """What the data plane listens on for this project (`DataPlaneRuntime.listen`): each
+        service's public port, its protocol, and the preview edge's (port, fallback) or None."""
+        preview = self.preview
+        return ({name: svc.port for name, svc in self.services.items()},
+                {name: svc.protocol for name, svc in self.services.items()},
+                (preview.port, preview.fallback) if preview.enabled else None)
+
     def start_order(self) -> list[str]:
         """Services in an order where every service comes after what it depends on."""
         order: list[str] = []

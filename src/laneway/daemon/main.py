@@ -164,12 +164,7 @@ class Daemon:
         try:
             try:
                 await runtime.connect()
-                services = self.project.services
-                preview = self.project.preview
-                await runtime.listen({name: svc.port for name, svc in services.items()},
-                                     {name: svc.protocol for name, svc in services.items()},
-                                     (preview.port, preview.fallback) if preview.enabled
-                                     else None)
+                await runtime.listen(*self.project.listeners())
                 control.preview_port = runtime.preview_port
             except DataPlaneError as exc:
                 raise DaemonError(str(exc)) from exc
