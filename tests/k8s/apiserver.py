@@ -27,7 +27,7 @@ import datetime
 import itertools
 import json
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp.web
@@ -60,30 +60,29 @@ def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
     return True
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: objects merge, `null` removes a key, anything else (lists too) replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+def _merged(target: Any, patch: dict[str, Any], merge: Callable[[Any, Any], Any]) -> Any:
+    """A patch's mapping over `target`: `null` removes a key, other values are `merge`d."""
     out = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             out.pop(key, None)
         else:
-            out[key] = merge_patch(out.get(key), value)
+            out[key] = merge(out.get(key), value)
     return out
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge, `null` removes a key, anything else (lists too) replaces."""
+    if isinstance(patch, dict):
+        return _merged(target, patch, merge_patch)
+    return copy.deepcopy(patch)
 
 
 def strategic_merge(target: Any, patch: Any) -> Any:
     """Strategic merge as the API server does it for the lists laneway patches: lists of
     mappings with a `name` merge item by item (new items appended); other lists replace."""
     if isinstance(patch, dict):
-        out = dict(target) if isinstance(target, dict) else {}
-        for key, value in patch.items():
-            if value is None:
-                out.pop(key, None)
-            else:
-                out[key] = strategic_merge(out.get(key), value)
-        return out
+        return _merged(target, patch, strategic_merge)
     if isinstance(patch, list) and isinstance(target, list) and all(
             isinstance(i, dict) and "name" in i for i in [*patch, *target]):
         merged = [dict(i) for i in target]
