@@ -39,7 +39,10 @@ def test_a_fork_at_an_address_is_watched_routed_and_reported_down(project: Proje
     port = free_ports(1)[0]
     project.write("sb.yaml", f"name: dev\nforks:\n  - service: b\n"
                              f"    address: localhost:{port}\n    env: {{VERSION: by-hand}}\n")
-    project.run("sandbox", "apply", "-f", "sb.yaml")
+    # `--wait` does not wait for a process nobody has started: it says so at once.
+    applied = project.run("sandbox", "apply", "-f", "sb.yaml", "--wait", "--timeout", "60",
+                          timeout=50)
+    assert f"nothing healthy at 127.0.0.1:{port}" in applied.stdout
     view = project.json("sandbox", "get", "dev")
     key = view["routingKey"]
     assert view["forks"] == [{"service": "b", "env": {"VERSION": "by-hand"},
