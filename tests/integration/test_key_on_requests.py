@@ -25,12 +25,12 @@ from mcp import Client
 from laneway.client import AsyncApiClient
 from laneway.control.api import create_app
 from laneway.control.hoplog import HopLog
-from laneway.control.inject_proxy import InjectingProxy
 from laneway.control.plane import ControlPlane
 from laneway.control.store import MemoryStore
 from laneway.core.baggage import baggage_key
 from laneway.core.feed import RoutesBroadcaster
 from laneway.core.hops import Hop, trace_context
+from laneway.core.inject_proxy import InjectingProxy
 from laneway.core.spec import parse_project
 from laneway.mcp.server import build_server
 from laneway.runtime.memory import MemoryRuntime

@@ -184,7 +184,7 @@ def test_install_manifests_are_valid_kubernetes() -> None:
     assert [o["kind"] for o in objects] == ["CustomResourceDefinition",
                                             "CustomResourceDefinition", "Namespace",
                                             "ServiceAccount", "ClusterRole",
-                                            "ClusterRoleBinding", "Deployment"]
+                                            "ClusterRoleBinding", "Deployment", "Service"]
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     role = next(o for o in objects if o["kind"] == "ClusterRole")

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import secrets
 import shlex
 import signal
@@ -31,18 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from laneway.control.diffs import replay_diff, thresholds_of
 from laneway.control.errors import Invalid, NotFound, StoreUnavailable
-from laneway.control.inject_proxy import InjectingProxy
 from laneway.control.plane import ControlPlane
 from laneway.core.baggage import baggage_value
+from laneway.core.inject_proxy import InjectingProxy
 from laneway.core.processes import find_marked, owner_env, stop_processes
 from laneway.core.runs import (
-    find_leaks,
-    fork_responses,
-    forks_reached,
+    failed_tests,
+    hop_findings,
     is_error_line,
-    key_conflicts,
-    leak_sentence,
-    parse_junit,
+    unreached_reason,
     verdict_of,
 )
 
@@ -62,7 +58,6 @@ _CRASHED_NOTE = ("the daemon stopped while this run was running (it crashed or w
 _SHUTDOWN_NOTE = ("the daemon shut down while this run was running and stopped its "
                   "command, so the run has no verdict; the report keeps what it had collected. "
                   "Run it again after `laneway up`.")
-_PYTEST_FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)(?: - (.*))?$")
 
 
 class RunSpec(BaseModel):
@@ -360,23 +355,12 @@ class RunManager:
                    logs: dict[str, tuple[Path, int]], run_dir: Path, duration: float,
                    proxied: int) -> dict[str, Any]:
         """What the run has gathered so far: saved while it runs, and part of its end report."""
-        key = report["routing_key"]
         hops = self.control.hops.query(since=report["started_at"] - 0.01, limit=10_000_000)
-        keyed = [h for h in hops if h.routing_key == key]
-        traces = {h.trace_id for h in keyed if h.trace_id}
-        related = [h for h in hops if h.trace_id in traces]
-        untraced = [h for h in keyed if not h.trace_id]
         output = run_dir / "output.log"
         return {
             "duration_s": round(duration, 3),
-            "forks_reached": forks_reached(keyed, {key}, forks), "hops": len(keyed),
-            # Hops of the run's traces whose baggage carried two keys (core.baggage).
-            "key_conflicts": key_conflicts([*related, *untraced]),
+            **hop_findings(hops, report["routing_key"], forks),
             "proxied_requests": proxied,
-            "captured": sum(1 for h in keyed if h.capture is not None),
-            "fork_responses": fork_responses(keyed, {key}, forks),
-            # All hops of the run's window: leaks by caller need the keyless ones too.
-            "leaks": [leak.to_json() for leak in find_leaks(hops, {key})],
             "fork_errors": self._fork_errors(logs),
             "output_bytes": output.stat().st_size if output.exists() else 0,
             "output_tail": [ln[:400] for ln in _tail_lines(output, OUTPUT_TAIL)],
@@ -387,28 +371,21 @@ class RunManager:
                   spec: RunSpec, duration: float, proxied: int) -> dict[str, Any]:
         found = self._collected(report, forks, logs, run_dir, duration, proxied)
         reached = found["forks_reached"]
-        tests: dict[str, int] | None = None
-        failures: list[dict[str, str]] = []
         junit = run_dir / "junit.xml"
-        if junit.exists():
-            with contextlib.suppress(Exception):
-                tests, failures = parse_junit(junit.read_text())
-        if not failures:
-            output = (run_dir / "output.log").read_text("utf-8", "replace").splitlines()
-            for line in output:
-                match = _PYTEST_FAILED.match(line)
-                if match:
-                    failures.append({"name": match.group(1), "message": match.group(2) or ""})
+        tests, failures = failed_tests(
+            junit.read_text("utf-8", "replace") if junit.exists() else None,
+            (run_dir / "output.log").read_text("utf-8", "replace").splitlines())
         verdict = verdict_of(exit_code, reached, allow_unreached=spec.allow_unreached)
         note = report["note"]
         if report["timed_out"]:
             note = f"timed out after {spec.timeout_s:g}s; the command was stopped. " + note
         if verdict == "vacuous":
             missing = ", ".join(f for f, n in reached.items() if not n)
-            note = f"the command passed but never reached {missing}: {_unreached(found)}. " + note
+            note = f"the command passed but never reached {missing}: " \
+                f"{unreached_reason(found)}. " + note
         return {
             **found, "status": "finished", "verdict": verdict, "exit_code": exit_code,
-            "finished_at": time.time(), "failures": failures[:50], "tests": tests,
+            "finished_at": time.time(), "failures": failures, "tests": tests,
             "note": note.strip(),
         }
 
@@ -490,16 +467,3 @@ async def _terminate(proc: asyncio.subprocess.Process) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         return await proc.wait()
-
-
-def _unreached(found: dict[str, Any]) -> str:
-    """Why a fork was not reached, from what the run saw: the key never sent, lost on the way
-    (the leak says where), or carried but never routed to the fork's service."""
-    if found["leaks"]:
-        return "the key was lost on the way: " + leak_sentence(found["leaks"][0])
-    if not found["hops"]:
-        return ("no request carried the routing key (send LANEWAY_BAGGAGE as the `baggage` "
-                "header, or use a client that honours HTTP_PROXY)")
-    return ("requests carried the key, but none of them called the forked service (does the "
-            "test exercise it?)")
-

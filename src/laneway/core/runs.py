@@ -28,15 +28,18 @@ from laneway.core.hops import Hop, key_conflict_note
 __all__ = [
     "Leak",
     "Verdict",
+    "failed_tests",
     "find_leaks",
     "fork_responses",
     "forks_reached",
+    "hop_findings",
     "is_error_line",
     "key_conflicts",
     "leak_sentence",
     "parse_junit",
     "render_diff_markdown",
     "render_markdown",
+    "unreached_reason",
     "verdict_of",
 ]
 
@@ -263,6 +266,60 @@ def verdict_of(exit_code: int | None, reached: Mapping[str, int], *,
     if all(reached.values()) or allow_unreached:
         return "passed"
     return "vacuous"
+
+
+def hop_findings(hops: Sequence[Hop], key: str, forks: Sequence[str]) -> dict[str, Any]:
+    """What a run's hops say (`hops`: every hop of the run's window, keyed or not): forks
+    reached, how each answered, conflicting keys, captures and leaks. The local control plane
+    and the operator make the same part of a report with it."""
+    keyed = [h for h in hops if h.routing_key == key]
+    traces = {h.trace_id for h in keyed if h.trace_id}
+    related = [h for h in hops if h.trace_id in traces]
+    untraced = [h for h in keyed if not h.trace_id]
+    return {
+        "forks_reached": forks_reached(keyed, {key}, forks), "hops": len(keyed),
+        # Hops of the run's traces whose baggage carried two keys (core.baggage).
+        "key_conflicts": key_conflicts([*related, *untraced]),
+        "captured": sum(1 for h in keyed if h.capture is not None),
+        "fork_responses": fork_responses(keyed, {key}, forks),
+        # All hops of the run's window: leaks by caller need the keyless ones too.
+        "leaks": [leak.to_json() for leak in find_leaks(hops, {key})],
+    }
+
+
+_PYTEST_FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)(?: - (.*))?$")
+
+
+def failed_tests(junit: str | None, output: Iterable[str]) -> tuple[
+        dict[str, int] | None, list[dict[str, str]]]:
+    """(totals, failed tests) from the run's JUnit XML, or, without one (or with no failure in
+    it), from pytest's `FAILED name - message` summary lines of its output."""
+    tests: dict[str, int] | None = None
+    failures: list[dict[str, str]] = []
+    if junit:
+        try:
+            tests, failures = parse_junit(junit)
+        except (ET.ParseError, ValueError):  # a file half-written when the command died
+            tests = None
+    if not failures:
+        for line in output:
+            match = _PYTEST_FAILED.match(line)
+            if match:
+                failures.append({"name": match.group(1), "message": match.group(2) or ""})
+    return tests, failures[:50]
+
+
+def unreached_reason(found: Mapping[str, Any]) -> str:
+    """Why a fork was not reached, from what the run saw (`hop_findings`): the key never sent,
+    lost on the way (the leak says where), or carried but never routed to the fork's
+    service."""
+    if found["leaks"]:
+        return "the key was lost on the way: " + leak_sentence(found["leaks"][0])
+    if not found["hops"]:
+        return ("no request carried the routing key (send LANEWAY_BAGGAGE as the `baggage` "
+                "header, or use a client that honours HTTP_PROXY)")
+    return ("requests carried the key, but none of them called the forked service (does the "
+            "test exercise it?)")
 
 
 def is_error_line(line: str) -> bool:

@@ -127,13 +127,16 @@ def crds() -> list[dict[str, Any]]:
 
 def install_manifests(namespace: str = "laneway-system", image: str = DEFAULT_IMAGE,
                       mode: Mode = "istio") -> list[dict[str, Any]]:
-    """CRDs, least-privilege RBAC and the operator Deployment (`kopf run`, standalone); in
-    router mode also the Service of the operator's routes feed, which the sidecars follow."""
+    """CRDs, least-privilege RBAC, the operator Deployment (`kopf run`, standalone) and its
+    Service (the laneway API; in router mode also the routes feed the sidecars follow and
+    where they send their hop records)."""
     labels = {"app.kubernetes.io/name": "laneway-operator", "app.kubernetes.io/part-of":
               "laneway"}
     rules = [
+        # create and update: the operator's API applies them for its users (after asking the
+        # API server whether the user may, with a SubjectAccessReview).
         {"apiGroups": [GROUP], "resources": ["sandboxes", "routegroups"],
-         "verbs": ["get", "list", "watch", "patch", "delete"]},
+         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
         {"apiGroups": [GROUP], "resources": ["sandboxes/status", "routegroups/status"],
          "verbs": ["get", "patch"]},
         {"apiGroups": ["apps"], "resources": ["deployments"],
@@ -147,22 +150,27 @@ def install_manifests(namespace: str = "laneway-system", image: str = DEFAULT_IM
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
          "verbs": ["list", "watch"]},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+        # The operator's API and routes feed check bearer tokens with a TokenReview: users'
+        # (audience laneway-api) and the sidecars' (audience laneway-routes).
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+         "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"],
+         "verbs": ["create"]},
+        # Callers are named by pod IP (leaks by caller), and in Istio mode forks reached are
+        # read from the fork pods' own sidecar stats; read only.
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     ]
-    if mode == "router":
-        # The feed checks each sidecar's ServiceAccount token (audience laneway-routes).
-        rules.append({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
-                      "verbs": ["create"]})
-        # The routes table names callers by pod IP (leaks by caller); read only.
-        rules.append({"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]})
     env = [{"name": "LANEWAY_ROUTING_MODE", "value": mode},
            {"name": "LANEWAY_ROUTER_IMAGE", "value": image},
            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {
                "fieldPath": "metadata.namespace"}}}]
-    feed: list[dict[str, Any]] = [] if mode != "router" else [
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": {"name": "laneway-operator", "namespace": namespace, "labels": labels},
-         "spec": {"selector": labels, "ports": [{"name": "routes", "port": FEED_PORT,
-                                                 "targetPort": FEED_PORT}]}}]
+    # One port for the laneway API (the CLI's and MCP's, `laneway context add --k8s`), the
+    # sidecars' routes feed and their hop records.
+    service = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "laneway-operator", "namespace": namespace,
+                            "labels": labels},
+               "spec": {"selector": labels, "ports": [{"name": "http", "port": FEED_PORT,
+                                                       "targetPort": FEED_PORT}]}}
     return [
         *crds(),
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
@@ -191,8 +199,9 @@ def install_manifests(namespace: str = "laneway-system", image: str = DEFAULT_IM
                      "command": ["kopf", "run", "--standalone", "--all-namespaces", "-m",
                                  "laneway.runtime.kubernetes.handlers"],
                      "env": env,
-                     "ports": [{"name": "routes", "containerPort": FEED_PORT}]
-                     if mode == "router" else [],
+                     "ports": [{"name": "http", "containerPort": FEED_PORT}],
+                     "readinessProbe": {"httpGet": {"path": "/healthz", "port": FEED_PORT},
+                                        "periodSeconds": 5},
                      "resources": {"requests": {"cpu": "50m", "memory": "128Mi"},
                                    "limits": {"memory": "256Mi"}},
                      "securityContext": {"allowPrivilegeEscalation": False,
@@ -201,5 +210,5 @@ def install_manifests(namespace: str = "laneway-system", image: str = DEFAULT_IM
                                          "seccompProfile": {"type": "RuntimeDefault"}},
                  }]}},
          }},
-        *feed,
+        service,
     ]
