@@ -14,11 +14,11 @@ import pytest
 import uvicorn
 
 from laneway.control.api import create_app
-from laneway.control.hoplog import HopLog
 from laneway.control.plane import ControlPlane
 from laneway.control.reconciler import Reconciler
 from laneway.control.store import MemoryStore, Record, SqliteStore
 from laneway.core.feed import RoutesBroadcaster
+from laneway.core.hoplog import HopLog
 from laneway.core.hops import Hop
 from laneway.core.spec import parse_project
 from laneway.runtime.memory import MemoryRuntime

@@ -22,11 +22,11 @@ import pytest
 import uvicorn
 
 from laneway.control.api import create_app
-from laneway.control.hoplog import HopLog
 from laneway.control.plane import ControlPlane
 from laneway.control.runs import RunManager, RunSpec
 from laneway.control.store import MemoryStore
 from laneway.core.feed import RoutesBroadcaster
+from laneway.core.hoplog import HopLog
 from laneway.core.hops import Hop
 from laneway.core.spec import parse_project
 from laneway.runtime.memory import MemoryRuntime

@@ -24,11 +24,11 @@ from mcp import Client
 
 from laneway.client import AsyncApiClient
 from laneway.control.api import create_app
-from laneway.control.hoplog import HopLog
 from laneway.control.plane import ControlPlane
 from laneway.control.store import MemoryStore
 from laneway.core.baggage import baggage_key
 from laneway.core.feed import RoutesBroadcaster
+from laneway.core.hoplog import HopLog
 from laneway.core.hops import Hop, trace_context
 from laneway.core.inject_proxy import InjectingProxy
 from laneway.core.spec import parse_project

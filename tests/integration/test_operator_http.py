@@ -31,7 +31,9 @@ SERVICES = "v1/services"
 VIRTUAL_SERVICES = "networking.istio.io/v1/virtualservices"
 
 
-def load_api(api: ApiServer) -> None:
+def load_api(api: ApiServer, baseline: list[dict[str, Any]] | None = None) -> None:
+    """The CRDs, the kinds the operator touches, and a baseline (by default the team's of
+    tests/data/k8s/baseline.yaml)."""
     for crd in install_manifests("laneway-system", "laneway:test", "istio"):
         if crd["kind"] == "CustomResourceDefinition":
             api.add_crd(crd)
@@ -44,9 +46,10 @@ def load_api(api: ApiServer) -> None:
     api.add_resource("", "v1", "events", "Event")
     api.add_resource("events.k8s.io", "v1", "events", "Event")
     api.add_resource("", "v1", "namespaces", "Namespace", namespaced=False)
-    for obj in yaml.safe_load_all((DATA / "baseline.yaml").read_text()):
-        if obj:
-            api.put(obj)
+    if baseline is None:
+        baseline = [o for o in yaml.safe_load_all((DATA / "baseline.yaml").read_text()) if o]
+    for obj in baseline:
+        api.put(obj)
 
 
 async def eventually(what: str, check: Callable[[], Awaitable[Any]],

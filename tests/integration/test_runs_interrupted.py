@@ -24,11 +24,11 @@ from typing import Any
 import uvicorn
 
 from laneway.control.api import create_app
-from laneway.control.hoplog import HopLog
 from laneway.control.plane import ControlPlane
 from laneway.control.runs import RUN_ID_ENV, RunManager, RunSpec
 from laneway.control.store import SqliteStore
 from laneway.core.feed import RoutesBroadcaster
+from laneway.core.hoplog import HopLog
 from laneway.core.hops import Hop
 from laneway.core.processes import OWNER_ENV, find_marked
 from laneway.core.spec import parse_project

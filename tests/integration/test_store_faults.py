@@ -20,7 +20,6 @@ import uvicorn
 
 from laneway.control.api import create_app
 from laneway.control.errors import StoreUnavailable
-from laneway.control.hoplog import HopLog
 from laneway.control.plane import ControlPlane
 from laneway.control.reconciler import Reconciler
 from laneway.control.store import (
@@ -32,6 +31,7 @@ from laneway.control.store import (
     StoreCorrupt,
 )
 from laneway.core.feed import RoutesBroadcaster
+from laneway.core.hoplog import HopLog
 from laneway.core.processes import find_marked
 from laneway.core.spec import parse_project
 from laneway.runtime.memory import MemoryRuntime

@@ -12,7 +12,10 @@ and KMock's emulator leaves to its users ("inherit and implement for your cases"
   (moves when the spec does), `creationTimestamp`, the namespace from the URL;
 - deletion with finalizers (`deletionTimestamp`, deleted once the last finalizer goes), and
   garbage collection of the objects whose `ownerReferences` name a deleted owner;
-- TokenReview: the tokens given to `tokens` are authenticated for their audiences;
+- TokenReview: the tokens given to `tokens` are authenticated for their audiences (a review
+  naming none asks for the server's own), as the user `users` names (a ServiceAccount's by
+  default); SubjectAccessReview: allowed, but for the (user, verb, namespace) in `denied`;
+- Services get a cluster IP from `service_ips` (loopback in tests whose "pods" are processes);
 - faults on demand: `fail_next[(method, plural)] = n` answers the next n such writes with a
   500, as an API server having a bad moment does.
 
@@ -104,6 +107,10 @@ def _error(status: int, reason: str, message: str) -> kmock.KubernetesError:
 @attrs.define(kw_only=True)
 class ApiServer(kmock.KubernetesEmulator):
     tokens: dict[str, list[str]] = attrs.field(factory=dict)  # token -> audiences
+    users: dict[str, str] = attrs.field(factory=dict)  # token -> username
+    denied: set[tuple[str, str, str]] = attrs.field(factory=set)  # user, verb, namespace
+    access_reviews: list[dict[str, Any]] = attrs.field(factory=list)
+    service_ips: str = "10.96."
     _versions: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1000))
     writes: list[tuple[str, str, str, str]] = attrs.field(factory=list)  # verb, plural, ns, name
     fail_next: dict[tuple[str, str], int] = attrs.field(factory=dict)
@@ -171,7 +178,7 @@ class ApiServer(kmock.KubernetesEmulator):
         meta.setdefault("creationTimestamp", self._now())
         if obj.get("kind") == "Service":
             spec = obj.setdefault("spec", {})
-            spec.setdefault("clusterIP", f"10.96.{len(self.writes) // 250}."
+            spec.setdefault("clusterIP", f"{self.service_ips}{len(self.writes) // 250}."
                             f"{len(self.writes) % 250 + 2}")
         return obj
 
@@ -198,6 +205,8 @@ class ApiServer(kmock.KubernetesEmulator):
         method = str(request.method.value if request.method is not None else "").upper()
         if request.url.path.endswith("/tokenreviews") and method == "POST":
             return await self._review(request)
+        if request.url.path.endswith("/subjectaccessreviews") and method == "POST":
+            return await self._access(request)
         if request.resource is None or request.action in (
                 enums.action.LIST, enums.action.WATCH, enums.action.FETCH) or method == "GET":
             return await super()._handle(request)
@@ -211,7 +220,9 @@ class ApiServer(kmock.KubernetesEmulator):
                 body = await self._write(request, method)
         except kmock.KubernetesError as exc:
             return await self._render_error(exc)
-        return aiohttp.web.json_response(body)
+        # A create answers 201 Created, as the real server does (the official client reads
+        # the body of a create only for a 201).
+        return aiohttp.web.json_response(body, status=201 if method == "POST" else 200)
 
     async def _write(self, request: rendering.Request, method: str) -> dict[str, Any]:
         resource = request.resource
@@ -326,8 +337,19 @@ class ApiServer(kmock.KubernetesEmulator):
         return aiohttp.web.json_response({
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {},
             "spec": spec, "status": {"authenticated": ok, "audiences": wanted if ok else [],
-                       **({"user": {"username": "system:serviceaccount:test:client"}}
-                          if ok else {})}})
+                       **({"user": {"username": self.users.get(
+                           str(spec.get("token")), "system:serviceaccount:test:client"),
+                           "groups": ["system:authenticated"]}} if ok else {})}})
+
+    async def _access(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        spec = (request.data or {}).get("spec") or {}
+        attrs_ = spec.get("resourceAttributes") or {}
+        self.access_reviews.append(spec)
+        allowed = (spec.get("user"), attrs_.get("verb"), attrs_.get("namespace")) \
+            not in self.denied
+        return aiohttp.web.json_response({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "metadata": {}, "spec": spec, "status": {"allowed": allowed}})
 
     # lists and watches, with label selectors
 

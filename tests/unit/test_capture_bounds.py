@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from laneway.control.diffs import captured_requests
-from laneway.control.hoplog import HopLog
+from laneway.core.hoplog import HopLog
 from laneway.core.hops import Hop
 
 

@@ -117,7 +117,7 @@ async def test_route_group_handlers(cluster: MemoryCluster) -> None:
 async def test_startup_sets_explicit_retry_delays() -> None:
     settings = kopf.OperatorSettings()
     assert settings.execution.default_backoff == 60  # kopf's own, which laneway replaces
-    await handlers.configure(settings=settings, memo=kopf.Memo())
+    await handlers.configure(settings=settings)
     assert settings.execution.default_backoff == 10.0
     assert max(settings.queueing.error_delays) == 30  # a broken watch: back within seconds
     assert settings.persistence.finalizer == FINALIZER

@@ -9,11 +9,12 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from laneway.cli.output import console, table
 from laneway.client import CliError
 from laneway.core.images import DEFAULT_IMAGE
 from laneway.core.keys import is_routing_key, new_routing_key
 
-__all__ = ["k8s_app"]
+__all__ = ["context_app", "k8s_app"]
 
 k8s_app = typer.Typer(help="Kubernetes: render sandboxes against baseline manifests.",
                       no_args_is_help=True)
@@ -137,3 +138,111 @@ def install(
     sys.stdout.write(yaml.safe_dump_all(
         install_manifests(namespace, image, "router" if mode == "router" else "istio"),
         sort_keys=False, explicit_start=True))
+
+
+context_app = typer.Typer(help="Contexts: the control planes this CLI talks to (a cluster's "
+                          "operator, or the local environment).", no_args_is_help=True)
+
+
+@context_app.command("add")
+def context_add(
+    name: Annotated[str, typer.Argument(help="The context's name (`laneway --context NAME`)")],
+    k8s: Annotated[bool, typer.Option("--k8s", help="A Kubernetes cluster's laneway operator "
+                                      "(the only kind so far)")] = False,
+    url: Annotated[str | None, typer.Option(help="The operator's API URL; without it, a "
+                                            "`kubectl port-forward` to its Service is started "
+                                            "for each command")] = None,
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Where this context's "
+                                           "sandboxes live")] = "default",
+    token: Annotated[str | None, typer.Option(help="A bearer token the cluster accepts "
+                                              "(stored in the contexts file, mode 0600)")] =
+    None,
+    token_file: Annotated[str | None, typer.Option(help="...or a file holding one, read at "
+                                                   "each use")] = None,
+    token_command: Annotated[str | None, typer.Option(help="...or a command printing one, "
+                                                      "e.g. 'kubectl create token dev -n "
+                                                      "shop'")] = None,
+    operator_namespace: Annotated[str, typer.Option(help="The operator's namespace (for the "
+                                                    "port-forward)")] = "laneway-system",
+    use: Annotated[bool, typer.Option("--use", help="Make it the current context")] = False,
+) -> None:
+    """Add (or replace) a context, check that it answers, and save it."""
+    from laneway.client import ApiClient
+    from laneway.client.contexts import Context, ContextError, Contexts, reach
+
+    if not k8s:
+        raise CliError("say what the context reaches: --k8s (a cluster's laneway operator)")
+    try:
+        store = Contexts()
+        store.add(Context(name, "k8s", url, namespace, token, token_file, token_command,
+                          operator_namespace))
+        if use:
+            store.current = name
+        store.save()
+    except ContextError as exc:
+        raise CliError(str(exc)) from exc
+    console.print(f"context {name} saved in {store.path}: {store.items[name].describe()}",
+                  markup=False, highlight=False)
+    try:
+        reached = reach(name)
+        try:
+            status = ApiClient(reached.url, reached.token, None, reached.headers,
+                               name).get("/v1/status")
+        finally:
+            reached.close()
+    except (CliError, ContextError) as exc:
+        console.print(f"[yellow]warning[/yellow]: it does not answer yet: {exc}",
+                      highlight=False)
+        return
+    console.print(f"reached: {status.get('name')}", markup=False, highlight=False)
+
+
+@context_app.command("list")
+def context_list() -> None:
+    """The contexts, the current one marked."""
+    from laneway.client.contexts import ContextError, Contexts, selected
+
+    try:
+        store = Contexts()
+        current = selected()
+    except ContextError as exc:
+        raise CliError(str(exc)) from exc
+    rows = table("", "NAME", "KIND", "REACHES")
+    rows.add_row("*" if current is None else "", "local", "local",
+                 "the environment found from the current folder (.laneway/)")
+    for ctx in store.items.values():
+        rows.add_row("*" if ctx.name == current else "", ctx.name, ctx.kind, ctx.describe())
+    console.print(rows)
+
+
+@context_app.command("use")
+def context_use(name: Annotated[str, typer.Argument(help="A context, or `local`")]) -> None:
+    """Make NAME the context of every command (`local`: the environment found here)."""
+    from laneway.client.contexts import ContextError, Contexts
+
+    try:
+        store = Contexts()
+        if name != "local":
+            store.get(name)
+        store.current = None if name == "local" else name
+        store.save()
+    except ContextError as exc:
+        raise CliError(str(exc)) from exc
+    console.print(f"current context: {name}", markup=False)
+
+
+@context_app.command("remove")
+def context_remove(name: str) -> None:
+    """Forget a context."""
+    from laneway.client.contexts import ContextError, Contexts
+
+    try:
+        store = Contexts()
+        store.get(name)
+        del store.items[name]
+        if store.current == name:
+            store.current = None
+        store.save()
+    except ContextError as exc:
+        raise CliError(str(exc)) from exc
+    console.print(f"context {name} removed", markup=False)

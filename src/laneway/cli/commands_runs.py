@@ -178,11 +178,17 @@ def run(
     """
     _check_format(output)
     client = connect(api)
+    here = client.context is not None  # a cluster's operator runs no commands: we do
     report = client.request("POST", "/v1/runs", json={
         "sandbox": sandbox, "routegroup": routegroup, "command": command,
-        "cwd": os.getcwd(), "env": dict(os.environ), "timeout_s": timeout,
-        "allow_unreached": allow_unreached, "diff": diff or diff_unsafe,
+        "cwd": None if here else os.getcwd(), "env": None if here else dict(os.environ),
+        "timeout_s": timeout, "allow_unreached": allow_unreached, "diff": diff or diff_unsafe,
         "diff_unsafe": diff_unsafe, "capture": capture})
+    if report.get("executor") == "client":
+        report = _run_here(client, report, command, timeout,
+                           sys.stdout if output == "table" else sys.stderr)
+        print_report(report, output)
+        raise typer.Exit(_exit_code(report))
     try:
         # The command's own output goes to stderr when stdout carries a machine-readable report.
         _follow_output(client, report["id"], sys.stdout if output == "table" else sys.stderr)
@@ -201,6 +207,30 @@ def run(
         raise
     print_report(report, output)
     raise typer.Exit(_exit_code(report))
+
+
+def _run_here(client: ApiClient, report: dict[str, Any], command: list[str],
+              timeout: float | None, stream: Any) -> dict[str, Any]:
+    """Run the command on this machine for a control plane that runs none (a cluster's
+    operator), then post its outcome, from which the operator makes the report."""
+    import asyncio
+
+    from laneway.client.runner import execute, interrupted_result
+
+    started = time.monotonic()
+    # Progress goes to stderr: stdout may carry the report as JSON.
+    print(f"run {report['id']} against {report['sandbox'] or report['routegroup']} (key "
+          f"{report['routing_key']}): the command runs here", file=sys.stderr, flush=True)
+    try:
+        result = asyncio.run(execute(report, command, timeout_s=timeout,
+                                     stream=stream.buffer))
+    except KeyboardInterrupt:
+        result = interrupted_result(time.monotonic() - started)
+        client.request("POST", f"/v1/runs/{report['id']}/result", json=result)
+        raise
+    answer: dict[str, Any] = client.request("POST", f"/v1/runs/{report['id']}/result",
+                                            json=result)
+    return answer
 
 
 @runs_app.command("list")

@@ -60,7 +60,7 @@ def _read_specs(file: Path) -> list[tuple[dict[str, Any], str]]:
     out = []
     for i, data in enumerate(docs):
         where = f"{source} (document {i + 1})" if len(docs) > 1 else source
-        name = data.get("name")
+        name = _name_of(data)
         if not isinstance(name, str) or not name:
             raise CliError(f"{where}: name: required (a DNS label, at most 40 characters)")
         if source != "<stdin>" and isinstance(data.get("forks"), list):
@@ -73,11 +73,18 @@ def _read_specs(file: Path) -> list[tuple[dict[str, Any], str]]:
                 if isinstance(cwd, str) and cwd and not os.path.isabs(cwd):
                     fork["cwd"] = os.path.normpath(os.path.join(file.resolve().parent, cwd))
         out.append((data, where))
-    names = [data["name"] for data, _ in out]
+    names = [_name_of(data) for data, _ in out]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise CliError(f"{source}: sandbox {twice[0]!r} is in the file more than once")
     return out
+
+
+def _name_of(data: dict[str, Any]) -> Any:
+    """A sandbox file's name, or a `Sandbox` resource's (a cluster's operator takes both)."""
+    if data.get("kind") == "Sandbox" and isinstance(data.get("metadata"), dict):
+        return data["metadata"].get("name")
+    return data.get("name")
 
 
 def _read_spec(file: Path) -> tuple[dict[str, Any], str]:
@@ -116,12 +123,12 @@ def sandbox_apply(
               **({"ifGeneration": if_generation} if if_generation is not None else {})}
     if len(docs) > 1 or guards:
         for data, source in docs:  # all or none: a mistake in the third applies nothing
-            client.request("PUT", f"/v1/sandboxes/{data['name']}", json=data, source=source,
-                           params={"dryRun": "true", **guards})
+            client.request("PUT", f"/v1/sandboxes/{_name_of(data)}", json=data,
+                           source=source, params={"dryRun": "true", **guards})
     params = {**_reveal(show_secrets), **({"wait": min(timeout, 30.0)} if wait else {}),
               **guards}
-    views = [client.request("PUT", f"/v1/sandboxes/{data['name']}", json=data, source=source,
-                            params=params) for data, source in docs]
+    views = [client.request("PUT", f"/v1/sandboxes/{_name_of(data)}", json=data,
+                            source=source, params=params) for data, source in docs]
     if wait:
         deadline = time.monotonic() + timeout - 30.0
         views = [_wait_ready(client, view["name"], deadline, view, show_secrets)

@@ -43,6 +43,7 @@ app.add_typer(commands_sandbox.sandbox_app, name="sandbox")
 app.add_typer(commands_sandbox.group_app, name="routegroup")
 commands_runs.register(app)
 app.add_typer(commands_k8s.k8s_app, name="k8s")
+app.add_typer(commands_k8s.context_app, name="context")
 
 ApiOption = Annotated[str | None, typer.Option("--api", help="Control plane URL (token from "
                                                "LANEWAY_TOKEN); default: find .laneway/")]
@@ -61,8 +62,15 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit")] = False,
+    context: Annotated[str | None, typer.Option(
+        "--context", envvar="LANEWAY_CONTEXT", help="Talk to this context's control plane (a "
+        "cluster's operator: `laneway context add`); `local`: the environment found here")] =
+    None,
 ) -> None:
     """Request-level sandboxes on a shared, running baseline of microservices."""
+    from laneway.client import contexts
+
+    contexts.select(context)
 
 
 @app.command()
@@ -327,9 +335,17 @@ def mcp(
     """Serve laneway's tools to coding agents over MCP (stdio by default)."""
     import os
 
-    from laneway.client import locate
+    from laneway.client import contexts, locate
 
-    locate(api, token=token)  # fail here, with a clear error, if there is no environment
+    name = None if api else contexts.selected()
+    if name:
+        try:  # the MCP server reaches it itself (its port-forward lives as long as it does)
+            contexts.Contexts().get(name)
+        except contexts.ContextError as exc:
+            raise CliError(str(exc)) from exc
+        os.environ["LANEWAY_CONTEXT"] = name
+    else:
+        locate(api, token=token)  # fail here, with a clear error, if there is no environment
     argv = [sys.executable, "-m", "laneway.mcp", "--host", host, "--port", str(port)]
     if http:
         argv.append("--http")

@@ -1,23 +1,28 @@
 """Finding an environment and talking to its control plane (shared by the CLI and MCP).
 
 An environment is found through `.laneway/` in the current directory or a parent (its `api.json`
-and `token`), or given with `--api URL` and `LANEWAY_TOKEN`. Every API failure becomes a
+and `token`), given with `--api URL` and `LANEWAY_TOKEN`, or selected as a context (a
+cluster's operator: `laneway --context NAME`, `client.contexts`). Every API failure becomes a
 `CliError` whose message is what the user reads after `Error:`.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from laneway.client import contexts
 from laneway.core.layout import StateLayout, find_state_dir
 
-__all__ = ["ApiClient", "AsyncApiClient", "CliError", "api_error", "connect", "locate"]
+__all__ = ["ApiClient", "AsyncApiClient", "CliError", "Target", "api_error", "connect",
+           "locate", "resolve"]
 
 
 class CliError(Exception):
@@ -34,11 +39,14 @@ class CliError(Exception):
 
 
 class ApiClient:
-    def __init__(self, url: str, token: str, layout: StateLayout | None = None) -> None:
+    def __init__(self, url: str, token: str, layout: StateLayout | None = None,
+                 headers: dict[str, str] | None = None, context: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.layout = layout
+        self.context = context
         self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(30.0, read=660.0),
-                                  headers={"authorization": f"Bearer {token}"})
+                                  headers={"authorization": f"Bearer {token}",
+                                           **(headers or {})})
 
     def close(self) -> None:
         self._http.close()
@@ -53,7 +61,7 @@ class ApiClient:
         try:
             resp = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise _unreachable(self.url, exc) from exc
+            raise _unreachable(self.url, exc, self.context) from exc
         if resp.status_code >= 400:
             raise _api_error(resp, source)
         return resp
@@ -67,17 +75,21 @@ class ApiClient:
                     raise _api_error(resp, None)
                 yield from resp.iter_text()
         except httpx.TransportError as exc:
-            raise _unreachable(self.url, exc) from exc
+            raise _unreachable(self.url, exc, self.context) from exc
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items()
                                                  if v is not None})
 
 
-def _unreachable(url: str, exc: httpx.TransportError) -> CliError:
+def _unreachable(url: str, exc: httpx.TransportError, context: str | None = None) -> CliError:
     """Transport failures of both clients, in one wording."""
     if isinstance(exc, httpx.TimeoutException):
         return CliError(f"the control plane at {url} did not answer in time")
+    if isinstance(exc, httpx.ConnectError) and context:
+        return CliError(f"cannot reach the operator of context {context} at {url}: is it "
+                        "running, and is the URL (or the port-forward) right? (`laneway "
+                        "context list`)")
     if isinstance(exc, httpx.ConnectError):
         return CliError(f"cannot reach the control plane at {url}: is laneway running? "
                         "(`laneway up` in the folder of laneway.yaml)")
@@ -111,20 +123,40 @@ def _api_error(resp: httpx.Response, source: str | None) -> CliError:
     return CliError(prefix + message, status=resp.status_code, fields=errors)
 
 
-def locate(api: str | None = None, start: Path | None = None,
-           token: str | None = None) -> tuple[str, str, StateLayout | None]:
-    """(API URL, token, layout) for `--api URL` (+ token or LANEWAY_TOKEN) or for the
-    `.laneway/` found from `start`."""
+@dataclass(slots=True)
+class Target:
+    """Where a client's requests go."""
+
+    url: str
+    token: str
+    layout: StateLayout | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    context: str | None = None
+
+
+def resolve(api: str | None = None, start: Path | None = None,
+            token: str | None = None) -> Target:
+    """`--api URL` (+ token or LANEWAY_TOKEN), else the selected context (`--context`,
+    LANEWAY_CONTEXT, `laneway context use`), else the `.laneway/` found from `start`."""
     if api:
         token = token or os.environ.get("LANEWAY_TOKEN")
         if not token:
             raise CliError("--api needs the API token in LANEWAY_TOKEN (it is in the "
                            "environment's .laneway/token)")
-        return api, token, None
+        return Target(api, token)
+    try:
+        name = contexts.selected()
+        if name is not None:
+            reached = contexts.reach(name)
+            atexit.register(reached.close)  # a port-forward ends with the command
+            return Target(reached.url, reached.token, None, reached.headers, name)
+    except contexts.ContextError as exc:
+        raise CliError(str(exc)) from exc
     layout = find_state_dir(start or Path.cwd())
     if layout is None:
         raise CliError("no laneway environment here: run `laneway up` in the folder of your "
-                       "laneway.yaml, or pass --api URL with LANEWAY_TOKEN")
+                       "laneway.yaml, pass --api URL with LANEWAY_TOKEN, or select a cluster "
+                       "with --context NAME (`laneway context add`)")
     try:
         info = json.loads(layout.api.read_text())
     except FileNotFoundError as exc:
@@ -132,22 +164,33 @@ def locate(api: str | None = None, start: Path | None = None,
             from exc
     except ValueError as exc:
         raise CliError(f"{layout.api} is damaged; run `laneway down` and `laneway up`") from exc
-    return str(info["url"]), layout.token.read_text().strip(), layout
+    return Target(str(info["url"]), layout.token.read_text().strip(), layout)
+
+
+def locate(api: str | None = None, start: Path | None = None,
+           token: str | None = None) -> tuple[str, str, StateLayout | None]:
+    """(API URL, token, layout): `resolve`'s, for callers that need no more."""
+    target = resolve(api, start, token)
+    return target.url, target.token, target.layout
 
 
 def connect(api: str | None = None, start: Path | None = None) -> ApiClient:
-    """A client for `--api URL` (+ LANEWAY_TOKEN) or for the `.laneway/` found from `start`."""
-    url, token, layout = locate(api, start)
-    return ApiClient(url, token, layout)
+    """A client for `--api URL` (+ LANEWAY_TOKEN), the selected context, or the `.laneway/`
+    found from `start`."""
+    target = resolve(api, start)
+    return ApiClient(target.url, target.token, target.layout, target.headers, target.context)
 
 
 class AsyncApiClient:
     """The same API from asyncio code (the MCP server); errors are `CliError`s too."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, headers: dict[str, str] | None = None,
+                 context: str | None = None) -> None:
         self.url = url.rstrip("/")
+        self.context = context
         self._http = httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(30, read=90),
-                                       headers={"authorization": f"Bearer {token}"})
+                                       headers={"authorization": f"Bearer {token}",
+                                                **(headers or {})})
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -158,7 +201,7 @@ class AsyncApiClient:
         try:
             resp = await self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise _unreachable(self.url, exc) from exc
+            raise _unreachable(self.url, exc, self.context) from exc
         if resp.status_code >= 400:
             raise _api_error(resp, None)
         return _decode(resp)

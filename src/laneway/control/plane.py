@@ -15,10 +15,10 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from laneway.control.errors import Conflict, Invalid, NotFound
-from laneway.control.hoplog import HopLog
 from laneway.control.resources import ResourceManager
 from laneway.control.store import AuditEntry, Kind, Record, Store
 from laneway.core.feed import RoutesBroadcaster
+from laneway.core.hoplog import HopLog
 from laneway.core.keys import new_routing_key
 from laneway.core.plan import (
     BaselineUnits,

@@ -11,7 +11,11 @@ from typing import Any
 
 from laneway.core.grpc import grpc_code_name
 
-__all__ = ["Hop", "key_conflict_note", "status_text", "trace_context"]
+__all__ = ["HOP_PUSH_INTERVAL_S", "Hop", "key_conflict_note", "status_text", "trace_context"]
+
+# Router sidecars on Kubernetes send their hop records to the operator this often (when they
+# have any): one request a second per sidecar, and a run's report waits this long for them.
+HOP_PUSH_INTERVAL_S = 1.0
 
 
 @dataclass(slots=True)  # not frozen: routers build one per request, and frozen init is slower

@@ -29,13 +29,13 @@ import uvloop
 
 from laneway.control.api import create_app
 from laneway.control.errors import StoreUnavailable
-from laneway.control.hoplog import HopLog
 from laneway.control.plane import ControlPlane
 from laneway.control.reconciler import Reconciler
 from laneway.control.resources import ResourceManager
 from laneway.control.runs import RunManager
 from laneway.control.store import SqliteStore, StoreCorrupt
 from laneway.core.feed import RoutesBroadcaster
+from laneway.core.hoplog import HopLog
 from laneway.core.keys import new_api_token
 from laneway.core.layout import (
     STATE_DIR_NAME,

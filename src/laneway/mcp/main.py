@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import anyio
 
-from laneway.client import AsyncApiClient, locate
+from laneway.client import AsyncApiClient, resolve
 from laneway.mcp.server import build_server
 
 __all__ = ["main", "serve"]
 
 
 async def serve(api: str | None, token: str | None, http: bool, host: str, port: int) -> None:
-    url, secret, _ = locate(api, token=token)
-    client = AsyncApiClient(url, secret)
+    target = resolve(api, token=token)
+    client = AsyncApiClient(target.url, target.token, target.headers, target.context)
     server = build_server(client)
     try:
         if http:

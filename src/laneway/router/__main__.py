@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import uvloop
 
 from laneway.core.routes import RouteTable, Upstream
 from laneway.core.spec import PROTOCOLS
-from laneway.router.feed_http import HttpRoutesFeed
+from laneway.router.feed_http import HttpHopPusher, HttpRoutesFeed
 from laneway.router.server import Router, RouterError, RouterSettings
 
 
@@ -46,10 +48,13 @@ def _listen(value: str) -> tuple[str, int, str]:
 
 async def main(args: argparse.Namespace) -> int:
     feed = HttpRoutesFeed(args.routes, args.token, args.token_file)
+    pusher = HttpHopPusher(args.hops, args.token, args.token_file, router=args.name) \
+        if args.hops else None
     limits = {name: value for name, value in vars(args).items()
               if name in _LIMIT_FLAGS and value is not None}
     router = Router(RouterSettings(host=args.host, extra_headers=tuple(args.extra_header),
-                                   **limits))
+                                   **limits), hop_sink=pusher.add if pusher else None)
+    pushing = asyncio.get_running_loop().create_task(pusher.run()) if pusher else None
     try:
         ports = [(service, await router.listen(service, port, protocol), protocol)
                  for service, port, protocol in args.listen]
@@ -57,6 +62,7 @@ async def main(args: argparse.Namespace) -> int:
         print(f"Error: {exc}", file=sys.stderr)  # noqa: T201
         await router.close()
         await feed.aclose()
+        await _stop_pushing(pusher, pushing)
         return 1
     if args.baseline:
         router.apply(RouteTable(version=0, baseline=dict(args.baseline)))
@@ -71,9 +77,19 @@ async def main(args: argparse.Namespace) -> int:
         print(f"laneway router for {service} on {args.host}:{port}{over}",  # noqa: T201
               flush=True)
     await stop.wait()
-    await router.close()
+    await router.close()  # hands its last hop records to the pusher
     await feed.aclose()
+    await _stop_pushing(pusher, pushing)
     return 0
+
+
+async def _stop_pushing(pusher: HttpHopPusher | None, task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if pusher is not None:
+        await pusher.aclose()
 
 
 parser = argparse.ArgumentParser(prog="python -m laneway.router")
@@ -108,6 +124,11 @@ parser.add_argument("--routes", default=os.environ.get("LANEWAY_ROUTES_URL", "")
                     help="the routes feed URL (default: $LANEWAY_ROUTES_URL)")
 parser.add_argument("--token", default=os.environ.get("LANEWAY_ROUTES_TOKEN", ""),
                     help="a bearer token for it (default: $LANEWAY_ROUTES_TOKEN)")
+parser.add_argument("--hops", default=os.environ.get("LANEWAY_HOPS_URL", ""),
+                    help="send hop records to this URL in batches (the operator's /v1/hops; "
+                         "default: $LANEWAY_HOPS_URL; none: not recorded)")
+parser.add_argument("--name", default=os.environ.get("HOSTNAME") or socket.gethostname(),
+                    help="this router's name in the operator's status (default: the pod's)")
 parser.add_argument("--token-file", type=Path, default=None,
                     help="read the bearer token from this file before every request "
                          "(a projected ServiceAccount token in Kubernetes)")

@@ -1,17 +1,25 @@
 """The routes feed over HTTP: what a router outside the daemon (a sidecar, or `python -m
 laneway.router`) follows. Long-polls the control plane's `/v1/routes`; the router keeps serving
-its last table whenever this fails."""
+its last table whenever this fails. And the way back: `HttpHopPusher` sends the router's hop
+records to the operator in batches."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from laneway.core.feed import FeedUpdate, update_from_json
+from laneway.core.hops import HOP_PUSH_INTERVAL_S, Hop
 
-__all__ = ["HttpRoutesFeed"]
+__all__ = ["HttpHopPusher", "HttpRoutesFeed"]
+
+log = logging.getLogger(__name__)
 
 
 class HttpRoutesFeed:
@@ -37,4 +45,87 @@ class HttpRoutesFeed:
         return update_from_json(resp.json())
 
     async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class HttpHopPusher:
+    """A router sidecar's hop records, sent to the operator (`POST /v1/hops`) in batches.
+
+    `add` is the router's hop sink: an append to a bounded buffer, nothing else, so traffic
+    never waits for the operator. Every `interval` seconds (when there is something to send) up
+    to `batch` records go in one request; when the operator is away they stay in the buffer,
+    the oldest dropped beyond `capacity` and counted (`dropped`, sent with every batch, so the
+    operator's status says what it never got), and sending is retried with a growing delay.
+    """
+
+    def __init__(self, url: str, token: str = "", token_file: Path | None = None, *,
+                 router: str = "", capacity: int = 50_000, batch: int = 5000,
+                 interval: float = HOP_PUSH_INTERVAL_S) -> None:
+        self.url = url
+        self.router = router
+        self.capacity = capacity
+        self.batch = batch
+        self.interval = interval
+        self.dropped = 0
+        self.sent = 0
+        self._buffer: deque[Hop] = deque()
+        self._token = token
+        self._token_file = token_file
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+        self._failing = False
+
+    def add(self, hops: list[Hop]) -> None:
+        buffer = self._buffer
+        buffer.extend(hops)
+        excess = len(buffer) - self.capacity
+        if excess > 0:
+            for _ in range(excess):
+                buffer.popleft()
+            self.dropped += excess
+
+    def _authorization(self) -> dict[str, str]:
+        token = self._token_file.read_text().strip() if self._token_file else self._token
+        return {"authorization": f"Bearer {token}"} if token else {}
+
+    async def push(self) -> bool:
+        """Send one batch; whether it was taken (nothing to send counts as taken)."""
+        if not self._buffer:
+            return True
+        count = min(len(self._buffer), self.batch)
+        batch = [self._buffer[i] for i in range(count)]
+        try:
+            resp = await self._http.post(self.url, headers=self._authorization(), json={
+                "router": self.router, "dropped": self.dropped,
+                "hops": [hop.to_json() for hop in batch]})
+            resp.raise_for_status()
+        except (httpx.HTTPError, OSError) as exc:
+            if not self._failing:
+                log.warning("hop records not sent to %s (kept, %d waiting): %s", self.url,
+                            len(self._buffer), exc)
+            self._failing = True
+            return False
+        if self._failing:
+            log.warning("hop records sent to %s again", self.url)
+        self._failing = False
+        # Drops while the request was in flight took from the front: remove what was sent.
+        for _ in range(min(count, len(self._buffer))):
+            self._buffer.popleft()
+        self.sent += count
+        return True
+
+    async def run(self) -> None:
+        delay = self.interval
+        while True:
+            await asyncio.sleep(delay)
+            ok = await self.push()
+            while ok and len(self._buffer) >= self.batch:  # a backlog: send it now
+                ok = await self.push()
+            delay = self.interval if ok else min(delay * 2, 30.0)
+
+    async def aclose(self, timeout: float = 2.0) -> None:
+        """Send what is left (for at most `timeout` seconds), then close."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self._buffer and await self.push():
+                    pass
         await self._http.aclose()

@@ -71,6 +71,10 @@ class RouterSidecar:
     def feed_url(self) -> str:
         return f"http://laneway-operator.{self.operator_namespace}.svc:{FEED_PORT}/v1/routes"
 
+    @property
+    def hops_url(self) -> str:
+        return f"http://laneway-operator.{self.operator_namespace}.svc:{FEED_PORT}/v1/hops"
+
 
 def strip_router(dep: dict[str, Any]) -> None:
     """Remove the router sidecar (a fork copied from an injected baseline Deployment needs none:
@@ -241,7 +245,7 @@ def _with_router(dep: dict[str, Any], listeners: list[str], ports: list[dict[str
         "image": sidecar.image,
         "command": ["python", "-m", "laneway.router"],
         "args": ["--host", "0.0.0.0", *listeners, "--routes", sidecar.feed_url,
-                 "--token-file", f"{TOKEN_DIR}/token"],
+                 "--hops", sidecar.hops_url, "--token-file", f"{TOKEN_DIR}/token"],
         "ports": ports,
         "readinessProbe": {"tcpSocket": {"port": ports[0]["containerPort"]},
                            "periodSeconds": 5},

@@ -110,6 +110,7 @@ class KubernetesCluster:  # pragma: no cover - needs a cluster; the executor is 
         self.core: Any = client.CoreV1Api()
         self.custom_api: Any = client.CustomObjectsApi()
         self.auth: Any = client.AuthenticationV1Api()
+        self.authz: Any = client.AuthorizationV1Api()
         self.api: Any = client.ApiClient()
 
     def _plain(self, kind: str, api_version: str, items: Any) -> list[dict[str, Any]]:
@@ -181,6 +182,56 @@ class KubernetesCluster:  # pragma: no cover - needs a cluster; the executor is 
                      status: Mapping[str, Any]) -> None:
         self.custom_api.patch_namespaced_custom_object_status(
             *_LANEWAY, namespace, PLURALS[kind], name, {"status": dict(status)})
+
+    def namespaced(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        """The `Sandbox`es or `RouteGroup`s of one namespace."""
+        found = self.custom_api.list_namespaced_custom_object(*_LANEWAY, namespace,
+                                                              PLURALS[kind])
+        return [dict(item) for item in found.get("items", [])]
+
+    def put_custom(self, kind: str, namespace: str, name: str,
+                   body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create the `Sandbox` or `RouteGroup`, or replace its spec, labels and annotations
+        (its status is the operator's); returns (the stored object, whether it was created).
+        Replacing sends the read resourceVersion: a concurrent write is a 409, not lost."""
+        existing = self.get(kind, namespace, name)
+        if existing is None:
+            return dict(self.custom_api.create_namespaced_custom_object(
+                *_LANEWAY, namespace, PLURALS[kind], dict(body))), True
+        meta = {**existing["metadata"], "labels": body["metadata"].get("labels") or {},
+                "annotations": body["metadata"].get("annotations") or {}}
+        replaced = {**existing, "metadata": meta, "spec": body.get("spec") or {}}
+        return dict(self.custom_api.replace_namespaced_custom_object(
+            *_LANEWAY, namespace, PLURALS[kind], name, replaced)), False
+
+    def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return self._plain("Pod", "v1", self.core.list_namespaced_pod(
+            namespace, label_selector=selector).items)
+
+    def identity(self, token: str) -> dict[str, Any] | None:
+        """Who `token` is, as the API server says (a TokenReview for its own audience): a
+        ServiceAccount's or a user's token alike; None when it is not valid."""
+        review = self.auth.create_token_review({"apiVersion": "authentication.k8s.io/v1",
+                                                "kind": "TokenReview",
+                                                "spec": {"token": token}})
+        if not review.status.authenticated or review.status.user is None:
+            return None
+        user = review.status.user
+        return {"username": user.username or "", "groups": list(user.groups or []),
+                "uid": user.uid or "", "extra": dict(user.extra or {})}
+
+    def may(self, identity: Mapping[str, Any], verb: str, plural: str,
+            namespace: str) -> bool:
+        """Whether the API server lets `identity` do `verb` on laneway's `plural` in
+        `namespace` (a SubjectAccessReview): the operator acts for its API's users with no
+        more rights than their own."""
+        review = self.authz.create_subject_access_review({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": identity.get("username"), "groups": identity.get("groups"),
+                     "uid": identity.get("uid") or None, "extra": identity.get("extra") or None,
+                     "resourceAttributes": {"group": _LANEWAY[0], "resource": plural,
+                                            "verb": verb, "namespace": namespace}}})
+        return bool(review.status.allowed)
 
     def review_token(self, token: str, audience: str) -> bool:
         """Whether the API server vouches for `token` with `audience` (a TokenReview)."""

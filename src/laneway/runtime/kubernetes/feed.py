@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from laneway.core.feed import RoutesBroadcaster, update_to_json
 from laneway.core.kubernetes.router_mode import TOKEN_AUDIENCE
 
-__all__ = ["Authenticator", "FixedToken", "TokenReviews", "feed_app"]
+__all__ = ["Authenticator", "FixedToken", "TokenReviews", "feed_app", "routes_endpoint"]
 
 
 class Authenticator(Protocol):
@@ -61,10 +61,14 @@ class TokenReviews:
         return allowed
 
 
-def feed_app(feed: RoutesBroadcaster, auth: Authenticator) -> Starlette:
-    async def routes(request: Request) -> JSONResponse:
+def routes_endpoint(feed: RoutesBroadcaster, auth: Authenticator | None) -> Callable[
+        [Request], Awaitable[Response]]:
+    """`GET /v1/routes`; `auth` None: the caller was checked already (the operator's API)."""
+
+    async def routes(request: Request) -> Response:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token or not await auth.allows(token):
+        if auth is not None and (scheme.lower() != "bearer" or not token
+                                 or not await auth.allows(token)):
             return JSONResponse({"error": "authorization: send a ServiceAccount token with "
                                           f"audience {TOKEN_AUDIENCE} as Bearer"},
                                 status_code=401)
@@ -77,6 +81,13 @@ def feed_app(feed: RoutesBroadcaster, auth: Authenticator) -> Starlette:
                                           "seconds"}, status_code=400)
         update = await feed.next_update(since, wait) if wait else feed.changes_since(since)
         return JSONResponse(update_to_json(update, feed.version))
+
+    return routes
+
+
+def feed_app(feed: RoutesBroadcaster, auth: Authenticator) -> Starlette:
+    """The feed alone (tests, a development operator)."""
+    routes = routes_endpoint(feed, auth)
 
     async def healthz(_: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")

@@ -1,13 +1,17 @@
 """kopf handlers for `Sandbox` and `RouteGroup`: each runs a pass of `operator` and reports
-through kopf, with explicit retry delays instead of kopf's 60 s default. In router mode the
-operator also serves the routes feed for the router sidecars (port 8790) and republishes the
-table after a pass that changed something, and every 30 s.
+through kopf, with explicit retry delays instead of kopf's 60 s default. The operator serves
+the laneway API (`api`, port 8790) and, in router mode, on the same port the routes feed for
+the router sidecars and their hop records; it republishes the table after a pass that changed
+something, and every 30 s.
 
 Settings come from the operator Deployment's environment: `LANEWAY_ROUTING_MODE` (istio or
 router), `LANEWAY_ROUTER_IMAGE` (the sidecar's image), `POD_NAMESPACE` (where the feed's
-Service is), `LANEWAY_FEED_ADDRESS` (where the feed listens, `0.0.0.0:8790` by default; tests
-give a loopback port). Tests call the handlers over the in-memory cluster; kopf's dispatch, the feed
-server's start and the official client need a cluster.
+Service is), `LANEWAY_API_ADDRESS` (where the API and feed listen, `0.0.0.0:8790` by default;
+`LANEWAY_FEED_ADDRESS`, its older name, still works; tests give a loopback port),
+`LANEWAY_DEFAULT_NAMESPACE` (the API's namespace when a request names none) and
+`LANEWAY_API_TOKEN` (one more bearer token, allowed everything: a development operator).
+Unit tests call the handlers over the in-memory cluster; `tests/integration/test_operator_http`
+runs the whole operator against an API emulation.
 """
 
 from __future__ import annotations
@@ -26,14 +30,16 @@ import uvicorn
 from laneway.core.kubernetes.objects import SANDBOX_LABEL
 from laneway.core.kubernetes.plan import FINALIZER, RETRY_ERROR_S, SandboxPlan
 from laneway.core.kubernetes.router_mode import FEED_PORT, RouterSidecar
+from laneway.runtime.kubernetes.api import ClusterApi, cluster_app
 from laneway.runtime.kubernetes.cluster import Cluster, KubernetesCluster
-from laneway.runtime.kubernetes.feed import TokenReviews, feed_app
+from laneway.runtime.kubernetes.feed import TokenReviews, routes_endpoint
 from laneway.runtime.kubernetes.operator import (
     OperatorSettings,
     RoutesPublisher,
     reconcile,
     reconcile_route_group,
 )
+from laneway.runtime.kubernetes.telemetry import PodTelemetry
 
 __all__: list[str] = []
 
@@ -86,23 +92,36 @@ class _FeedServer(uvicorn.Server):  # pragma: no cover
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     # A handler that fails (the API server refused a write, say) runs again after 10 s, not
     # kopf's 60 s; a broken watch stream is retried within seconds.
     settings.execution.default_backoff = RETRY_ERROR_S
     settings.queueing.error_delays = [1, 2, 5, 10, 10, 30]
-    if SETTINGS.mode != "router":
-        return
-    cluster = _api()  # pragma: no cover - router mode serves the feed of a real cluster
+
+
+@kopf.on.startup()
+async def serve(memo: kopf.Memo, **_: Any) -> None:  # pragma: no cover - needs an API server
+    """The laneway API (and in router mode the routes feed and the hops' way in)."""
+    cluster = _api()
     assert isinstance(cluster, KubernetesCluster)
-    app = feed_app(_publisher.feed, TokenReviews(cluster.review_token))
-    address = os.environ.get("LANEWAY_FEED_ADDRESS", f"0.0.0.0:{FEED_PORT}")
+    routers = TokenReviews(cluster.review_token)
+    state = ClusterApi(
+        cluster, SETTINGS.mode,
+        default_namespace=os.environ.get("LANEWAY_DEFAULT_NAMESPACE", "default"),
+        dev_token=os.environ.get("LANEWAY_API_TOKEN") or None,
+        telemetry=PodTelemetry() if SETTINGS.mode == "istio" else None)
+    routes = routes_endpoint(_publisher.feed, None) if SETTINGS.mode == "router" else None
+    app = cluster_app(state, routes, routers.allows)
+    address = os.environ.get("LANEWAY_API_ADDRESS") or os.environ.get(
+        "LANEWAY_FEED_ADDRESS", f"0.0.0.0:{FEED_PORT}")
     host, port = address.rpartition(":")[0], address.rpartition(":")[2]
     server = _FeedServer(uvicorn.Config(app, host=host, port=int(port),
                                         log_level="warning", lifespan="off",
                                         timeout_graceful_shutdown=2))
-    memo.tasks = [asyncio.create_task(server.serve()), asyncio.create_task(_publish_forever())]
+    memo.tasks = [asyncio.create_task(server.serve())]
+    if SETTINGS.mode == "router":
+        memo.tasks.append(asyncio.create_task(_publish_forever()))
 
 
 @kopf.on.cleanup()
