@@ -11,6 +11,7 @@ the operator's address (a cluster DNS name), listen addresses, and the projected
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -119,6 +120,46 @@ def sidecar_argv(deployment: dict[str, Any], operator: str, listen_port: int,
     return [sys.executable, *router["command"][1:], *args, "--name", "pricing-7d9f-abcde"]
 
 
+@contextlib.asynccontextmanager
+async def running_pods(cluster: Cluster, sandbox: str, key: str) -> AsyncIterator[
+        tuple[str, subprocess.Popen[bytes]]]:
+    """The "pods" of the baseline (the application and the sidecar the operator injected)
+    and of the sandbox's fork (at its Service's cluster IP); yields the sidecar's URL (where
+    the pricing Service's traffic arrives) once it routes the key to the fork."""
+    api = cluster.api
+    injected = api.get_object(DEPLOYMENTS, "shop", "pricing")
+    fork = api.get_object(DEPLOYMENTS, "shop", f"pricing-lw-{sandbox}")
+    fork_service = api.get_object(SERVICES, "shop", f"pricing-lw-{sandbox}")
+    fork_ip = fork_service["spec"]["clusterIP"]
+    service_port = fork_service["spec"]["ports"][0]["port"]
+    app_port = injected["spec"]["template"]["spec"]["containers"][0]["ports"][0][
+        "containerPort"]
+    token_file = cluster.home / "token"
+    token_file.write_text(SIDECAR_TOKEN + "\n")
+    (router_port,) = free_ports(1)
+    logs = cluster.home / f"pods-{sandbox}"
+    logs.mkdir()
+    with processes(logs) as start:
+        start([sys.executable, str(CHAIN)], pod_env(
+            injected["spec"]["template"]["spec"]["containers"][0], PORT=str(app_port)))
+        start([sys.executable, str(CHAIN)], pod_env(
+            fork["spec"]["template"]["spec"]["containers"][0], PORT=str(service_port),
+            HOST=fork_ip))
+        router = start(sidecar_argv(injected, cluster.api_url, router_port, token_file))
+        url = f"http://127.0.0.1:{router_port}/"
+
+        async def routed() -> bool:
+            try:
+                async with httpx.AsyncClient() as http:
+                    resp = await http.get(url, headers={"baggage": f"laneway-key={key}"})
+                return resp.status_code == 200 and resp.json()["version"] == "fork"
+            except httpx.TransportError:
+                return False
+
+        await eventually("the sidecar routing the key to the fork", routed, timeout=30)
+        yield url, router
+
+
 SANDBOX_FILE = """\
 name: sb-a
 labels: {team: pay}
@@ -145,37 +186,7 @@ async def test_run_hops_and_leaks_against_a_cluster_through_a_context(
     assert cr["status"]["routingKey"] == key  # the resource is the truth
     assert cr["spec"]["forks"][0]["env"] == [{"name": "VERSION", "value": "fork"}]
 
-    injected = api.get_object(DEPLOYMENTS, "shop", "pricing")
-    fork = api.get_object(DEPLOYMENTS, "shop", "pricing-lw-sb-a")
-    fork_ip = api.get_object(SERVICES, "shop", "pricing-lw-sb-a")["spec"]["clusterIP"]
-    service_port = api.get_object(SERVICES, "shop", "pricing-lw-sb-a")["spec"]["ports"][0][
-        "port"]
-    app_port = injected["spec"]["template"]["spec"]["containers"][0]["ports"][0][
-        "containerPort"]
-    token_file = cluster.home / "token"
-    token_file.write_text(SIDECAR_TOKEN + "\n")
-    (router_port,) = free_ports(1)
-    logs = cluster.home / "pods"
-    logs.mkdir()
-    with processes(logs) as start:
-        start([sys.executable, str(CHAIN)], pod_env(
-            injected["spec"]["template"]["spec"]["containers"][0], PORT=str(app_port)))
-        start([sys.executable, str(CHAIN)], pod_env(
-            fork["spec"]["template"]["spec"]["containers"][0], PORT=str(service_port),
-            HOST=fork_ip))
-        router = start(sidecar_argv(injected, cluster.api_url, router_port, token_file))
-        url = f"http://127.0.0.1:{router_port}/"
-
-        async def routed() -> bool:
-            try:
-                async with httpx.AsyncClient() as http:
-                    resp = await http.get(url, headers={"baggage": f"laneway-key={key}"})
-                return resp.status_code == 200 and resp.json()["version"] == "fork"
-            except httpx.TransportError:
-                return False
-
-        await eventually("the sidecar routing the key to the fork", routed, timeout=30)
-
+    async with running_pods(cluster, "sb-a", key) as (url, router):
         # A test that calls the service with a client that knows nothing of laneway: the
         # run's HTTP_PROXY adds the key; the sidecar's hops reach the operator in batches.
         test = (f"import urllib.request, json; body = json.load(urllib.request.urlopen("
@@ -276,3 +287,56 @@ async def test_a_context_names_what_is_wrong(cluster: Cluster) -> None:
     assert "* " in listed.stdout.split("shop")[0].splitlines()[-1] + " "
     mode = os.stat(cluster.home / "config" / "contexts.yaml").st_mode & 0o777
     assert mode == 0o600  # it holds tokens
+
+
+async def mcp_call(client: Any, tool: str, **arguments: Any) -> Any:
+    result = await client.call_tool(tool, arguments)
+    text = " ".join(getattr(block, "text", "") for block in result.content)
+    assert not result.is_error, f"{tool}: {text}"
+    return json.loads(text)
+
+
+async def test_the_mcp_tools_against_a_cluster(cluster: Cluster) -> None:
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    await cluster.laneway("context", "add", "shop", "--k8s", "--url", cluster.api_url,
+                          "--namespace", "shop", "--token", ALICE)
+    params = StdioServerParameters(command=LANEWAY, args=["--context", "shop", "mcp"],
+                                   cwd=str(cluster.home), env=cluster.env)
+    async with Client(params) as client:
+        services = await mcp_call(client, "list_services")
+        assert {s["name"] for s in services["services"]} == {"pricing"}
+        refused = await client.call_tool("apply_sandbox", {
+            "name": "sb-m", "forks": [{"service": "pricing", "run": "python app.py"}]})
+        assert refused.is_error  # a local fork's shape, said why
+        assert "workload" in " ".join(getattr(b, "text", "") for b in refused.content)
+        sandbox = await mcp_call(client, "apply_sandbox", name="sb-m", forks=[{
+            "workload": "pricing", "image": "registry.example/pricing:pr-8",
+            "env": {"VERSION": "fork"}}])
+        assert sandbox["phase"] == "ready", sandbox
+        key = sandbox["routing_key"]
+        listed = await mcp_call(client, "list_sandboxes")
+        assert [s["name"] for s in listed["sandboxes"]] == ["sb-m"]
+        assert (await mcp_call(client, "get_sandbox", name="sb-m"))["routing_key"] == key
+
+        async with running_pods(cluster, "sb-m", key) as (url, _router):
+            test = (f"import urllib.request, json; body = json.load(urllib.request.urlopen("
+                    f"'{url}')); assert body['version'] == 'fork', body")
+            report = await mcp_call(client, "run_tests", sandbox="sb-m",
+                                    command=[sys.executable, "-c", test])
+            assert report["verdict"] == "passed", report
+            assert report["forks_reached"] == {"pricing@sb-m": 1}
+            again = await mcp_call(client, "get_run", run_id=report["id"])
+            assert again["verdict"] == "passed"
+
+            sent = await mcp_call(client, "send_request", method="GET", url=url,
+                                  sandbox="sb-m")
+            assert sent["served_by"] == "pricing.shop@sb-m"
+            trace = await mcp_call(client, "get_trace", trace_id=sent["trace_id"])
+            assert "sb-m" in trace["path"]
+            assert (await mcp_call(client, "list_leaks", sandbox="sb-m"))["leaks"] == []
+        deleted = await mcp_call(client, "delete_sandbox", name="sb-m")
+        assert deleted["deleted"] == "sb-m"
+    await eventually("the sandbox gone", lambda: asyncio.sleep(
+        0, cluster.api.get_object(SANDBOXES, "shop", "sb-m") is None), timeout=30)

@@ -47,7 +47,15 @@ class ForkArg(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    service: str = Field(description="the baseline service to fork (see list_services)")
+    service: str | None = Field(default=None, description=(
+        "the baseline service to fork (see list_services); on a Kubernetes cluster give "
+        "`workload` instead"))
+    workload: str | None = Field(default=None, description=(
+        "Kubernetes only: the baseline Deployment to fork (with `image` and/or `env`)"))
+    image: str | None = Field(default=None, description=(
+        "Kubernetes only: the fork's image (default: the Deployment's own)"))
+    container: str | None = Field(default=None, description=(
+        "Kubernetes only: the container to change (default: the first)"))
     run: str | list[str] | None = Field(
         default=None, description="command for the fork; omit to keep the baseline's")
     env: dict[str, str] | None = Field(
@@ -161,9 +169,25 @@ def _path(hops: list[dict[str, Any]]) -> str:
                       for h in hops)
 
 
+async def _run_here(api: AsyncApiClient, report: dict[str, Any], command: str | list[str],
+                    cwd: str, timeout_s: float | None) -> dict[str, Any]:
+    """A run whose command this server executes (a cluster's): its outcome posted back."""
+    from laneway.client.runner import execute
+
+    try:
+        result = await execute(report, command, cwd=cwd, timeout_s=timeout_s)
+    except Exception as exc:  # the run must end with a report all the same
+        result = {"exit_code": None, "duration_s": 0.0,
+                  "error": f"the MCP server could not run the command: {exc}"}
+    answer: dict[str, Any] = await api.request("POST", f"/v1/runs/{report['id']}/result",
+                                               json=result)
+    return answer
+
+
 def build_server(api: AsyncApiClient) -> MCPServer:
     server: MCPServer = MCPServer(name="laneway", version=__version__,
                                   instructions=INSTRUCTIONS)
+    client_runs: dict[str, asyncio.Task[dict[str, Any]]] = {}  # kept while they run
 
     @server.tool(description=(
         "List the baseline's services: name, public URL (send requests there), protocol, "
@@ -324,12 +348,24 @@ def build_server(api: AsyncApiClient) -> MCPServer:
             "diff_sandbox(capture=<run id>)"))] = False,
     ) -> dict[str, Any]:
         # The command runs as this server's user would run it: with this process's
-        # environment (the agent's), in its directory unless told otherwise.
+        # environment (the agent's), in its directory unless told otherwise. A cluster's
+        # operator runs no commands (`executor: client`): this server runs it, and its
+        # environment is not sent.
+        here = api.context is not None
         report = await _call(api.request("POST", "/v1/runs", params={"wait": WAIT_S}, json={
-            "sandbox": sandbox, "command": command, "cwd": cwd or os.getcwd(),
-            "env": dict(os.environ), "timeout_s": timeout_s,
+            "sandbox": sandbox, "command": command,
+            "cwd": None if here else cwd or os.getcwd(),
+            "env": None if here else dict(os.environ), "timeout_s": timeout_s,
             "allow_unreached": allow_unreached, "diff": diff, "capture": capture}),
             "check the sandbox name (list_sandboxes) and the command")
+        if report.get("executor") == "client":
+            task = asyncio.get_running_loop().create_task(
+                _run_here(api, report, command, cwd or os.getcwd(), timeout_s))
+            client_runs[report["id"]] = task
+            task.add_done_callback(lambda _: client_runs.pop(report["id"], None))
+            done, _ = await asyncio.wait({task}, timeout=WAIT_S)
+            if done:
+                report = task.result()
         return _compact_report(report)
 
     @server.tool(description=(
