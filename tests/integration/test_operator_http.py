@@ -68,7 +68,11 @@ class Operator:
     """`kopf run -m laneway.runtime.kubernetes.handlers` against the emulation."""
 
     def __init__(self, url: str, folder: Path, env: dict[str, str] | None = None) -> None:
-        self.env = env or {"LANEWAY_ROUTING_MODE": "istio"}
+        from tests.e2e.conftest import free_ports
+
+        # Its API on a port of its own: operators of tests running at once never share one.
+        self.env = {"LANEWAY_ROUTING_MODE": "istio",
+                    "LANEWAY_API_ADDRESS": f"127.0.0.1:{free_ports(1)[0]}", **(env or {})}
         self.kubeconfig = folder / "kubeconfig"
         self.kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "test",
@@ -300,7 +304,7 @@ async def test_router_mode_feeds_the_sidecars_their_table_behind_token_reviews(
         controller.rolling = True
         task = asyncio.get_running_loop().create_task(controller.run())
         operator = Operator(str(srv.url).rstrip("/"), tmp_path, {
-            "LANEWAY_ROUTING_MODE": "router", "LANEWAY_FEED_ADDRESS": f"127.0.0.1:{port}",
+            "LANEWAY_ROUTING_MODE": "router", "LANEWAY_API_ADDRESS": f"127.0.0.1:{port}",
             "LANEWAY_ROUTER_IMAGE": "registry.example/laneway:test",
             "POD_NAMESPACE": "laneway-system"})
         await operator.start()
@@ -369,3 +373,25 @@ async def test_an_api_error_is_retried_with_the_configured_backoff(
                 if "'sandbox_changed' failed" in line]
     assert failures, operator.output()
     assert all("will try again in 10.0 seconds: (500)" in line for line in failures)
+
+
+@pytest.mark.timeout(120)
+async def test_a_sandbox_past_its_ttl_is_deleted_with_what_it_made(
+        cluster: tuple[ApiServer, Operator, ControllerManager]) -> None:
+    api, operator, controller = cluster
+    controller.rolling = True
+    short = {**SANDBOX, "metadata": {"name": "sb-t", "namespace": "shop"},
+             "spec": {**SANDBOX["spec"], "ttl": "10s"}}
+    await call(api, "POST", "/apis/laneway.dev/v1alpha1/namespaces/shop/sandboxes", short)
+    await eventually("the fork", lambda: asyncio.sleep(
+        0, api.get_object(DEPLOYMENTS, "shop", "pricing-lw-sb-t")))
+    # The sandbox's timer (every 30 s) finds the TTL passed: the Sandbox is deleted, and the
+    # finalizer takes its forks and routes with it.
+    await eventually("the expired sandbox gone", lambda: asyncio.sleep(
+        0, api.get_object(SANDBOXES, "shop", "sb-t") is None), timeout=60)
+    assert api.get_object(DEPLOYMENTS, "shop", "pricing-lw-sb-t") is None
+    assert api.get_object(SERVICES, "shop", "pricing-lw-sb-t") is None
+    routes = [r["name"] for r in api.get_object(VIRTUAL_SERVICES, "shop", "pricing")["spec"][
+        "http"]]
+    assert routes == ["canary-by-header", "default"], operator.output()
+    assert ("delete", "sandboxes", "shop", "sb-t") in api.writes

@@ -337,7 +337,10 @@ def wait_for_hops(client: ApiClient, trace_id: str, settle: float = 0.3,
 def trace(trace_id: str, output: FormatOption = "table", api: ApiOption = None) -> None:
     """Print the path of any recorded trace (its id, or the start of it: tables show 12
     characters)."""
-    hops = connect(api).get("/v1/hops", trace=trace_id, limit=1000)
+    if not trace_id.strip():
+        raise CliError("TRACE_ID: give a trace id or its first characters (`laneway hops` "
+                       "shows them)")
+    hops = connect(api).get("/v1/hops", trace=trace_id.strip(), limit=1000)
     if hops:
         trace_id = hops[0]["trace_id"]  # whole, to copy
     if output == "json":

@@ -157,6 +157,9 @@ class Reached:
                 self.forward.wait(5)
             except subprocess.TimeoutExpired:
                 self.forward.kill()
+                self.forward.wait()
+        if self.forward is not None and self.forward.stdout is not None:
+            self.forward.stdout.close()
 
 
 def _token(ctx: Context) -> str:
@@ -184,32 +187,41 @@ def _token(ctx: Context) -> str:
                        f"{ctx.name} --k8s … --token-command 'kubectl create token NAME -n NS'`")
 
 
+def _drain(stream: Any, keep: list[bytes], found: list[int], ready: threading.Event) -> None:
+    """Read a kubectl stream to its end (it logs every forwarded connection: a pipe nobody
+    reads would stop it), noting the local port and the last lines."""
+    for line in stream:
+        match = _FORWARDING.search(line)
+        if match and not found:
+            found.append(int(match.group(1)))
+            ready.set()
+        keep.append(line)
+        del keep[:-5]
+    ready.set()  # it ended
+
+
 def _port_forward(ctx: Context) -> tuple[str, subprocess.Popen[bytes]]:
     argv = ["kubectl", "port-forward", "-n", ctx.operator_namespace,
             f"svc/{ctx.service}", f":{ctx.port}", "--address", "127.0.0.1"]
     try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
     except OSError as exc:
         raise ContextError(f"context {ctx.name}: cannot start kubectl for a port-forward "
                            f"({exc.strerror}); install kubectl, or give the operator's URL "
                            "with --url") from exc
-    assert proc.stdout is not None
     found: list[int] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            match = _FORWARDING.search(line)
-            if match:
-                found.append(int(match.group(1)))
-                return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(20)
+    said: list[bytes] = []
+    ready = threading.Event()
+    threading.Thread(target=_drain, args=(proc.stdout, said, found, ready),
+                     daemon=True).start()
+    ready.wait(20)
     if not found:
         proc.terminate()
-        err = proc.stderr.read().decode(errors="replace").strip()[:300] if proc.stderr else ""
+        proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        err = b" ".join(line.strip() for line in said).decode(errors="replace")[:300]
         raise ContextError(f"context {ctx.name}: `{shlex.join(argv)}` did not forward a port: "
                            f"{err or 'no answer in 20 s'}")
     return f"http://127.0.0.1:{found[0]}", proc

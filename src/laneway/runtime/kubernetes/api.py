@@ -592,6 +592,21 @@ def _fork_prefix(fork: str) -> str:
     return object_name(service, "lw", sandbox) + "-"
 
 
+def _same_place(resource: dict[str, Any], name: str, namespace: str) -> None:
+    """The resource is applied where the request says (the path's name, the context's
+    namespace); a file that says otherwise is refused, as `kubectl apply -n` refuses it."""
+    meta = resource.setdefault("metadata", {})
+    if meta.get("name") not in (None, name):
+        raise ApiError(422, "invalid", f"metadata.name: the file says {meta['name']!r}, the "
+                       f"request {name!r}", field="metadata.name")
+    if meta.get("namespace") not in (None, namespace):
+        raise ApiError(422, "invalid", f"namespace: the file says {meta['namespace']!r}, but "
+                       f"this context's namespace is {namespace!r}: drop it from the file, or "
+                       f"use a context for it (laneway context add NAME --k8s … --namespace "
+                       f"{meta['namespace']})", field="namespace")
+    meta.update(name=name, namespace=namespace)
+
+
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"code": code, "message": message, **extra}, status_code=status)
 
@@ -744,7 +759,7 @@ def cluster_app(state: ClusterApi, routes: Endpoint | None = None,
                            f"path {name!r}", field="name")
         doc = {**doc, "name": name} if doc.get("kind") != "Sandbox" else doc
         resource = sandbox_resource(doc, namespace)
-        resource["metadata"] = {**resource["metadata"], "name": name, "namespace": namespace}
+        _same_place(resource, name, namespace)
         existing = await state.call(state.cluster.get, "Sandbox", namespace, name)
         await state.authorize(request.state.who, "create" if existing is None else "update",
                               "sandboxes", namespace)
@@ -803,9 +818,10 @@ def cluster_app(state: ClusterApi, routes: Endpoint | None = None,
     @app.put("/v1/routegroups/{name}")
     async def apply_group(request: Request, name: str) -> JSONResponse:
         namespace = namespace_of(request)
-        resource = route_group_resource({**await _body(request), "name": name}, namespace)
-        resource["metadata"] = {**resource.get("metadata", {}), "name": name,
-                                "namespace": namespace}
+        body = await _body(request)
+        resource = route_group_resource(body if body.get("kind") == "RouteGroup" else {
+            **body, "name": name}, namespace)
+        _same_place(resource, name, namespace)
         existing = await state.call(state.cluster.get, "RouteGroup", namespace, name)
         await state.authorize(request.state.who, "create" if existing is None else "update",
                               "routegroups", namespace)

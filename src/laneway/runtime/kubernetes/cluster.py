@@ -198,8 +198,12 @@ class KubernetesCluster:  # pragma: no cover - needs a cluster; the executor is 
         if existing is None:
             return dict(self.custom_api.create_namespaced_custom_object(
                 *_LANEWAY, namespace, PLURALS[kind], dict(body))), True
-        meta = {**existing["metadata"], "labels": body["metadata"].get("labels") or {},
-                "annotations": body["metadata"].get("annotations") or {}}
+        # Labels and annotations merged: others' (kubectl label, GitOps tools) are kept.
+        meta = {**existing["metadata"],
+                "labels": {**(existing["metadata"].get("labels") or {}),
+                           **(body["metadata"].get("labels") or {})},
+                "annotations": {**(existing["metadata"].get("annotations") or {}),
+                                **(body["metadata"].get("annotations") or {})}}
         replaced = {**existing, "metadata": meta, "spec": body.get("spec") or {}}
         return dict(self.custom_api.replace_namespaced_custom_object(
             *_LANEWAY, namespace, PLURALS[kind], name, replaced)), False

@@ -119,9 +119,19 @@ async def serve(memo: kopf.Memo, **_: Any) -> None:  # pragma: no cover - needs 
     server = _FeedServer(uvicorn.Config(app, host=host, port=int(port),
                                         log_level="warning", lifespan="off",
                                         timeout_graceful_shutdown=2))
-    memo.tasks = [asyncio.create_task(server.serve())]
+    memo.tasks = [asyncio.create_task(_serve_api(server, address))]
     if SETTINGS.mode == "router":
         memo.tasks.append(asyncio.create_task(_publish_forever()))
+
+
+async def _serve_api(server: uvicorn.Server, address: str) -> None:  # pragma: no cover
+    """Serve until cancelled. A port that cannot be bound costs the API, not the reconciling
+    (uvicorn exits on a bind error: that exit is caught here and said in the log)."""
+    try:
+        await server.serve()
+    except (SystemExit, OSError) as exc:
+        log.error("the laneway API cannot listen on %s (%s): sandboxes are still reconciled; "
+                  "set LANEWAY_API_ADDRESS to a free address", address, exc)
 
 
 @kopf.on.cleanup()

@@ -1,0 +1,105 @@
+"""A router sidecar's hop records on their way to the operator (`HttpHopPusher`), against a real
+HTTP server on loopback that goes away and comes back: batches, bounds, drops counted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from laneway.core.hops import Hop
+from laneway.router.feed_http import HttpHopPusher
+from tests.e2e.conftest import free_ports
+
+
+def hop(n: int) -> Hop:
+    return Hop(at=1_800_000_000.0 + n, trace_id=f"{n:032x}", parent_id="", service="pricing.shop",
+               routing_key="k3y0000000ab", destination="sb-a", fork="pricing-lw-sb-a",
+               status=200, duration_ms=1.0, method="GET", path=f"/{n}")
+
+
+class Operator:
+    """Takes `POST /v1/hops` and keeps what it got."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.batches: list[dict[str, Any]] = []
+        self.headers: list[bytes] = []
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.writers.add(writer)
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length:"))
+                    self.batches.append(json.loads(await reader.readexactly(length)))
+                    self.headers.append(head)
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                 b"content-length: 2\r\n\r\n{}")
+                    await writer.drain()
+            writer.close()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self.server is None:
+            return
+        self.server.close()
+        for writer in self.writers:  # kept-alive connections go too: the operator is away
+            writer.close()
+        self.writers.clear()
+        await self.server.wait_closed()
+        self.server = None
+
+    def received(self) -> list[str]:
+        return [h["path"] for batch in self.batches for h in batch["hops"]]
+
+
+async def until(check: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "not in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_hops_go_in_batches_wait_while_the_operator_is_away_and_drops_are_counted(
+) -> None:
+    (port,) = free_ports(1)
+    operator = Operator(port)
+    await operator.start()
+    pusher = HttpHopPusher(f"http://127.0.0.1:{port}/v1/hops", "sidecar-token",
+                           router="pricing-abc", capacity=10, batch=4, interval=0.05)
+    task = asyncio.get_running_loop().create_task(pusher.run())
+    try:
+        pusher.add([hop(n) for n in range(3)])
+        await until(lambda: len(operator.received()) == 3)
+        assert operator.batches[0]["router"] == "pricing-abc"
+        assert operator.batches[0]["dropped"] == 0
+        assert b"authorization: Bearer sidecar-token" in operator.headers[0]
+
+        # The operator goes away: records wait, bounded, the oldest dropped and counted.
+        await operator.stop()
+        pusher.add([hop(n) for n in range(3, 18)])  # 15 more, room for 10
+        assert pusher.dropped == 5
+        await asyncio.sleep(0.3)  # a few failed sends: nothing lost beyond the bound
+        assert operator.received() == [f"/{n}" for n in range(3)]
+
+        # Back: what waited arrives, in order, in batches of at most 4, with the drop count.
+        operator.batches.clear()
+        await operator.start()
+        await until(lambda: len(operator.received()) == 10)
+        assert operator.received() == [f"/{n}" for n in range(8, 18)]
+        assert max(len(b["hops"]) for b in operator.batches) <= 4
+        assert {b["dropped"] for b in operator.batches} == {5}
+        assert pusher.sent == 13
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await pusher.aclose()
+        await operator.stop()
