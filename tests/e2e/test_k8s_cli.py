@@ -55,8 +55,15 @@ def test_render_router_mode_and_install_print() -> None:
     assert "--mode linkerd: must be istio or router" in bad.stderr
     installed = subprocess.run([LANEWAY, "k8s", "install", "--print", "--mode", "router"],
                                capture_output=True, text=True, check=True, timeout=60)
-    kinds = [d["kind"] for d in yaml.safe_load_all(installed.stdout) if d]
-    assert kinds[-1] == "Service"  # the routes feed the sidecars follow
+    docs = [d for d in yaml.safe_load_all(installed.stdout) if d]
+    # The operator's Service: its API, and the routes feed the sidecars follow.
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert service["metadata"]["name"] == "laneway-operator"
+    assert service["spec"]["ports"][0]["port"] == 8790
+    operator = next(d for d in docs if d["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"][
+        "containers"][0]["env"]}
+    assert env["LANEWAY_ROUTING_MODE"] == "router"
 
 
 PLAIN = """

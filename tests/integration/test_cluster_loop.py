@@ -283,6 +283,15 @@ async def test_a_context_names_what_is_wrong(cluster: Cluster) -> None:
                           "--namespace", "shop", "--token", ALICE, "--use")
     logs = await cluster.laneway("logs", "pricing", code=1)
     assert "kubectl logs" in logs.stderr
+    down = await cluster.laneway("down", code=1)
+    assert "`laneway down` stops a local environment; context shop" in down.stderr
+    # A mistake in the file is the API's 422, named by field, and nothing is applied.
+    (cluster.home / "twice.yaml").write_text(
+        "name: sb-2\nforks:\n  - {workload: pricing, image: p:1}\n"
+        "  - {workload: pricing, image: p:2}\n")
+    twice = await cluster.laneway("sandbox", "apply", "-f", "twice.yaml", code=1)
+    assert "forks[1].workload: pricing is forked by forks[0] already" in twice.stderr
+    assert cluster.api.get_object(SANDBOXES, "shop", "sb-2") is None
     listed = await cluster.laneway("context", "list")
     assert "* " in listed.stdout.split("shop")[0].splitlines()[-1] + " "
     mode = os.stat(cluster.home / "config" / "contexts.yaml").st_mode & 0o777

@@ -184,7 +184,8 @@ def test_install_manifests_are_valid_kubernetes() -> None:
     assert [o["kind"] for o in objects] == ["CustomResourceDefinition",
                                             "CustomResourceDefinition", "Namespace",
                                             "ServiceAccount", "ClusterRole",
-                                            "ClusterRoleBinding", "Deployment", "Service"]
+                                            "ClusterRoleBinding", "Deployment", "Service",
+                                            "ClusterRole", "ClusterRole"]
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     role = next(o for o in objects if o["kind"] == "ClusterRole")

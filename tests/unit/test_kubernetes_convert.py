@@ -66,3 +66,20 @@ def test_what_cannot_be_a_fork_on_kubernetes_is_refused_with_why(
     with pytest.raises(RenderError) as caught:
         sandbox_resource({**PLAIN, **change})
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({"name": "sb", "ttl": "2 hours", "forks": [{"workload": "pricing", "image": "p:2"}]},
+     "ttl: '2 hours' is not a duration"),
+    ({"name": "sb", "forks": [{"workload": "pricing", "image": "p:1"},
+                              {"workload": {"name": "pricing"}, "image": "p:2"}]},
+     "forks[1].workload: pricing is forked by forks[0] already"),
+    ({"apiVersion": "laneway.dev/v1alpha1", "kind": "Sandbox", "metadata": {"name": "sb"},
+      "spec": {"ttl": "soon", "forks": [{"workload": {"name": "pricing"}}]}},
+     "ttl: 'soon' is not a duration"),
+])
+def test_a_ttl_and_one_fork_per_deployment_are_checked_in_both_shapes(
+        doc: dict[str, object], message: str) -> None:
+    with pytest.raises(RenderError) as caught:
+        sandbox_resource(doc)
+    assert str(caught.value).startswith(message)

@@ -229,3 +229,21 @@ def test_route_group_plan_routes_conflicts_stale_routes_and_deletion() -> None:
     assert "laneway-rg-pay" not in names
     assert names.count("canary-by-header") == 1
     assert "laneway-sb-a" in names
+
+
+def test_a_resource_kubectl_let_through_is_render_failed_not_a_crash() -> None:
+    """A TTL that is no duration, or two forks of one Deployment (which would make one fork
+    Deployment that each pass rewrites), in a Sandbox applied past the API's checks."""
+    bad_ttl = sandbox()
+    bad_ttl["spec"]["ttl"] = "2 hours"
+    plan = plan_sandbox(bad_ttl, load_manifests(DATA), KEY, NOW)
+    assert plan.conditions[0]["reason"] == "RenderFailed"
+    assert plan.conditions[0]["message"].startswith("ttl: '2 hours' is not a duration")
+    assert not [a for a in plan.actions if a.kind in ("Deployment", "Service")]
+    twice = sandbox()
+    twice["spec"]["forks"].append(copy.deepcopy(twice["spec"]["forks"][0]))
+    plan = plan_sandbox(twice, load_manifests(DATA), KEY, NOW)
+    assert plan.conditions[0]["reason"] == "RenderFailed"
+    assert "forks[2].workload: pricing is forked by forks[0] already" in plan.conditions[0][
+        "message"]
+    assert plan.requeue_after == 10.0

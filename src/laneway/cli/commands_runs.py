@@ -248,7 +248,8 @@ def runs_list(sandbox: Annotated[str | None, typer.Option(help="Only this sandbo
     rows = table("ID", "TARGET", "VERDICT", "EXIT", "SECONDS", "FORKS REACHED", "COMMAND")
     for r in data:
         rows.add_row(r["id"], r["sandbox"] or r["routegroup"], r["verdict"],
-                     str(r["exit_code"]), f"{r['duration_s']:.1f}",
+                     "-" if r["exit_code"] is None else str(r["exit_code"]),
+                     f"{r['duration_s']:.1f}",
                      ", ".join(f"{f}: {n}" for f, n in r["forks_reached"].items()),
                      r["command_line"][:60])
     console.print(rows)

@@ -188,6 +188,10 @@ def down_environment(api: str | None) -> None:
             raise
         print("laneway: stopped")
         return
+    if client.context is not None:
+        raise CliError(f"`laneway down` stops a local environment; context {client.context} "
+                       "is a cluster's operator: delete its sandboxes (`laneway sandbox "
+                       "delete`), or uninstall it (helm uninstall laneway -n laneway-system)")
     _shutdown(client, client.layout)
     if client.layout is not None:
         _sweep(client.layout)

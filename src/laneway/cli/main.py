@@ -131,6 +131,13 @@ def status(
             sandboxes.add_row(sb["name"], sb["routingKey"], phase_style(sb["phase"]),
                               ", ".join(sb["forks"]) or "-", sb["message"])
         console.print(sandboxes)
+    if data.get("routers"):  # a cluster's router sidecars, pushing their hop records
+        console.print()
+        routers = table("ROUTER", "HOPS SENT", "DROPPED", "LAST SEEN")
+        for name, seen in sorted(data["routers"].items()):
+            routers.add_row(name, str(seen["hops"]), str(seen["dropped"]),
+                            since(seen["lastSeen"]))
+        console.print(routers)
     if data["routeGroups"]:
         console.print()
         groups = table("ROUTE GROUP", "ROUTING KEY", "READY", "MESSAGE")

@@ -24,10 +24,11 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
+from laneway.core.duration import parse_duration
 from laneway.core.kubernetes.objects import RenderError
 from laneway.core.spec import DNS_LABEL_RE
 
-__all__ = ["sandbox_resource"]
+__all__ = ["check_spec", "sandbox_resource"]
 
 API_VERSION = "laneway.dev/v1alpha1"
 _TOP = ("name", "namespace", "labels", "ttl", "forks", "capture")
@@ -111,6 +112,7 @@ def sandbox_resource(doc: Mapping[str, Any], namespace: str | None = None) -> di
         resource = dict(doc)
         if namespace and not (resource.get("metadata") or {}).get("namespace"):
             resource["metadata"] = {**(resource.get("metadata") or {}), "namespace": namespace}
+        check_spec(resource.get("spec") or {})
         return resource
     for field in doc:
         if field not in _TOP:
@@ -142,5 +144,29 @@ def sandbox_resource(doc: Mapping[str, Any], namespace: str | None = None) -> di
     if doc.get("capture") is not None:
         raise RenderError("capture: not available on Kubernetes yet (responses are captured by "
                           "the local router)")
+    check_spec(spec)
     return {"apiVersion": API_VERSION, "kind": "Sandbox",
             "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def check_spec(spec: Mapping[str, Any]) -> None:
+    """What a `Sandbox`'s spec must hold beyond its schema: a TTL that is a duration, and each
+    workload forked once (two forks of one Deployment would be one fork Deployment that each
+    pass rewrites, rolling out forever)."""
+    ttl = spec.get("ttl")
+    if ttl is not None:
+        try:
+            parse_duration(str(ttl))
+        except ValueError as exc:
+            raise RenderError(f"ttl: {exc}") from exc
+    seen: dict[str, int] = {}
+    for i, fork in enumerate(spec.get("forks") or []):
+        workload = fork.get("workload") if isinstance(fork, Mapping) else None
+        name = workload.get("name") if isinstance(workload, Mapping) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            raise RenderError(f"forks[{i}].workload: {name} is forked by forks[{seen[name]}] "
+                              "already; one fork per Deployment (put its image and env "
+                              "together)")
+        seen[name] = i

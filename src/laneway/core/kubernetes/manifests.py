@@ -211,4 +211,19 @@ def install_manifests(namespace: str = "laneway-system", image: str = DEFAULT_IM
                  }]}},
          }},
         service,
+        # Users' rights on sandboxes, added to Kubernetes' own `edit`/`admin` and `view` roles
+        # (aggregation): whoever may edit a namespace may make sandboxes in it, through kubectl
+        # or the operator's API (which asks with a SubjectAccessReview).
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "laneway-edit", "labels": {
+             **labels, "rbac.authorization.k8s.io/aggregate-to-edit": "true",
+             "rbac.authorization.k8s.io/aggregate-to-admin": "true"}},
+         "rules": [{"apiGroups": [GROUP], "resources": ["sandboxes", "routegroups"],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch",
+                              "delete"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "laneway-view", "labels": {
+             **labels, "rbac.authorization.k8s.io/aggregate-to-view": "true"}},
+         "rules": [{"apiGroups": [GROUP], "resources": ["sandboxes", "routegroups"],
+                    "verbs": ["get", "list", "watch"]}]},
     ]

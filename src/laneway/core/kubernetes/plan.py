@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from laneway.core.duration import parse_duration
+from laneway.core.kubernetes.convert import check_spec
 from laneway.core.kubernetes.groups import group_route_name, render_route_group
 from laneway.core.kubernetes.objects import (
     MANAGED_BY,
@@ -126,6 +127,12 @@ def plan_sandbox(sandbox: Mapping[str, Any], cluster: Sequence[Mapping[str, Any]
         return plan
     if FINALIZER not in meta.get("finalizers", []):
         plan.actions.append(Action("add-finalizer", "Sandbox", namespace, name))
+    try:
+        check_spec(sandbox.get("spec") or {})
+    except RenderError as exc:
+        plan.conditions.append(_condition("False", "RenderFailed", str(exc)))
+        plan.requeue_after = RETRY_ERROR_S
+        return plan
     ttl = sandbox.get("spec", {}).get("ttl")
     if ttl:
         created = datetime.fromisoformat(str(meta["creationTimestamp"]).replace("Z", "+00:00"))

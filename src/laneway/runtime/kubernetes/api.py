@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import difflib
 import hmac
 import logging
 import secrets
@@ -184,6 +185,11 @@ def _phase(obj: Mapping[str, Any]) -> tuple[str, bool, str]:
     ready = _conditions(obj).get("Ready")
     if ready is None:
         return "pending", False, "waiting for the operator's first pass"
+    generation = (obj.get("metadata") or {}).get("generation")
+    seen = ready.get("observedGeneration")
+    if generation is not None and seen is not None and int(seen) < int(generation):
+        # A status about the spec before this one says nothing about this one.
+        return "pending", False, f"waiting for the operator to apply generation {generation}"
     message = str(ready.get("message") or ready.get("reason") or "")
     if ready.get("status") == "True":
         return "ready", True, message
@@ -254,10 +260,15 @@ def route_group_resource(doc: Mapping[str, Any], namespace: str) -> dict[str, An
     """A route group as the local API takes it (`name`, `match: {labels}`) or the resource."""
     if doc.get("kind") == "RouteGroup":
         return dict(doc)
-    unknown = sorted(set(doc) - {"name", "namespace", "match", "labels"})
-    if unknown:
-        raise RenderError(f"{unknown[0]}: not a route group field (name, namespace, match, "
-                          "labels)")
+    for path, given, known in (("", doc, ("name", "namespace", "match", "labels")),
+                               ("match.", doc.get("match") or {}, ("labels",))):
+        for field in sorted(set(given) - set(known)) if isinstance(given, Mapping) else []:
+            near = difflib.get_close_matches(str(field), known, 1)
+            hint = f"did you mean {near[0]!r}?" if near else f"the fields: {', '.join(known)}"
+            raise RenderError(f"{path}{field}: unknown field; {hint}")
+    name = doc.get("name")
+    if not isinstance(name, str) or not DNS_LABEL_RE.fullmatch(name) or len(name) > 40:
+        raise RenderError("name: must be a DNS label (a-z, 0-9, '-') of at most 40 characters")
     match = doc.get("match")
     if not isinstance(match, Mapping) or not isinstance(match.get("labels"), Mapping) or \
             not match["labels"]:
@@ -592,6 +603,21 @@ def _fork_prefix(fork: str) -> str:
     return object_name(service, "lw", sandbox) + "-"
 
 
+def _masked(view: dict[str, Any]) -> dict[str, Any]:
+    """A sandbox's view with its forks' secret-looking env values masked (in the resource's
+    spec too); the routing key and the rest are not secrets."""
+    out = {**view, "forks": [{**f, "env": mask_tree(f.get("env") or {})}
+                             for f in view["forks"]]}
+    resource = view.get("resource") or {}
+    spec = resource.get("spec") or {}
+    if spec.get("forks"):
+        masked = [{**f, "env": [{**e, "value": mask_tree(e.get("value"), str(e.get("name")))}
+                                if "value" in e else e for e in f.get("env") or []]}
+                  for f in spec["forks"]]
+        out["resource"] = {**resource, "spec": {**spec, "forks": masked}}
+    return out
+
+
 def _same_place(resource: dict[str, Any], name: str, namespace: str) -> None:
     """The resource is applied where the request says (the path's name, the context's
     namespace); a file that says otherwise is refused, as `kubectl apply -n` refuses it."""
@@ -734,7 +760,7 @@ def cluster_app(state: ClusterApi, routes: Endpoint | None = None,
         namespace = await allowed(request, "list")
         views = [sandbox_view(o) for o in await state.call(
             state.cluster.namespaced, "Sandbox", namespace)]
-        return [v if reveal_secrets else mask_tree(v) for v in views]
+        return [v if reveal_secrets else _masked(v) for v in views]
 
     async def wait_settled(namespace: str, name: str, wait: float) -> dict[str, Any]:
         deadline = time.monotonic() + wait
@@ -780,7 +806,7 @@ def cluster_app(state: ClusterApi, routes: Endpoint | None = None,
         if wait:
             view = await wait_settled(namespace, name, wait)
         view["change"] = "created" if created else "unchanged" if unchanged else "updated"
-        return JSONResponse(view if reveal_secrets else mask_tree(view),
+        return JSONResponse(view if reveal_secrets else _masked(view),
                             status_code=201 if created else 200)
 
     @app.get("/v1/sandboxes/{name}")
@@ -788,7 +814,7 @@ def cluster_app(state: ClusterApi, routes: Endpoint | None = None,
                           reveal_secrets: bool = False) -> dict[str, Any]:
         namespace = await allowed(request, "get")
         view = await wait_settled(namespace, name, wait)
-        return view if reveal_secrets else dict(mask_tree(view))
+        return view if reveal_secrets else _masked(view)
 
     @app.delete("/v1/sandboxes/{name}")
     async def delete_sandbox(request: Request, name: str) -> dict[str, Any]:
@@ -874,9 +900,10 @@ def cluster_app(state: ClusterApi, routes: Endpoint | None = None,
             if len(trace_id) < 32:
                 found = state.hops.trace_ids(trace_id, limit=2)
                 if len(found) != 1:
-                    raise ApiError(404 if not found else 409, "trace", f"trace {trace!r}: "
-                                   f"{'no trace starts so' if not found else 'ambiguous'}; "
-                                   "give more of its id")
+                    raise ApiError(404 if not found else 409, "trace", (
+                        f"no recorded trace starts with {trace!r} (hops are kept in a bounded "
+                        "log)") if not found else (f"trace {trace!r} is ambiguous: "
+                                                   f"{', '.join(found)}; give more of its id"))
                 trace_id = found[0]
         return [h.to_json() for h in state.hops.query(
             routing_keys=keys, destination=sandbox, trace_id=trace_id, since=since,
