@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo demo-shop demo-data test lint screenshots bench bench-abuse bench-grpc clean
+.PHONY: venv demo demo-shop demo-data test lint screenshots bench bench-quick bench-abuse bench-grpc clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ screenshots: venv
 
 bench: venv
 	$(BIN)/python bench/run.py
+
+# Under a minute: the router against HAProxy (1k keyed and unkeyed), ratios in the same run.
+# Run it before committing a change to the router.
+bench-quick: venv
+	$(BIN)/python bench/quick.py
 
 # Group 7 alone: the router under abuse (memory and limits), next to HAProxy.
 bench-abuse: venv

@@ -234,6 +234,9 @@ def sandbox_get(name: str, output: OutputOption = Output.table,
                                          if fork.get("lastFailure") else ""))
     console.print(rows)
     for fork in sb["forks"]:
+        if fork.get("image"):  # a fork on Kubernetes: a Deployment running this image
+            console.print(f"image of {fork['service']}@{sb['name']}: {fork['image']}",
+                          markup=False, highlight=False)
         if fork.get("env"):
             console.print(f"env of {fork['service']}@{sb['name']}: " + ", ".join(
                 f"{k}={v}" for k, v in fork["env"].items()), markup=False)
