@@ -76,7 +76,7 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 
 
 class Proc:
-    def __init__(self, argv: list[str], core: int, name: str) -> None:
+    def __init__(self, argv: list[str], core: int | str, name: str) -> None:
         self.name = name
         self.proc = subprocess.Popen(["taskset", "-c", str(core), *argv],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -127,13 +127,14 @@ http {{ access_log off; keepalive_requests 1000000;
     return Proc(["nginx", "-c", str(conf)], core, "nginx")
 
 
-def haproxy(work: Path, port: int, base: int, fork: int, core: int, h2: bool = False) -> Proc:
+def haproxy(work: Path, port: int, base: int, fork: int, core: int | str, h2: bool = False,
+            threads: int = 1) -> Proc:
     """HAProxy with the routing rule; `h2`: HTTP/2 with prior knowledge on both sides (h2c)."""
     proto = " proto h2" if h2 else ""
-    conf = work / ("haproxy-h2c.cfg" if h2 else "haproxy.cfg")
+    conf = work / (f"haproxy-h2c-{threads}.cfg" if h2 else f"haproxy-{threads}.cfg")
     conf.write_text(f"""
 global
-  nbthread 1
+  nbthread {threads}
   maxconn 4096
 defaults
   mode http
@@ -158,6 +159,16 @@ def start_router(port: int, base: int, fork: int, core: int, sandboxes: int) -> 
     script = str(Path(__file__).with_name("router_server.py"))
     return Proc([sys.executable, script, "--port", str(port), "--upstream", str(base),
                  "--fork", str(fork), "--sandboxes", str(sandboxes)], core, "laneway")
+
+
+def sidecar(port: int, feed_port: int, workers: int, cores: str) -> Proc:
+    """`python -m laneway.router` as the Kubernetes sidecar runs it (following a routes feed,
+    sending its hop records), with `--workers`."""
+    feed = f"http://127.0.0.1:{feed_port}"
+    return Proc([sys.executable, "-m", "laneway.router", "--listen", f"svc={port}",
+                 "--routes", f"{feed}/v1/routes", "--hops", f"{feed}/v1/hops",
+                 "--token", "bench-token", "--workers", str(workers)], cores,
+                f"laneway-w{workers}")
 
 
 def start(kind: str, work: Path, port: int, base: int, fork: int, core: int,

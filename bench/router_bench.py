@@ -14,9 +14,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from peers import KEY, Proc, free_port, nginx_origin, start, wait_port, wrk
+from peers import KEY, Proc, free_port, haproxy, nginx_origin, sidecar, start, wait_port, wrk
 
 PROXY_CORE, LOAD_CORE = 0, 1
 BAGGAGE = {"baggage": f"sentry-trace=1, laneway-key={KEY};p=1"}
@@ -117,6 +118,8 @@ def main(seconds: int = 3, repeats: int = 3) -> dict[str, object]:
         for proc in proxies.values():
             proc.stop()
 
+    results["multicore"] = multicore(work, base_port, fork_port, seconds, repeats)
+
     try:
         print(f"\n2. routing scale: laneway router with 1, 100 and 10,000 sandboxes in its "
               f"table, 1k keyed, wrk -c16 -d{seconds}s, median of {repeats} interleaved rounds")
@@ -148,6 +151,49 @@ def main(seconds: int = 3, repeats: int = 3) -> dict[str, object]:
         for proc in origins:
             proc.stop()
     return results
+
+
+def multicore(work: Path, base_port: int, fork_port: int, seconds: int,
+              repeats: int) -> dict[str, float]:
+    """The router on every core: `python -m laneway.router` as the sidecar runs it (its own
+    routes feed, hop records sent), 1 worker and one per core (SO_REUSEPORT), beside HAProxy
+    with nbthread 1 and one per core; the proxies may use every core (wrk and the origins
+    stay on core 1, so "every core" here is shared with the load)."""
+    cores = os.cpu_count() or 1
+    every = f"0-{cores - 1}"
+    feed_port = free_port()
+    feed = Proc([sys.executable, str(Path(__file__).with_name("feed_server.py")), "--port",
+                 str(feed_port), "--upstream", str(base_port), "--fork", str(fork_port)],
+                every, "feed")
+    procs: dict[str, Proc] = {}
+    ports: dict[str, int] = {}
+    try:
+        wait_port(feed_port)
+        for threads in sorted({1, cores}):
+            for kind in ("haproxy", "laneway"):
+                name = f"{kind} x{threads}"
+                ports[name] = free_port()
+                procs[name] = haproxy(work, ports[name], base_port, fork_port, every,
+                                      threads=threads) if kind == "haproxy" else \
+                    sidecar(ports[name], feed_port, threads, every)
+                wait_port(ports[name])
+        time.sleep(1.0)  # the workers' first tables
+        print(f"\n   every core: {cores} cores for the proxy (HAProxy nbthread, laneway "
+              f"--workers with SO_REUSEPORT, each worker following the feed and sending its "
+              f"hops), wrk and the origins on core {LOAD_CORE}; 1k keyed, wrk -c16, median of "
+              f"{repeats} interleaved rounds")
+        medians = _interleaved(ports, "/1k", BAGGAGE, seconds, repeats)
+        one = medians["laneway x1"]["rps"]
+        for name, row in medians.items():
+            print(f"   {name:<12} {row['rps']:>9.0f} req/s  p99 {row['p99']:6.2f} ms  "
+                  f"{row['rps'] / one:5.2f}x laneway x1  "
+                  f"{row['rps'] / medians[name.replace('laneway', 'haproxy')]['rps']:5.2f}x "
+                  f"haproxy with as many"
+                  + (f"  ({row['errors']:.0f} errors!)" if row["errors"] else ""))
+        return {name: row["rps"] for name, row in medians.items()}
+    finally:
+        for proc in [*procs.values(), feed]:
+            proc.stop()
 
 
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:

@@ -85,3 +85,62 @@ def test_listeners_take_their_protocol_on_the_command_line(tmp_path: Path) -> No
     assert bad.returncode == 2
     assert "PROTOCOL one of http, h2c, grpc" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def test_workers_share_the_ports_each_following_the_feed(project: Project) -> None:
+    """`--workers 2`: two router processes on one port (SO_REUSEPORT), each a whole router:
+    its own feed (both route the key), its own hop records (both names arrive), restarted
+    when one dies, all stopped by one SIGTERM."""
+    import asyncio
+
+    from tests.integration.test_hop_push import Operator, until
+
+    project.write("sb.yaml", "name: sb\nforks:\n  - service: c\n    env: {VERSION: v2}\n")
+    key = project.json("sandbox", "apply", "-f", "sb.yaml", "--wait")["routingKey"]
+    api = json.loads((project.root / ".laneway" / "api.json").read_text())
+    token = (project.root / ".laneway" / "token").read_text().strip()
+    port, hops_port = free_ports(2)
+    receiver = Operator(hops_port)
+    await receiver.start()
+    router = subprocess.Popen([
+        sys.executable, "-m", "laneway.router", "--listen", f"c={port}", "--workers", "2",
+        "--routes", f"{api['url']}/v1/routes", f"--token={token}", "--name", "rt",
+        "--hops", f"http://127.0.0.1:{hops_port}/v1/hops"])
+    try:
+        async def served_by_fork() -> bool:
+            try:  # a new connection each time: the kernel spreads them over the workers
+                async with httpx.AsyncClient(timeout=5) as http:
+                    resp = await http.get(f"http://127.0.0.1:{port}/", headers={
+                        "baggage": f"laneway-key={key}", "connection": "close"})
+                return resp.headers.get("laneway-served-by") == "c@sb"
+            except httpx.TransportError:
+                return False
+
+        names: set[str] = set()
+
+        async def both_workers_routed() -> bool:
+            assert await served_by_fork() or not names  # once routing, always routing
+            names.update(b["router"] for b in receiver.batches)
+            return names == {"rt-w0", "rt-w1"}
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while not await both_workers_routed():
+            assert asyncio.get_running_loop().time() < deadline, names
+        workers = _children(router.pid)
+        assert len(workers) == 2
+
+        os.kill(workers[0], signal.SIGKILL)  # one dies: the other serves, it comes back
+        assert await served_by_fork()
+        await until(lambda: len(_children(router.pid)) == 2
+                    and workers[0] not in _children(router.pid), timeout=15)
+        for _ in range(10):
+            assert await served_by_fork() or await served_by_fork()
+    finally:
+        router.terminate()
+        assert router.wait(timeout=15) == 0
+        await receiver.stop()
+    assert not Path(f"/proc/{router.pid}").exists()

@@ -57,7 +57,8 @@ class Operator:
         self.server = None
 
     def received(self) -> list[str]:
-        return [h["path"] for batch in self.batches for h in batch["hops"]]
+        return [Hop.from_row(batch["fields"], row).path for batch in self.batches
+                for row in batch["rows"]]
 
 
 async def until(check: Any, timeout: float = 10.0) -> None:
@@ -94,7 +95,7 @@ async def test_hops_go_in_batches_wait_while_the_operator_is_away_and_drops_are_
         await operator.start()
         await until(lambda: len(operator.received()) == 10)
         assert operator.received() == [f"/{n}" for n in range(8, 18)]
-        assert max(len(b["hops"]) for b in operator.batches) <= 4
+        assert max(len(b["rows"]) for b in operator.batches) <= 4
         assert {b["dropped"] for b in operator.batches} == {5}
         assert pusher.sent == 13
     finally:

@@ -11,11 +11,15 @@ from typing import Any
 
 from laneway.core.grpc import grpc_code_name
 
-__all__ = ["HOP_PUSH_INTERVAL_S", "Hop", "key_conflict_note", "status_text", "trace_context"]
+__all__ = ["HOP_PUSH_INTERVAL_S", "ROW_FIELDS", "Hop", "key_conflict_note", "status_text",
+           "trace_context"]
 
 # Router sidecars on Kubernetes send their hop records to the operator this often (when they
 # have any): one request a second per sidecar, and a run's report waits this long for them.
 HOP_PUSH_INTERVAL_S = 1.0
+ROW_FIELDS = ("at", "trace_id", "parent_id", "service", "routing_key", "destination", "fork",
+              "status", "duration_ms", "method", "path", "error", "key_conflict", "grpc_status",
+              "caller", "capture")
 
 
 @dataclass(slots=True)  # not frozen: routers build one per request, and frozen init is slower
@@ -83,6 +87,20 @@ class Hop:
             caller=str(data.get("caller", "")),
             capture=data.get("capture"),
         )
+
+    def to_row(self) -> list[Any]:
+        """The record as a row of `ROW_FIELDS`: batches sent over the network as rows encode in
+        half the time and size of objects (a router's event loop does the encoding)."""
+        return [self.at, self.trace_id, self.parent_id, self.service, self.routing_key,
+                self.destination, self.fork, self.status, round(self.duration_ms, 3),
+                self.method, self.path, self.error, self.key_conflict, self.grpc_status,
+                self.caller, self.capture]
+
+    @classmethod
+    def from_row(cls, fields: list[str], row: list[Any]) -> Hop:
+        if len(row) != len(fields):
+            raise ValueError(f"a row of {len(row)} values for {len(fields)} fields")
+        return cls.from_json(dict(zip(fields, row, strict=True)))
 
 
 def status_text(status: int, grpc_status: int | None) -> str:

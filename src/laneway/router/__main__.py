@@ -47,14 +47,26 @@ def _listen(value: str) -> tuple[str, int, str]:
 
 
 async def main(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        return await supervise(args)
     feed = HttpRoutesFeed(args.routes, args.token, args.token_file)
     pusher = HttpHopPusher(args.hops, args.token, args.token_file, router=args.name) \
         if args.hops else None
     limits = {name: value for name, value in vars(args).items()
               if name in _LIMIT_FLAGS and value is not None}
     router = Router(RouterSettings(host=args.host, extra_headers=tuple(args.extra_header),
-                                   **limits), hop_sink=pusher.add if pusher else None)
+                                   reuse_port=args.reuse_port, **limits),
+                    hop_sink=pusher.add if pusher else None)
     pushing = asyncio.get_running_loop().create_task(pusher.run()) if pusher else None
+    if args.baseline:
+        router.apply(RouteTable(version=0, baseline=dict(args.baseline)))
+    router.follow(feed)
+    if args.reuse_port:
+        # A worker of several: the others serve the port meanwhile, so this one takes
+        # connections only once it has the table (a keyed request must not meet a router
+        # that does not know its fork yet), or after 5 s with the feed away.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(router.fed.wait(), 5.0)
     try:
         ports = [(service, await router.listen(service, port, protocol), protocol)
                  for service, port, protocol in args.listen]
@@ -64,9 +76,6 @@ async def main(args: argparse.Namespace) -> int:
         await feed.aclose()
         await _stop_pushing(pusher, pushing)
         return 1
-    if args.baseline:
-        router.apply(RouteTable(version=0, baseline=dict(args.baseline)))
-    router.follow(feed)
     # Handlers first: a SIGTERM sent as soon as the lines below are read stops it gracefully.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -81,6 +90,66 @@ async def main(args: argparse.Namespace) -> int:
     await feed.aclose()
     await _stop_pushing(pusher, pushing)
     return 0
+
+
+async def supervise(args: argparse.Namespace) -> int:
+    """`--workers N`: N router processes on the same ports (SO_REUSEPORT), each a whole router
+    (its own routes feed, hop records sent as `NAME-wI`, its share of `--max-connections`), so
+    nothing is shared between processes on the request path. A worker that dies is started
+    again (after 1 s); SIGTERM stops them all."""
+    argv = list(args.argv)
+    workers: list[asyncio.subprocess.Process | None] = [None] * args.workers
+    share = None if args.max_connections is None else -(-args.max_connections // args.workers)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def worker_argv(i: int) -> list[str]:
+        out = _without(argv, ("--workers", "--name", "--max-connections"))
+        out += ["--workers", "1", "--reuse-port", "--name", f"{args.name}-w{i}"]
+        if share is not None:
+            out += ["--max-connections", str(share)]
+        return [sys.executable, "-m", "laneway.router", *out]
+
+    async def keep(i: int) -> None:
+        while not stop.is_set():
+            proc = await asyncio.create_subprocess_exec(*worker_argv(i))
+            workers[i] = proc
+            code = await proc.wait()
+            if stop.is_set():
+                return
+            print(f"laneway router worker {i} exited with {code}; starting it again",  # noqa: T201
+                  file=sys.stderr, flush=True)
+            await asyncio.sleep(1.0)
+
+    tasks = [loop.create_task(keep(i)) for i in range(args.workers)]
+    await stop.wait()
+    for proc in workers:
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for proc in workers:
+        if proc is not None and proc.returncode is None:
+            await proc.wait()
+    return 0
+
+
+def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """`argv` less the given flags and their values (`--flag V` or `--flag=V`)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in flags:
+            skip = True
+            continue
+        if any(arg.startswith(f + "=") for f in flags):
+            continue
+        out.append(arg)
+    return out
 
 
 async def _stop_pushing(pusher: HttpHopPusher | None, task: asyncio.Task[None] | None) -> None:
@@ -129,6 +198,11 @@ parser.add_argument("--hops", default=os.environ.get("LANEWAY_HOPS_URL", ""),
                          "default: $LANEWAY_HOPS_URL; none: not recorded)")
 parser.add_argument("--name", default=os.environ.get("HOSTNAME") or socket.gethostname(),
                     help="this router's name in the operator's status (default: the pod's)")
+parser.add_argument("--workers", type=int, default=int(os.environ.get(
+    "LANEWAY_ROUTER_WORKERS", "1")), help="router processes on the same ports "
+    "(SO_REUSEPORT), one per core to give it; each follows the feed and sends its hops itself "
+    "(default: $LANEWAY_ROUTER_WORKERS or 1)")
+parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 parser.add_argument("--token-file", type=Path, default=None,
                     help="read the bearer token from this file before every request "
                          "(a projected ServiceAccount token in Kubernetes)")
@@ -136,10 +210,16 @@ parser.add_argument("--token-file", type=Path, default=None,
 
 def run(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
+    arguments.argv = list(sys.argv[1:] if argv is None else argv)  # for --workers' children
     if not arguments.routes:
         parser.error("--routes (or LANEWAY_ROUTES_URL) is required")
     if arguments.token_file is not None and not arguments.token_file.is_file():
         parser.error(f"--token-file {arguments.token_file}: no such file")
+    if arguments.workers < 1 or arguments.workers > 256:
+        parser.error(f"--workers {arguments.workers}: must be between 1 and 256")
+    if arguments.workers > 1 and any(port == 0 for _, port, _ in arguments.listen):
+        parser.error("--workers: every --listen needs a port of its own (not 0): the workers "
+                     "share it")
     return uvloop.run(main(arguments))
 
 

@@ -61,12 +61,16 @@ class RouterSettings:
     capture_services: tuple[str, ...] = ()  # services whose exchanges are captured; "*": all
     capture_rate: float = 1.0
     capture_body_bytes: int = 65536
+    # Several router processes on the same ports (SO_REUSEPORT: the kernel spreads the
+    # connections across them); `python -m laneway.router --workers N` sets it.
+    reuse_port: bool = False
 
 
 class Router:
     def __init__(self, settings: RouterSettings, hop_sink: HopSink | None = None) -> None:
         self.settings = settings
         self.table = RouteTable()
+        self.fed = asyncio.Event()  # set once the routes feed's first table is applied
         self.recorder = HopRecorder(hop_sink, settings.hop_capacity)
         self.pool: UpstreamPool[UpstreamConnection] = UpstreamPool()
         self.h2pool = H2Pool()
@@ -133,7 +137,7 @@ class Router:
         try:
             server = await loop.create_server(
                 lambda: ClientConnection(ctx), self.settings.host, port, backlog=1024,
-                reuse_address=True,
+                reuse_address=True, reuse_port=self.settings.reuse_port or None,
             )
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
@@ -261,6 +265,7 @@ class Router:
             except ValueError:
                 since = None  # out of step: ask for a snapshot
                 continue
+            self.fed.set()
             since = self.table.version
 
     async def close(self) -> None:

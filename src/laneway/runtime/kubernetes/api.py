@@ -871,15 +871,21 @@ def cluster_app(state: ClusterApi, routes: Endpoint | None = None,
     async def push_hops(request: Request) -> dict[str, Any]:
         """Router sidecars: a batch of hop records, `{router, hops: [...], dropped}`."""
         data = await _body(request)
-        raw = data.get("hops")
+        rows, fields = data.get("rows"), data.get("fields")
+        if rows is not None and not (isinstance(fields, list) and all(
+                isinstance(f, str) for f in fields)):
+            raise ApiError(400, "bad_request", "fields: the names of the rows' columns",
+                           field="fields")
+        raw = rows if rows is not None else data.get("hops")
         if not isinstance(raw, list) or len(raw) > MAX_HOPS_PER_BATCH:
-            raise ApiError(400, "bad_request", f"hops: a list of at most {MAX_HOPS_PER_BATCH} "
-                           "hop records", field="hops")
+            raise ApiError(400, "bad_request", f"rows (or hops): a list of at most "
+                           f"{MAX_HOPS_PER_BATCH} hop records", field="rows")
         try:
-            hops = [Hop.from_json(h) for h in raw]
+            hops = [Hop.from_row(list(fields or []), h) for h in raw] if rows is not None else \
+                [Hop.from_json(h) for h in raw]
         except (KeyError, TypeError, ValueError) as exc:
-            raise ApiError(400, "bad_request", f"hops: not a hop record: {exc}",
-                           field="hops") from exc
+            raise ApiError(400, "bad_request", f"not a hop record: {exc}",
+                           field="rows") from exc
         state.receive_hops(str(data.get("router") or "unnamed"), hops,
                            int(data.get("dropped") or 0))
         return {"received": len(hops)}
