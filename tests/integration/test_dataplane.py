@@ -248,3 +248,21 @@ async def test_listeners_reach_each_service_by_its_declared_protocol(tmp_path: P
             assert (await client.get(f"http://127.0.0.1:{web}/")).status_code == 503
     finally:
         await runtime.close()
+
+
+def test_hops_arrive_as_rows_and_an_older_data_planes_objects_are_read_too(
+        tmp_path: Path) -> None:
+    """This version's data plane answers rows (half the encoding cost on the routers' loop);
+    a data plane left running by an older version answers objects: both are taken."""
+    from laneway.core.hops import ROW_FIELDS, Hop
+    from laneway.runtime.local.dataplane import DataPlaneRuntime
+
+    got: list[Hop] = []
+    runtime = DataPlaneRuntime(tmp_path / ".laneway", {}, 1.0, hop_sink=got.extend)
+    hop = Hop(at=1.0, trace_id="t", parent_id="", service="c", routing_key="k",
+              destination="sb", fork="c@sb#1", status=200, duration_ms=1.0, method="GET",
+              path="/x", caller="web")
+    assert runtime._take_hops(0, {"seq": 1, "dropped": 0, "fields": list(ROW_FIELDS),
+                                  "rows": [hop.to_row()]})
+    assert runtime._take_hops(1, {"seq": 2, "dropped": 0, "hops": [hop.to_json()]})
+    assert got == [hop, hop]

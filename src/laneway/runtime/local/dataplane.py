@@ -271,8 +271,11 @@ class DataPlaneRuntime:
         if data["seq"] == since:
             return False
         self._hops_seq = data["seq"]
-        if data["hops"] and self.hop_sink is not None:
-            self.hop_sink([Hop.from_json(h) for h in data["hops"]])
+        # Rows of `fields` (this version's data plane), or objects (an older one, adopted).
+        hops = [Hop.from_row(data["fields"], row) for row in data["rows"]] if "rows" in data \
+            else [Hop.from_json(h) for h in data.get("hops") or []]
+        if hops and self.hop_sink is not None:
+            self.hop_sink(hops)
         return True
 
     def _alive(self) -> bool:
