@@ -953,6 +953,9 @@ class Call:
     def describe_upstream(self, ex: Exchange) -> str:
         return self.describe()
 
+    def forward_simple(self, ex: Exchange, status: int, head: bytes, body: bytes) -> bool:
+        return False  # an HTTP/2 client's response is made of frames, never the head as sent
+
     def response_head(self, ex: Exchange, status: int, reason: bytes,
                       headers: list[tuple[bytes, bytes]]) -> None:
         if self.done or ex.done or 100 <= status < 200:

@@ -16,6 +16,7 @@ body. What it guarantees:
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import cast
 
 import httptools
@@ -26,7 +27,49 @@ from laneway.router.pool import UpstreamPool
 from laneway.router.timeouts import Clock
 from laneway.router.tunnel import Tunnel
 
-__all__ = ["UpstreamConnection", "UpstreamPool"]
+__all__ = ["UpstreamConnection", "UpstreamPool", "simple_response"]
+
+
+# The response head that may be forwarded as it came (`_simple_response`): a final HTTP/1.1
+# response that has a body (2xx-5xx but 204 and 304), field lines that are a token, `:` and
+# a value of visible characters, spaces and tabs (no CR, LF, NUL or other controls: what
+# llhttp would refuse is never forwarded), up to 100 of them.
+_SIMPLE_HEAD = re.compile(
+    rb"HTTP/1\.1 (?!204|304)([2-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?\r\n"
+    rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n){1,100}\r\n")
+# Fields the router must act on: hop-by-hop ones (dropped or acted on) and the framing.
+_NOT_SIMPLE = re.compile(
+    rb"(?i)\r\n(?:connection|keep-alive|proxy-connection|te|transfer-encoding|upgrade|trailer|"
+    rb"http2-settings):")
+_LENGTH = re.compile(rb"(?i)\r\ncontent-length:([^\r]*)")
+# What most servers say on every keep-alive response (nginx, Node.js): hop-by-hop, dropped, and
+# nothing to act on; any other `Connection` value goes to the parser.
+_KEEP_ALIVE_FIELDS = re.compile(
+    rb"(?i)\r\n(?:connection:[ \t]*keep-alive[ \t]*|keep-alive:[\t\x20-\x7e\x80-\xff]*)(?=\r\n)")
+
+
+def simple_response(data: bytes, max_header_bytes: int) -> tuple[int, int, bytes] | None:
+    """(status, where the body starts, the head to forward) when `data` is one whole response
+    whose head may be forwarded as it came: `_SIMPLE_HEAD`, no hop-by-hop field but
+    `Connection: keep-alive` and `Keep-Alive` (dropped), and exactly one Content-Length that
+    the bytes after the head match; None for anything else (the parser's case)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end + 4 > max_header_bytes:
+        return None
+    head = data[:end + 4]
+    match = _SIMPLE_HEAD.fullmatch(head)
+    if match is None:
+        return None
+    forwarded = _KEEP_ALIVE_FIELDS.sub(b"", head)
+    if _NOT_SIMPLE.search(forwarded) is not None:
+        return None
+    lengths = _LENGTH.findall(forwarded)
+    if len(lengths) != 1:
+        return None
+    length = lengths[0].strip(b" \t")
+    if not length.isdigit() or len(length) > 15 or int(length) != len(data) - end - 4:
+        return None
+    return int(match.group(1)), end + 4, forwarded
 
 
 class _AfterResponse(Exception):
@@ -62,6 +105,7 @@ class UpstreamConnection(asyncio.Protocol):
         # on it may hand this connection to the next exchange, which needs a fresh parser.
         self.completed = False
         self.keep_alive = False
+        self._fresh = False
 
     @property
     def busy(self) -> bool:
@@ -93,9 +137,27 @@ class UpstreamConnection(asyncio.Protocol):
         client = ex.conn
         client.corked = True
         try:
+            if self._fresh:
+                self._fresh = False
+                if self._simple_response(ex, data):
+                    return
             self._feed(ex, parser, data)
         finally:
             client.uncork()
+
+    def _simple_response(self, ex: Exchange, data: bytes) -> bool:
+        """The common case at a response's first read (`simple_response`): forwarded as it
+        came, laneway's fields added, without llhttp's callback per field; anything else goes
+        to the parser from its first byte."""
+        found = simple_response(data, self.max_header_bytes)
+        if found is None:
+            return False
+        status, body_at, head = found
+        if not ex.conn.forward_simple(ex, status, head, data[body_at:]):
+            return False
+        self.keep_alive = True  # HTTP/1.1 without `Connection: close`
+        ex.conn.response_complete(ex, reusable=True)
+        return True
 
     def _feed(self, ex: Exchange, parser: httptools.HttpResponseParser, data: bytes) -> None:
         try:
@@ -177,6 +239,7 @@ class UpstreamConnection(asyncio.Protocol):
     def attach(self, ex: Exchange) -> None:
         assert self.transport is not None
         self.exchange = ex
+        self._fresh = True  # no byte of its response yet
         self.parser = httptools.HttpResponseParser(self)
         self._headers = []
         self.completed = False
