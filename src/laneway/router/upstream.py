@@ -2,7 +2,8 @@
 
 One `UpstreamConnection` carries one exchange at a time (no pipelining towards upstreams). Its
 parser is fresh per exchange, because `httptools` cannot be told that a HEAD response has no
-body. What it guarantees:
+body, and made at the response's first read only when the response is not forwarded whole
+(`simple_response`). What it guarantees:
 
 - **Nothing after a complete response reaches anyone.** Bytes that follow a complete response,
   in the same read or while the connection is idle in the pool, close the connection; the
@@ -105,7 +106,6 @@ class UpstreamConnection(asyncio.Protocol):
         # on it may hand this connection to the next exchange, which needs a fresh parser.
         self.completed = False
         self.keep_alive = False
-        self._fresh = False
 
     @property
     def busy(self) -> bool:
@@ -124,8 +124,7 @@ class UpstreamConnection(asyncio.Protocol):
             tunnel.from_upstream(data, self.clock.now)
             return
         ex = self.exchange
-        parser = self.parser
-        if ex is None or parser is None:
+        if ex is None:
             # Bytes from an idle upstream: not an answer to anything; nobody may read them.
             self.close()
             return
@@ -137,10 +136,11 @@ class UpstreamConnection(asyncio.Protocol):
         client = ex.conn
         client.corked = True
         try:
-            if self._fresh:
-                self._fresh = False
+            parser = self.parser
+            if parser is None:  # the response's first read
                 if self._simple_response(ex, data):
                     return
+                parser = self.parser = httptools.HttpResponseParser(self)
             self._feed(ex, parser, data)
         finally:
             client.uncork()
@@ -239,8 +239,8 @@ class UpstreamConnection(asyncio.Protocol):
     def attach(self, ex: Exchange) -> None:
         assert self.transport is not None
         self.exchange = ex
-        self._fresh = True  # no byte of its response yet
-        self.parser = httptools.HttpResponseParser(self)
+        # Made at the response's first read, unless it is forwarded whole without one.
+        self.parser = None
         self._headers = []
         self.completed = False
         ex.upstream_conn = self
