@@ -115,13 +115,21 @@ def pod_env(container: dict[str, Any], **extra: str) -> dict[str, str]:
 
 
 def sidecar_command(deployment: dict[str, Any], feed_url: str, listen_port: int,
-                    token_file: Path) -> list[str]:
-    """The rendered sidecar's command line, with the pod network's parts put on loopback."""
+                    token_file: Path, hops_url: str | None = None) -> list[str]:
+    """The rendered sidecar's command line, with the pod network's parts put on loopback (the
+    operator's hop intake at `hops_url`; without one, no hop records are sent)."""
     router = next(c for c in deployment["spec"]["template"]["spec"]["containers"]
                   if c["name"] == "laneway-router")
     args = list(router["args"])
     args[args.index("--host") + 1] = "127.0.0.1"
+    assert args[args.index("--routes") + 1].endswith(":8790/v1/routes")
     args[args.index("--routes") + 1] = feed_url
+    hops = args.index("--hops")
+    assert args[hops + 1].endswith(":8790/v1/hops")
+    if hops_url is None:
+        del args[hops:hops + 2]
+    else:
+        args[hops + 1] = hops_url
     args[args.index("--token-file") + 1] = str(token_file)
     listen = args.index("--listen") + 1
     args[listen] = args[listen].rsplit("=", 1)[0] + f"={listen_port}"

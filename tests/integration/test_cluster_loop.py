@@ -25,7 +25,13 @@ import kmock
 import pytest
 
 from tests.e2e.conftest import LANEWAY, free_ports
-from tests.e2e.test_k8s_router_mode import CHAIN, baseline, pod_env, processes
+from tests.e2e.test_k8s_router_mode import (
+    CHAIN,
+    baseline,
+    pod_env,
+    processes,
+    sidecar_command,
+)
 from tests.integration.test_operator_http import (
     DEPLOYMENTS,
     SANDBOXES,
@@ -106,18 +112,8 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 def sidecar_argv(deployment: dict[str, Any], operator: str, listen_port: int,
                  token_file: Path) -> list[str]:
     """The injected sidecar's command line, the pod network's parts put on loopback."""
-    router = next(c for c in deployment["spec"]["template"]["spec"]["containers"]
-                  if c["name"] == "laneway-router")
-    args = list(router["args"])
-    args[args.index("--host") + 1] = "127.0.0.1"
-    assert args[args.index("--routes") + 1].endswith(":8790/v1/routes")
-    args[args.index("--routes") + 1] = f"{operator}/v1/routes"
-    assert args[args.index("--hops") + 1].endswith(":8790/v1/hops")
-    args[args.index("--hops") + 1] = f"{operator}/v1/hops"
-    args[args.index("--token-file") + 1] = str(token_file)
-    listen = args.index("--listen") + 1
-    args[listen] = args[listen].rsplit("=", 1)[0] + f"={listen_port}"
-    return [sys.executable, *router["command"][1:], *args, "--name", "pricing-7d9f-abcde"]
+    return [*sidecar_command(deployment, f"{operator}/v1/routes", listen_port, token_file,
+                             f"{operator}/v1/hops"), "--name", "pricing-7d9f-abcde"]
 
 
 @contextlib.asynccontextmanager

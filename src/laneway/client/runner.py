@@ -11,9 +11,7 @@ client posts back to `/v1/runs/ID/result`, where the report is made from the hop
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import tempfile
 import time
 from collections import deque
@@ -23,6 +21,7 @@ from typing import Any, BinaryIO
 
 from laneway.core.baggage import baggage_value
 from laneway.core.inject_proxy import InjectingProxy
+from laneway.core.processes import terminate_group
 
 __all__ = ["execute", "interrupted_result"]
 
@@ -44,17 +43,6 @@ def _environment(report: Mapping[str, Any], base: Mapping[str, str], proxy: Inje
     addopts = env.get("PYTEST_ADDOPTS", "")
     env["PYTEST_ADDOPTS"] = f"{addopts} --junitxml={run_dir / 'junit.xml'}".strip()
     return env
-
-
-async def _terminate(proc: asyncio.subprocess.Process) -> int:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        return await asyncio.wait_for(proc.wait(), 5)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        return await proc.wait()
 
 
 async def execute(report: Mapping[str, Any], command: list[str] | str, *,
@@ -104,9 +92,9 @@ async def execute(report: Mapping[str, Any], command: list[str] | str, *,
                 exit_code = proc.returncode
             except TimeoutError:
                 timed_out = True
-                exit_code = await _terminate(proc)
+                exit_code = await terminate_group(proc)
             except asyncio.CancelledError:
-                await asyncio.shield(_terminate(proc))
+                await asyncio.shield(terminate_group(proc))
                 raise
             if partial:
                 tail.append(partial[:400])

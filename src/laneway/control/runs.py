@@ -20,7 +20,6 @@ import logging
 import os
 import secrets
 import shlex
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ from laneway.control.errors import Invalid, NotFound, StoreUnavailable
 from laneway.control.plane import ControlPlane
 from laneway.core.baggage import baggage_value
 from laneway.core.inject_proxy import InjectingProxy
-from laneway.core.processes import find_marked, owner_env, stop_processes
+from laneway.core.processes import find_marked, owner_env, stop_processes, terminate_group
 from laneway.core.runs import (
     failed_tests,
     hop_findings,
@@ -280,11 +279,11 @@ class RunManager:
                 try:
                     if self._closing:  # close() began while the command was starting
                         self._interrupting.add(run_id)
-                        await _terminate(proc)
+                        await terminate_group(proc)
                     exit_code = await self._wait(proc, spec.timeout_s, progress)
                 except TimeoutError:
                     report["timed_out"] = True
-                    exit_code = await _terminate(proc)
+                    exit_code = await terminate_group(proc)
                 finally:
                     self._procs.pop(run_id, None)
                     # What left the command's process group (a daemonised helper) goes too.
@@ -429,7 +428,7 @@ class RunManager:
         self.get(run_id)
         proc = self._procs.get(run_id)
         if proc is not None:
-            await _terminate(proc)
+            await terminate_group(proc)
         return await self.wait(run_id, 10)
 
     async def close(self) -> None:
@@ -439,7 +438,7 @@ class RunManager:
         running = {run_id: proc for run_id, proc in self._procs.items()
                    if proc.returncode is None}
         self._interrupting.update(running)
-        await asyncio.gather(*(_terminate(proc) for proc in running.values()))
+        await asyncio.gather(*(terminate_group(proc) for proc in running.values()))
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
@@ -458,12 +457,3 @@ def _tail_lines(path: Path, count: int) -> list[str]:
     return lines[-count:]
 
 
-async def _terminate(proc: asyncio.subprocess.Process) -> int:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        return await asyncio.wait_for(proc.wait(), 5)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        return await proc.wait()

@@ -12,6 +12,7 @@ stop the test command of an interrupted run) call these.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -20,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 __all__ = ["OWNER_ENV", "alive", "find_marked", "owner_env", "socket_inodes", "stop_processes",
-           "stopped"]
+           "stopped", "terminate_group"]
 
 OWNER_ENV = "LANEWAY_OWNER"
 
@@ -128,3 +129,16 @@ def stop_processes(pids: Iterable[int], grace: float = 5.0) -> list[int]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     return pids
+
+
+async def terminate_group(proc: asyncio.subprocess.Process, grace: float = 5.0) -> int:
+    """Stop a command started in its own session (`start_new_session=True`) and everything in
+    its process group: SIGTERM, SIGKILL after `grace` seconds; its exit code."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return await proc.wait()
