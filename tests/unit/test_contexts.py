@@ -104,3 +104,23 @@ def test_a_port_forward_that_cannot_start_says_so(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     with pytest.raises(ContextError, match=r"cannot start kubectl .*give the operator's URL"):
         reach("fwd")
+
+
+async def test_a_client_run_gets_the_operators_urls_unless_it_set_its_own(
+        tmp_path: Path) -> None:
+    """The operator knows the services by cluster DNS name; a URL the user set (a
+    port-forward) says how to reach them from here, and wins."""
+    from laneway.client.runner import execute
+
+    report = {"id": "r1", "routing_key": "k3y0000000ab", "sandbox": "sb",
+              "environment": {"LANEWAY_URL_WEB": "http://web.shop.svc:80",
+                              "LANEWAY_URL_API": "http://api.shop.svc:80"}}
+    show = [sys.executable, "-c", "import os; print(os.environ['LANEWAY_URL_WEB'], "
+            "os.environ['LANEWAY_URL_API'], os.environ['LANEWAY_BAGGAGE'], "
+            "os.environ['LANEWAY_SANDBOX'])"]
+    env = {**os.environ, "LANEWAY_URL_WEB": "http://127.0.0.1:8080"}
+    result = await execute(report, show, env=env, cwd=str(tmp_path))
+    assert result["exit_code"] == 0
+    assert result["output_tail"] == [
+        "http://127.0.0.1:8080 http://api.shop.svc:80 laneway-key=k3y0000000ab sb"]
+    assert result["junit"] is None

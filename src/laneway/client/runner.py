@@ -33,7 +33,10 @@ def _environment(report: Mapping[str, Any], base: Mapping[str, str], proxy: Inje
                  run_dir: Path) -> dict[str, str]:
     key = str(report["routing_key"])
     env = dict(base)
-    env.update({str(k): str(v) for k, v in (report.get("environment") or {}).items()})
+    # The services' URLs the operator knows (cluster DNS names): a URL the user set already
+    # (a port-forward, an ingress) wins, as it says how to reach them from here.
+    for name, value in (report.get("environment") or {}).items():
+        env.setdefault(str(name), str(value))
     env.update(LANEWAY_ROUTING_KEY=key, LANEWAY_BAGGAGE=baggage_value(key),
                LANEWAY_RUN_ID=str(report["id"]), LANEWAY_RUN_DIR=str(run_dir),
                LANEWAY_JUNIT_XML=str(run_dir / "junit.xml"),
