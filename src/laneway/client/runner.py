@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from laneway.core.baggage import baggage_value
 from laneway.core.inject_proxy import InjectingProxy
 from laneway.core.processes import terminate_group
+from laneway.core.runs import command_environment
 
 __all__ = ["execute", "interrupted_result"]
 
@@ -31,21 +31,13 @@ MAX_JUNIT = 16 << 20
 
 def _environment(report: Mapping[str, Any], base: Mapping[str, str], proxy: InjectingProxy,
                  run_dir: Path) -> dict[str, str]:
-    key = str(report["routing_key"])
     env = dict(base)
     # The services' URLs the operator knows (cluster DNS names): a URL the user set already
     # (a port-forward, an ingress) wins, as it says how to reach them from here.
     for name, value in (report.get("environment") or {}).items():
         env.setdefault(str(name), str(value))
-    env.update(LANEWAY_ROUTING_KEY=key, LANEWAY_BAGGAGE=baggage_value(key),
-               LANEWAY_RUN_ID=str(report["id"]), LANEWAY_RUN_DIR=str(run_dir),
-               LANEWAY_JUNIT_XML=str(run_dir / "junit.xml"),
-               HTTP_PROXY=proxy.url, http_proxy=proxy.url, NO_PROXY="", no_proxy="")
-    if report.get("sandbox"):
-        env["LANEWAY_SANDBOX"] = str(report["sandbox"])
-    addopts = env.get("PYTEST_ADDOPTS", "")
-    env["PYTEST_ADDOPTS"] = f"{addopts} --junitxml={run_dir / 'junit.xml'}".strip()
-    return env
+    return command_environment(env, str(report["routing_key"]), str(report["id"]), run_dir,
+                               proxy.url, report.get("sandbox"))
 
 
 async def execute(report: Mapping[str, Any], command: list[str] | str, *,

@@ -30,10 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from laneway.control.diffs import replay_diff, thresholds_of
 from laneway.control.errors import Invalid, NotFound, StoreUnavailable
 from laneway.control.plane import ControlPlane
-from laneway.core.baggage import baggage_value
 from laneway.core.inject_proxy import InjectingProxy
 from laneway.core.processes import find_marked, owner_env, stop_processes, terminate_group
 from laneway.core.runs import (
+    RUN_ID_ENV,
+    command_environment,
     failed_tests,
     hop_findings,
     is_error_line,
@@ -45,7 +46,6 @@ __all__ = ["RUN_ID_ENV", "RunManager", "RunSpec"]
 
 log = logging.getLogger("laneway.runs")
 
-RUN_ID_ENV = "LANEWAY_RUN_ID"
 OUTPUT_TAIL = 40
 OUTPUT_TAIL_BYTES = 256 * 1024
 FORK_ERRORS = 50
@@ -206,29 +206,15 @@ class RunManager:
 
     def _environment(self, spec: RunSpec, key: str, proxy: InjectingProxy,
                      run_dir: Path) -> dict[str, str]:
-        env = dict(spec.env if spec.env is not None else os.environ)
-        env.update(
-            LANEWAY_ROUTING_KEY=key,
-            LANEWAY_BAGGAGE=baggage_value(key),
-            LANEWAY_RUN_DIR=str(run_dir),
-            LANEWAY_JUNIT_XML=str(run_dir / "junit.xml"),
-            HTTP_PROXY=proxy.url, http_proxy=proxy.url,
-            # Local services must go through the proxy too, or the key is not added.
-            NO_PROXY="", no_proxy="",
-        )
+        env = command_environment(spec.env if spec.env is not None else os.environ, key,
+                                  run_dir.name, run_dir, proxy.url, spec.sandbox)
         # Marks every process of the command, however far it strays from its process group, so
         # a daemon that restarts after a crash finds and stops what the run left.
         env.update(owner_env(self.state_dir))
-        env[RUN_ID_ENV] = run_dir.name
-        if spec.sandbox:
-            env["LANEWAY_SANDBOX"] = spec.sandbox
         for name, svc in self.control.project.services.items():
             suffix = name.upper().replace("-", "_")
             env[f"LANEWAY_URL_{suffix}"] = f"http://127.0.0.1:{svc.port}"
             env[f"LANEWAY_ADDR_{suffix}"] = f"127.0.0.1:{svc.port}"  # a gRPC target
-        # pytest, however it is invoked, writes JUnit XML where the report looks for it.
-        addopts = env.get("PYTEST_ADDOPTS", "")
-        env["PYTEST_ADDOPTS"] = f"{addopts} --junitxml={run_dir / 'junit.xml'}".strip()
         return env
 
     async def _execute(self, report: dict[str, Any], spec: RunSpec, forks: list[str],

@@ -20,14 +20,18 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+from laneway.core.baggage import baggage_value
 from laneway.core.grpc import grpc_code_name
 from laneway.core.hops import Hop, key_conflict_note
 
 __all__ = [
+    "RUN_ID_ENV",
     "Leak",
     "Verdict",
+    "command_environment",
     "failed_tests",
     "find_leaks",
     "fork_responses",
@@ -43,6 +47,7 @@ __all__ = [
     "verdict_of",
 ]
 
+RUN_ID_ENV = "LANEWAY_RUN_ID"
 Verdict = Literal["passed", "failed", "vacuous", "running", "error", "interrupted"]
 _SLACK = 0.0005  # seconds: hop times come from two clocks read microseconds apart
 # Level words, and exception names in any language's style: TypeError, ValueError,
@@ -266,6 +271,24 @@ def verdict_of(exit_code: int | None, reached: Mapping[str, int], *,
     if all(reached.values()) or allow_unreached:
         return "passed"
     return "vacuous"
+
+
+def command_environment(base: Mapping[str, str], key: str, run_id: str, run_dir: Path,
+                        proxy_url: str, sandbox: str | None) -> dict[str, str]:
+    """A run's command's environment, wherever it runs (the daemon's, a client's for a
+    cluster): `base` with the routing key, the baggage, the run's id and folder, the injecting
+    proxy (for local services too: `NO_PROXY` emptied, or the key is not added) and pytest
+    writing JUnit XML where the report looks for it, however it is invoked."""
+    env = dict(base)
+    env.update(LANEWAY_ROUTING_KEY=key, LANEWAY_BAGGAGE=baggage_value(key),
+               LANEWAY_RUN_DIR=str(run_dir), LANEWAY_JUNIT_XML=str(run_dir / "junit.xml"),
+               HTTP_PROXY=proxy_url, http_proxy=proxy_url, NO_PROXY="", no_proxy="")
+    env[RUN_ID_ENV] = run_id
+    if sandbox:
+        env["LANEWAY_SANDBOX"] = sandbox
+    addopts = env.get("PYTEST_ADDOPTS", "")
+    env["PYTEST_ADDOPTS"] = f"{addopts} --junitxml={run_dir / 'junit.xml'}".strip()
+    return env
 
 
 def hop_findings(hops: Sequence[Hop], key: str, forks: Sequence[str]) -> dict[str, Any]:
