@@ -326,17 +326,10 @@ def create_app(control: ControlPlane, token: str,
         return [h.to_json() for h in found]
 
     def _whole_trace_id(given: str) -> str:
-        """A trace id, or a unique prefix of one (tables show the first 12 characters)."""
-        if len(given) >= 32:
-            return given
-        matches = control.hops.trace_ids(given)
-        if given in matches:
-            return given
-        if len(matches) > 1:
-            raise Invalid(f"trace: {given!r} is the start of {len(matches)} traces "
-                          f"({', '.join(m[:16] + '…' for m in matches[:4])}); give more of "
-                          "it", field="trace", errors=[("trace", "ambiguous")])
-        return matches[0] if matches else given
+        try:
+            return control.hops.whole_trace_id(given)
+        except ValueError as exc:
+            raise Invalid(str(exc), field="trace", errors=[("trace", "ambiguous")]) from exc
 
     def _captured(*, service: str | None = None, since: float | None = None,
                   sandbox: str | None = None, run: str | None = None,

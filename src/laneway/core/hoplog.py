@@ -90,5 +90,20 @@ class HopLog:
                     break
         return found
 
+    def whole_trace_id(self, given: str) -> str:
+        """A trace id, or a unique prefix of one (tables show the first 12 characters);
+        `given` itself when no kept trace starts with it. ValueError, naming the candidates,
+        when several do."""
+        if len(given) >= 32:
+            return given
+        matches = self.trace_ids(given)
+        if given in matches:
+            return given
+        if len(matches) > 1:
+            raise ValueError(f"trace: {given!r} is the start of {len(matches)} traces "
+                             f"({', '.join(m[:16] + '…' for m in matches[:4])}); give more "
+                             "of it")
+        return matches[0] if matches else given
+
     def __len__(self) -> int:
         return len(self._hops)

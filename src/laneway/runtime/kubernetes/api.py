@@ -900,17 +900,10 @@ def cluster_app(state: ClusterApi, routes: Endpoint | None = None,
             keys = await state.keys_of_sandbox(namespace, sandbox)
         if key is not None:
             keys = (keys or set()) | {key}
-        trace_id = None
-        if trace:
-            trace_id = trace.lower()
-            if len(trace_id) < 32:
-                found = state.hops.trace_ids(trace_id, limit=2)
-                if len(found) != 1:
-                    raise ApiError(404 if not found else 409, "trace", (
-                        f"no recorded trace starts with {trace!r} (hops are kept in a bounded "
-                        "log)") if not found else (f"trace {trace!r} is ambiguous: "
-                                                   f"{', '.join(found)}; give more of its id"))
-                trace_id = found[0]
+        try:
+            trace_id = state.hops.whole_trace_id(trace.lower()) if trace else None
+        except ValueError as exc:  # as the local API answers it
+            raise ApiError(422, "invalid", str(exc), field="trace") from exc
         return [h.to_json() for h in state.hops.query(
             routing_keys=keys, destination=sandbox, trace_id=trace_id, since=since,
             limit=limit)]
