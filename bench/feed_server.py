@@ -9,15 +9,13 @@ import argparse
 import asyncio
 
 import uvicorn
+from peers import KEY, SIDECAR_TOKEN
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from laneway.core.feed import RoutesBroadcaster
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.runtime.kubernetes.feed import FixedToken, routes_endpoint
-
-KEY = "bench0000000"
-TOKEN = "bench-token"
 
 
 async def main() -> None:
@@ -32,7 +30,7 @@ async def main() -> None:
                                          True, fork="svc-lw-bench")}
     feed.publish(table)
     received = {"hops": 0}
-    routes = routes_endpoint(feed, FixedToken(TOKEN))
+    routes = routes_endpoint(feed, FixedToken(SIDECAR_TOKEN))
 
     async def hops(request: Request) -> JSONResponse:
         received["hops"] += len((await request.json())["hops"])

@@ -18,6 +18,7 @@ __all__ = ["Proc", "ensure_tools", "free_port", "start", "wait_port", "wrk"]
 KEY = "bench0000000"
 # The member-boundary rule, as a PCRE both peers accept.
 KEY_REGEX = rf"(^|,)[ \t]*laneway-key[ \t]*=[ \t]*{KEY}[ \t]*(;|,|$)"
+SIDECAR_TOKEN = "bench-token"  # between feed_server.py and the sidecars it feeds
 
 
 def ensure_tools(optional: tuple[str, ...] = ()) -> None:
@@ -111,6 +112,15 @@ http {{ access_log off; keepalive_requests 1000000;
     return Proc(["nginx", "-c", str(conf)], core, name)
 
 
+def origins(work: Path, core: int) -> tuple[list[Proc], int, int]:
+    """The baseline's and the fork's origin nginx servers, answering: (them, ports)."""
+    base, fork = free_port(), free_port()
+    procs = [nginx_origin(work, base, "baseline", core), nginx_origin(work, fork, "fork", core)]
+    wait_port(base)
+    wait_port(fork)
+    return procs, base, fork
+
+
 def nginx_proxy(work: Path, port: int, base: int, fork: int, core: int) -> Proc:
     conf = work / "nginx-proxy.conf"
     conf.write_text(f"""
@@ -167,7 +177,7 @@ def sidecar(port: int, feed_port: int, workers: int, cores: str) -> Proc:
     feed = f"http://127.0.0.1:{feed_port}"
     return Proc([sys.executable, "-m", "laneway.router", "--listen", f"svc={port}",
                  "--routes", f"{feed}/v1/routes", "--hops", f"{feed}/v1/hops",
-                 "--token", "bench-token", "--workers", str(workers)], cores,
+                 "--token", SIDECAR_TOKEN, "--workers", str(workers)], cores,
                 f"laneway-w{workers}")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import peers
-from peers import Proc, free_port, nginx_origin, start, wait_port
+from peers import Proc, free_port, origins, start
 from router_bench import BAGGAGE, LOAD_CORE, PROXY_CORE, _interleaved
 
 
@@ -24,11 +24,7 @@ def main(seconds: int = 2, repeats: int = 3) -> None:
     started = time.monotonic()
     peers.ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="laneway-bench-quick-"))
-    base_port, fork_port = free_port(), free_port()
-    origins = [nginx_origin(work, base_port, "baseline", LOAD_CORE),
-               nginx_origin(work, fork_port, "fork", LOAD_CORE)]
-    wait_port(base_port)
-    wait_port(fork_port)
+    servers, base_port, fork_port = origins(work, LOAD_CORE)
     proxies: dict[str, Proc] = {}
     ports: dict[str, int] = {}
     try:
@@ -49,7 +45,7 @@ def main(seconds: int = 2, repeats: int = 3) -> None:
                   f"{hap['p99']:>9.2f} ms {lane['p99']:>9.2f} ms "
                   f"{lane['p99'] / hap['p99']:>8.2f}x")
     finally:
-        for proc in [*proxies.values(), *origins]:
+        for proc in [*proxies.values(), *servers]:
             proc.stop()
     print(f"   (goals, issue 17: throughput >= 0.80x, p99 <= 2.00x; took "
           f"{time.monotonic() - started:.0f} s)")

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from peers import KEY, Proc, free_port, haproxy, nginx_origin, sidecar, start, wait_port, wrk
+from peers import KEY, Proc, free_port, haproxy, origins, sidecar, start, wait_port, wrk
 
 PROXY_CORE, LOAD_CORE = 0, 1
 BAGGAGE = {"baggage": f"sentry-trace=1, laneway-key={KEY};p=1"}
@@ -64,11 +64,7 @@ def _interleaved(targets: dict[str, int], path: str, headers: dict[str, str],
 
 def main(seconds: int = 3, repeats: int = 3) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="laneway-bench-"))
-    base_port, fork_port = free_port(), free_port()
-    origins = [nginx_origin(work, base_port, "baseline", LOAD_CORE),
-               nginx_origin(work, fork_port, "fork", LOAD_CORE)]
-    wait_port(base_port)
-    wait_port(fork_port)
+    servers, base_port, fork_port = origins(work, LOAD_CORE)
     results: dict[str, object] = {}
     proxies: dict[str, Proc] = {}
     ports: dict[str, int] = {}
@@ -148,7 +144,7 @@ def main(seconds: int = 3, repeats: int = 3) -> dict[str, object]:
         print(f"   goal: >= 0.95x at 10,000 (by CPU per request): {ratio:.3f}x ({verdict})")
         results["scale"] = scale
     finally:
-        for proc in origins:
+        for proc in servers:
             proc.stop()
     return results
 
