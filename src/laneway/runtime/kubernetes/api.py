@@ -59,6 +59,7 @@ from laneway.core.kubernetes.telemetry import reached as reached_between
 from laneway.core.runs import failed_tests, find_leaks, hop_findings, unreached_reason, verdict_of
 from laneway.core.secrets import mask_tree
 from laneway.core.spec import DNS_LABEL_RE
+from laneway.runtime.kubernetes.feed import Answers
 
 __all__ = ["ClusterApi", "RunStart", "cluster_app"]
 
@@ -280,27 +281,6 @@ def route_group_resource(doc: Mapping[str, Any], namespace: str) -> dict[str, An
                      **({"labels": dict(doc["labels"])} if doc.get("labels") else {})}}
 
 
-class _Cache:
-    """Answers of the API server kept for `ttl` seconds (bounded)."""
-
-    def __init__(self, ttl: float, size: int = 10_000) -> None:
-        self.ttl = ttl
-        self.size = size
-        self._seen: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
-
-    def get(self, key: Any) -> tuple[bool, Any]:
-        seen = self._seen.get(key)
-        if seen is None or time.monotonic() - seen[0] > self.ttl:
-            return False, None
-        return True, seen[1]
-
-    def put(self, key: Any, value: Any) -> None:
-        self._seen[key] = (time.monotonic(), value)
-        self._seen.move_to_end(key)
-        while len(self._seen) > self.size:
-            self._seen.popitem(last=False)
-
-
 class ClusterApi:
     """The state behind the operator's API: the cluster (through `ApiCluster`), the hops the
     sidecars pushed, and the runs' reports (in memory: a restarted operator has none)."""
@@ -319,8 +299,8 @@ class ClusterApi:
         self.settle_s = settle_s
         self.started_at = time.time()
         self._dev_token = dev_token.encode() if dev_token else None
-        self._identities = _Cache(_AUTH_TTL)
-        self._access = _Cache(_ACCESS_TTL)
+        self._identities = Answers(_AUTH_TTL)
+        self._access = Answers(_ACCESS_TTL)
         self._before: dict[str, dict[str, dict[Answer, float]]] = {}  # run -> Istio counts
         self._finished: dict[str, asyncio.Event] = {}  # running runs
 

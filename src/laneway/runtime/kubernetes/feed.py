@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,7 +23,8 @@ from starlette.routing import Route
 from laneway.core.feed import RoutesBroadcaster, update_to_json
 from laneway.core.kubernetes.router_mode import TOKEN_AUDIENCE
 
-__all__ = ["Authenticator", "FixedToken", "TokenReviews", "feed_app", "routes_endpoint"]
+__all__ = ["Answers", "Authenticator", "FixedToken", "TokenReviews", "feed_app",
+           "routes_endpoint"]
 
 
 class Authenticator(Protocol):
@@ -37,28 +39,47 @@ class FixedToken:
         return hmac.compare_digest(token.encode(), self._token)
 
 
+class Answers:
+    """What the API server answered (a TokenReview, a SubjectAccessReview), kept for `ttl`
+    seconds; the oldest forgotten beyond `size`."""
+
+    def __init__(self, ttl: float, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._seen: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+
+    def get(self, key: Any) -> tuple[bool, Any]:
+        """(whether an answer is kept, the answer)."""
+        seen = self._seen.get(key)
+        if seen is None or time.monotonic() - seen[0] > self.ttl:
+            return False, None
+        return True, seen[1]
+
+    def put(self, key: Any, value: Any) -> None:
+        self._seen[key] = (time.monotonic(), value)
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+
+
 class TokenReviews:
     """Asks the API server (`review(token, audience) -> bool`, blocking) and remembers answers
     for `ttl` seconds, so a router's long polls cost one TokenReview a minute."""
 
     def __init__(self, review: Callable[[str, str], bool], ttl: float = 60.0) -> None:
         self._review = review
-        self._ttl = ttl
-        self._seen: dict[str, tuple[float, bool]] = {}
+        self._answers = Answers(ttl)
 
     async def allows(self, token: str) -> bool:
-        now = time.monotonic()
-        seen = self._seen.get(token)
-        if seen is not None and now - seen[0] < self._ttl:
-            return seen[1]
+        found, allowed = self._answers.get(token)
+        if found:
+            return bool(allowed)
         try:
             allowed = await asyncio.to_thread(self._review, token, TOKEN_AUDIENCE)
         except Exception:  # the API server is away: refuse now, ask again next time
             return False
-        if len(self._seen) > 10_000:
-            self._seen.clear()
-        self._seen[token] = (now, allowed)
-        return allowed
+        self._answers.put(token, allowed)
+        return bool(allowed)
 
 
 def routes_endpoint(feed: RoutesBroadcaster, auth: Authenticator | None) -> Callable[
