@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import secrets
-import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +37,7 @@ from laneway.core.runs import (
     failed_tests,
     hop_findings,
     is_error_line,
+    new_report,
     unreached_reason,
     verdict_of,
 )
@@ -172,19 +172,9 @@ class RunManager:
         run_id = "r" + secrets.token_hex(4)
         run_dir = self.runs_dir / run_id
         run_dir.mkdir(parents=True)
-        line = spec.command if isinstance(spec.command, str) else shlex.join(spec.command)
-        report: dict[str, Any] = {
-            "id": run_id, "sandbox": spec.sandbox, "routegroup": spec.routegroup,
-            "routing_key": key, "command": spec.command, "command_line": line,
-            "cwd": spec.cwd, "status": "running", "verdict": "running", "exit_code": None,
-            "timed_out": False, "duration_s": 0.0, "started_at": time.time(),
-            "finished_at": None, "forks_reached": dict.fromkeys(forks, 0), "hops": 0,
-            "key_conflicts": 0,
-            "fork_responses": {fork: {} for fork in forks},
-            "leaks": [], "fork_errors": [], "failures": [], "tests": None,
-            "output_tail": [], "output_path": str(run_dir / "output.log"), "note": note,
-            "allow_unreached": spec.allow_unreached,
-        }
+        report = new_report(run_id, spec.sandbox, spec.routegroup, key, spec.command, forks,
+                            note, spec.allow_unreached, cwd=spec.cwd,
+                            output_path=str(run_dir / "output.log"))
         self.control.store.put_run(report)
         task = asyncio.get_running_loop().create_task(
             self._execute(report, spec, forks, run_dir), name=f"laneway-run-{run_id}")

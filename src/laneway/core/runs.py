@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import bisect
 import re
+import shlex
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ __all__ = [
     "is_error_line",
     "key_conflicts",
     "leak_sentence",
+    "new_report",
     "parse_junit",
     "render_diff_markdown",
     "render_markdown",
@@ -289,6 +292,24 @@ def command_environment(base: Mapping[str, str], key: str, run_id: str, run_dir:
     addopts = env.get("PYTEST_ADDOPTS", "")
     env["PYTEST_ADDOPTS"] = f"{addopts} --junitxml={run_dir / 'junit.xml'}".strip()
     return env
+
+
+def new_report(run_id: str, sandbox: str | None, routegroup: str | None, key: str,
+               command: list[str] | str, forks: Sequence[str], note: str,
+               allow_unreached: bool, **extra: Any) -> dict[str, Any]:
+    """A run's report as it starts (`running`, nothing found yet), the same fields wherever the
+    run is kept (the daemon's store, a cluster's operator); `extra`: what that place adds."""
+    return {
+        "id": run_id, "sandbox": sandbox, "routegroup": routegroup, "routing_key": key,
+        "command": command,
+        "command_line": command if isinstance(command, str) else shlex.join(command),
+        "status": "running", "verdict": "running", "exit_code": None, "timed_out": False,
+        "duration_s": 0.0, "started_at": time.time(), "finished_at": None,
+        "forks_reached": dict.fromkeys(forks, 0), "hops": 0, "key_conflicts": 0,
+        "fork_responses": {fork: {} for fork in forks}, "leaks": [], "fork_errors": [],
+        "failures": [], "tests": None, "output_tail": [], "note": note,
+        "allow_unreached": allow_unreached, **extra,
+    }
 
 
 def hop_findings(hops: Sequence[Hop], key: str, forks: Sequence[str]) -> dict[str, Any]:

@@ -35,7 +35,6 @@ import difflib
 import hmac
 import logging
 import secrets
-import shlex
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -56,7 +55,14 @@ from laneway.core.kubernetes.convert import sandbox_resource
 from laneway.core.kubernetes.objects import SANDBOX_LABEL, Mode, RenderError, object_name
 from laneway.core.kubernetes.telemetry import Answer
 from laneway.core.kubernetes.telemetry import reached as reached_between
-from laneway.core.runs import failed_tests, find_leaks, hop_findings, unreached_reason, verdict_of
+from laneway.core.runs import (
+    failed_tests,
+    find_leaks,
+    hop_findings,
+    new_report,
+    unreached_reason,
+    verdict_of,
+)
 from laneway.core.secrets import mask_tree
 from laneway.core.spec import DNS_LABEL_RE
 from laneway.runtime.kubernetes.feed import Answers
@@ -441,27 +447,18 @@ class ClusterApi:
                     "counters; paths (hops) and leaks are not available in this mode. "
                     + note).strip()
         run_id = "r" + secrets.token_hex(4)
-        line = spec.command if isinstance(spec.command, str) else shlex.join(spec.command)
         environment: dict[str, str] = {}
         for svc in await self.services(namespace):
             suffix = str(svc["name"]).upper().replace("-", "_")
             if svc["url"]:
                 environment[f"LANEWAY_URL_{suffix}"] = svc["url"]
                 environment[f"LANEWAY_ADDR_{suffix}"] = svc["url"].removeprefix("http://")
-        report: dict[str, Any] = {
-            "id": run_id, "sandbox": spec.sandbox, "routegroup": spec.routegroup,
-            "namespace": namespace, "routing_key": key, "command": spec.command,
-            "command_line": line, "cwd": None, "status": "running", "verdict": "running",
-            "exit_code": None, "timed_out": False, "duration_s": 0.0,
-            "started_at": time.time(), "finished_at": None,
-            "forks_reached": dict.fromkeys(forks, 0), "hops": 0, "key_conflicts": 0,
-            "fork_responses": {fork: {} for fork in forks}, "leaks": [], "fork_errors": [],
-            "failures": [], "tests": None, "output_tail": [], "output_path": None,
-            "note": note, "allow_unreached": spec.allow_unreached, "mode": self.mode,
-            "paths": self.mode == "router",
+        report = new_report(
+            run_id, spec.sandbox, spec.routegroup, key, spec.command, forks, note,
+            spec.allow_unreached, namespace=namespace, cwd=None, output_path=None,
+            mode=self.mode, paths=self.mode == "router",
             # The client runs the command, with this environment added to its own.
-            "executor": "client", "environment": environment,
-        }
+            executor="client", environment=environment)
         if spec.diff or spec.capture:
             report["note"] = ("--diff and --capture are not available on a cluster yet; "
                               "the run goes on without them. " + report["note"]).strip()
