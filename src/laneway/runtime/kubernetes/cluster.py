@@ -212,15 +212,20 @@ class KubernetesCluster:  # pragma: no cover - needs a cluster; the executor is 
         return self._plain("Pod", "v1", self.core.list_namespaced_pod(
             namespace, label_selector=selector).items)
 
-    def identity(self, token: str) -> dict[str, Any] | None:
-        """Who `token` is, as the API server says (a TokenReview for its own audience): a
-        ServiceAccount's or a user's token alike; None when it is not valid."""
+    def identity(self, token: str, audience: str | None = None) -> dict[str, Any] | None:
+        """Who `token` is, as the API server says (a TokenReview, for `audience` or else the
+        server's own): a ServiceAccount's or a user's token alike; None when it is not valid
+        (for that audience)."""
+        spec: dict[str, Any] = {"token": token}
+        if audience is not None:
+            spec["audiences"] = [audience]
         review = self.auth.create_token_review({"apiVersion": "authentication.k8s.io/v1",
-                                                "kind": "TokenReview",
-                                                "spec": {"token": token}})
-        if not review.status.authenticated or review.status.user is None:
+                                                "kind": "TokenReview", "spec": spec})
+        status = review.status
+        if not status.authenticated or status.user is None or (
+                audience is not None and audience not in (status.audiences or [])):
             return None
-        user = review.status.user
+        user = status.user
         return {"username": user.username or "", "groups": list(user.groups or []),
                 "uid": user.uid or "", "extra": dict(user.extra or {})}
 
@@ -239,11 +244,7 @@ class KubernetesCluster:  # pragma: no cover - needs a cluster; the executor is 
 
     def review_token(self, token: str, audience: str) -> bool:
         """Whether the API server vouches for `token` with `audience` (a TokenReview)."""
-        review = self.auth.create_token_review({"apiVersion": "authentication.k8s.io/v1",
-                                                "kind": "TokenReview",
-                                                "spec": {"token": token,
-                                                         "audiences": [audience]}})
-        return bool(review.status.authenticated) and audience in (review.status.audiences or [])
+        return self.identity(token, audience) is not None
 
     def apply(self, verb: str, kind: str, namespace: str, name: str,
               body: Mapping[str, Any] | None) -> None:
