@@ -85,7 +85,7 @@ async def _publish_forever() -> None:  # pragma: no cover - needs a cluster
             await asyncio.sleep(2.0)
 
 
-class _FeedServer(uvicorn.Server):  # pragma: no cover
+class _ApiServer(uvicorn.Server):  # pragma: no cover
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield  # kopf owns signal handling
@@ -116,7 +116,7 @@ async def serve(memo: kopf.Memo, **_: Any) -> None:  # pragma: no cover - needs 
     address = os.environ.get("LANEWAY_API_ADDRESS") or os.environ.get(
         "LANEWAY_FEED_ADDRESS", f"0.0.0.0:{FEED_PORT}")
     host, port = address.rpartition(":")[0], address.rpartition(":")[2]
-    server = _FeedServer(uvicorn.Config(app, host=host, port=int(port),
+    server = _ApiServer(uvicorn.Config(app, host=host, port=int(port),
                                         log_level="warning", lifespan="off",
                                         timeout_graceful_shutdown=2))
     memo.tasks = [asyncio.create_task(_serve_api(server, address))]
