@@ -28,6 +28,8 @@ class Operator:
         self.headers: list[bytes] = []
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
+        self.hold: asyncio.Event | None = None  # set: the answer waits for it
+        self.holding = asyncio.Event()  # a request is waiting for `hold`
 
     async def start(self) -> None:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -39,6 +41,9 @@ class Operator:
                                   if line.lower().startswith(b"content-length:"))
                     self.batches.append(json.loads(await reader.readexactly(length)))
                     self.headers.append(head)
+                    if self.hold is not None:
+                        self.holding.set()
+                        await self.hold.wait()
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                                  b"content-length: 2\r\n\r\n{}")
                     await writer.drain()
@@ -78,7 +83,7 @@ async def test_hops_go_in_batches_wait_while_the_operator_is_away_and_drops_are_
     task = asyncio.get_running_loop().create_task(pusher.run())
     try:
         pusher.add([hop(n) for n in range(3)])
-        await until(lambda: len(operator.received()) == 3)
+        await until(lambda: pusher.sent == 3)  # answered, and taken off the buffer
         assert operator.batches[0]["router"] == "pricing-abc"
         assert operator.batches[0]["dropped"] == 0
         assert b"authorization: Bearer sidecar-token" in operator.headers[0]
@@ -99,6 +104,37 @@ async def test_hops_go_in_batches_wait_while_the_operator_is_away_and_drops_are_
         assert {b["dropped"] for b in operator.batches} == {5}
         assert pusher.sent == 13
     finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await pusher.aclose()
+        await operator.stop()
+
+
+async def test_records_let_go_while_their_batch_is_in_flight_are_not_lost_when_it_arrives(
+) -> None:
+    """The buffer is full while a batch is on its way: it lets go of that batch's records
+    first (they are being sent), and once the batch is taken they count as sent, not dropped;
+    the newer records are all sent next."""
+    (port,) = free_ports(1)
+    operator = Operator(port)
+    operator.hold = asyncio.Event()
+    await operator.start()
+    pusher = HttpHopPusher(f"http://127.0.0.1:{port}/v1/hops", router="r", capacity=4,
+                           batch=4, interval=0.05)
+    task = asyncio.get_running_loop().create_task(pusher.run())
+    try:
+        pusher.add([hop(n) for n in range(4)])
+        await asyncio.wait_for(operator.holding.wait(), 10)  # the batch is in flight
+        pusher.add([hop(n) for n in range(4, 7)])  # over capacity: 3 of the batch let go
+        assert pusher.dropped == 0
+        operator.hold.set()
+        await until(lambda: len(operator.received()) == 7)
+        assert operator.received() == [f"/{n}" for n in range(7)]
+        assert pusher.dropped == 0
+        assert pusher.sent == 7
+    finally:
+        operator.hold.set()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -76,6 +76,8 @@ class HttpHopPusher:
         self._token_file = token_file
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
         self._failing = False
+        self._in_flight = 0  # records of the batch being sent still in the buffer's front
+        self._dropped_in_flight = 0  # records of that batch the buffer let go meanwhile
 
     def add(self, hops: list[Hop]) -> None:
         buffer = self._buffer
@@ -84,7 +86,11 @@ class HttpHopPusher:
         if excess > 0:
             for _ in range(excess):
                 buffer.popleft()
-            self.dropped += excess
+            # The oldest go first: those of a batch in flight are lost only if it fails.
+            flying = min(excess, self._in_flight)
+            self._in_flight -= flying
+            self._dropped_in_flight += flying
+            self.dropped += excess - flying
 
     def _authorization(self) -> dict[str, str]:
         token = self._token_file.read_text().strip() if self._token_file else self._token
@@ -98,11 +104,15 @@ class HttpHopPusher:
         batch = [self._buffer[i] for i in range(count)]
         body = json.dumps({"router": self.router, "dropped": self.dropped,
                            "fields": ROW_FIELDS, "rows": [hop.to_row() for hop in batch]})
+        self._in_flight, self._dropped_in_flight = count, 0
         try:
             resp = await self._http.post(self.url, content=body, headers={
                 **self._authorization(), "content-type": "application/json"})
             resp.raise_for_status()
         except (httpx.HTTPError, OSError) as exc:
+            # What the buffer let go of this batch meanwhile is lost after all.
+            self.dropped += self._dropped_in_flight
+            self._in_flight = self._dropped_in_flight = 0
             if not self._failing:
                 log.warning("hop records not sent to %s (kept, %d waiting): %s", self.url,
                             len(self._buffer), exc)
@@ -111,9 +121,11 @@ class HttpHopPusher:
         if self._failing:
             log.warning("hop records sent to %s again", self.url)
         self._failing = False
-        # Drops while the request was in flight took from the front: remove what was sent.
-        for _ in range(min(count, len(self._buffer))):
+        # Sent: what is left of the batch at the buffer's front goes (the buffer may have let
+        # go of some of it while the request was in flight).
+        for _ in range(self._in_flight):
             self._buffer.popleft()
+        self._in_flight = self._dropped_in_flight = 0
         self.sent += count
         return True
 
