@@ -70,21 +70,25 @@ class Project:
         path.write_text(text)
         return path
 
-    def remember_pids(self) -> None:
-        """Every process laneway runs now, to check later that none is left behind. Read from
-        the API itself, not through two CLI start-ups: every e2e test does this twice."""
+    def api(self, path: str) -> Any:
+        """GET `path` of the daemon's API directly: no CLI start-up in between, for what a
+        test must read often or quickly."""
         import httpx
 
         state = self.root / ".laneway"
         info = json.loads((state / "api.json").read_text())
         headers = {"authorization": f"Bearer {(state / 'token').read_text().strip()}"}
-        status = httpx.get(f"{info['url']}/v1/status", headers=headers, timeout=10)
-        status.raise_for_status()
-        self.pids |= {s["pid"] for s in status.json()["services"] if s["pid"]}
-        sandboxes = httpx.get(f"{info['url']}/v1/sandboxes", headers=headers, timeout=10)
-        sandboxes.raise_for_status()
-        for sb in sandboxes.json():
+        answer = httpx.get(f"{info['url']}{path}", headers=headers, timeout=10)
+        answer.raise_for_status()
+        return answer.json()
+
+    def remember_pids(self) -> None:
+        """Every process laneway runs now, to check later that none is left behind. Read from
+        the API itself, not through two CLI start-ups: every e2e test does this twice."""
+        self.pids |= {s["pid"] for s in self.api("/v1/status")["services"] if s["pid"]}
+        for sb in self.api("/v1/sandboxes"):
             self.pids |= {f["pid"] for f in sb["status"]["forks"] if f["pid"]}
+        info = json.loads((self.root / ".laneway" / "api.json").read_text())
         self.pids.add(info["pid"])
 
     @contextlib.contextmanager

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,11 +109,17 @@ def test_a_replacement_whose_new_process_fails_leaves_the_old_one_serving(
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "the new process failed" in failed.stderr
     assert "c: broken build" in failed.stderr
-    now = service(project, "c")
-    assert now["pid"] == before["pid"]
-    assert now["ready"]
-    assert now["replacing"]["failed"]
-    assert "keeps serving" in now["message"]
+    # The new process is retried with backoff; between two attempts it is "starting" again,
+    # and the replacement must read as failed at every moment, not only while it is down.
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        now = next(s for s in project.api("/v1/status")["services"] if s["name"] == "c")
+        assert now["pid"] == before["pid"]
+        assert now["ready"]
+        assert now["replacing"]["failed"], now["replacing"]
+        assert "replacement failed" in now["message"]
+        assert "keeps serving" in now["message"]
+        time.sleep(0.005)
     assert httpx.get(project.url("c") + "/", timeout=5).status_code == 200
     # Fixed: the failed replacement goes, the old process is replaced by a good new one.
     project.write("laneway.yaml", chain_yaml(project.ports))

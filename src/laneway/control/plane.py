@@ -441,7 +441,10 @@ class ControlPlane:
             if decided.replacing:
                 # A new process (restart, reload) starts beside the one that serves.
                 new = states.get(decided.wanted.unit)
-                failed = bool(new and new.failed)
+                # Failed once is failed: between two attempts the new process is "starting"
+                # again, and a replacement that never got healthy must not read as in progress
+                # then (it is serving nothing; the old process serves).
+                failed = bool(new and (new.failed or new.last_failure))
                 view["replacing"] = {
                     "unit": decided.wanted.unit,
                     "phase": new.phase if new else "pending",
@@ -550,8 +553,9 @@ class ControlPlane:
             if services is not None and name not in services:
                 continue
             replacing = view["replacing"]
-            if (replacing and replacing["failed"]) or (
-                    not replacing and view["phase"] in ("crashed", "unhealthy")):
+            if (replacing and replacing["failed"]) or (not replacing and (
+                    view["phase"] in ("crashed", "unhealthy")
+                    or (not view["ready"] and view["lastFailure"]))):
                 failed.append(f"{name}: {view['message']}")
             elif replacing or not view["ready"]:
                 waiting.append(f"{name}: {view['message']}")
