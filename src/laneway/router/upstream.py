@@ -38,13 +38,12 @@ __all__ = ["UpstreamConnection", "UpstreamPool", "simple_response"]
 _SIMPLE_HEAD = re.compile(
     rb"HTTP/1\.1 (?!204|304)([2-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?\r\n"
     rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n){1,100}\r\n")
-# Fields the router must act on: hop-by-hop ones (dropped or acted on) and the framing.
-_NOT_SIMPLE = re.compile(
-    rb"(?i)\r\n(?:connection|keep-alive|proxy-connection|te|transfer-encoding|upgrade|trailer|"
-    rb"http2-settings):")
-_LENGTH = re.compile(rb"(?i)\r\ncontent-length:([^\r]*)")
-# What most servers say on every keep-alive response (nginx, Node.js): hop-by-hop, dropped, and
-# nothing to act on; any other `Connection` value goes to the parser.
+# The fields a response head is looked at for: the framing, and the hop-by-hop ones (which make
+# it not simple, but what most servers say on every keep-alive response, nginx and Node.js
+# among them: `Connection: keep-alive` and `Keep-Alive`, dropped, nothing to act on).
+_RESPONSE_FIELDS = re.compile(
+    rb"(?i)\r\n(content-length|connection|keep-alive|proxy-connection|te|transfer-encoding|"
+    rb"upgrade|trailer|http2-settings):[ \t]*([^\r]*)")
 _KEEP_ALIVE_FIELDS = re.compile(
     rb"(?i)\r\n(?:connection:[ \t]*keep-alive[ \t]*|keep-alive:[\t\x20-\x7e\x80-\xff]*)(?=\r\n)")
 
@@ -57,20 +56,27 @@ def simple_response(data: bytes, max_header_bytes: int) -> tuple[int, int, bytes
     end = data.find(b"\r\n\r\n")
     if end < 0 or end + 4 > max_header_bytes:
         return None
-    head = data[:end + 4]
-    match = _SIMPLE_HEAD.fullmatch(head)
+    match = _SIMPLE_HEAD.fullmatch(data, 0, end + 4)
     if match is None:
         return None
-    forwarded = _KEEP_ALIVE_FIELDS.sub(b"", head)
-    if _NOT_SIMPLE.search(forwarded) is not None:
-        return None
-    lengths = _LENGTH.findall(forwarded)
-    if len(lengths) != 1:
-        return None
-    length = lengths[0].strip(b" \t")
+    length = b""
+    keep_alive_fields = False
+    for name, value in _RESPONSE_FIELDS.findall(data, 0, end + 2):
+        lname = name.lower()
+        if lname == b"content-length":
+            if length:
+                return None  # two of them: the parser's checks
+            length = value.rstrip(b" \t") or b"-"
+        elif lname == b"keep-alive" or (
+                lname == b"connection" and value.rstrip(b" \t").lower() == b"keep-alive"):
+            keep_alive_fields = True
+        else:
+            return None
     if not length.isdigit() or len(length) > 15 or int(length) != len(data) - end - 4:
         return None
-    return int(match.group(1)), end + 4, forwarded
+    head = data[:end + 4]
+    return int(match.group(1)), end + 4, (_KEEP_ALIVE_FIELDS.sub(b"", head)
+                                          if keep_alive_fields else head)
 
 
 class _AfterResponse(Exception):
