@@ -185,6 +185,10 @@ def start(kind: str, work: Path, port: int, base: int, fork: int, core: int,
           sandboxes: int = 1) -> Proc:
     if kind == "laneway":
         proc = start_router(port, base, fork, core, sandboxes)
+    elif kind == "bare":  # the reference of what Python reaches with no features
+        proc = Proc([sys.executable, str(Path(__file__).with_name("bare_forwarder.py")),
+                     "--port", str(port), "--upstream", str(base), "--fork", str(fork)],
+                    core, "bare")
     elif kind == "haproxy":
         proc = haproxy(work, port, base, fork, core)
     else:
