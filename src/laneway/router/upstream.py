@@ -137,15 +137,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_activity = self.clock.now
         if self._in_head:
             self._head_raw += len(data)
+        parser = self.parser
+        # The response's first read: a whole simple response is one write of its own.
+        if parser is None and self._simple_response(ex, data):
+            return
         # What this read makes the client side write (a head, body bytes, a chunk's end) goes
         # out in one write: one system call per read instead of one per piece.
         client = ex.conn
         client.corked = True
         try:
-            parser = self.parser
-            if parser is None:  # the response's first read
-                if self._simple_response(ex, data):
-                    return
+            if parser is None:
                 parser = self.parser = httptools.HttpResponseParser(self)
             self._feed(ex, parser, data)
         finally:
