@@ -172,11 +172,12 @@ async def test_a_run_whose_daemon_was_killed_ends_interrupted_at_the_next_start(
     assert (report["status"], report["verdict"]) == ("interrupted", "interrupted")
     assert report["finished_at"] is not None
     assert "crashed or was killed" in report["note"]
-    # As many as were left, or more: the orphaned command may have started another child
-    # between the count above and the stop (it failed once under CI's load, 4 against 3).
+    # At least the command and its helper, which live throughout; their `sleep` children come
+    # and go between the count above and the stop, so the exact count differs either way
+    # (CI saw 4 stopped against 3 counted, and 3 against 4).
     stopped = re.search(r"laneway stopped it \((\d+) processes\)", report["note"])
     assert stopped is not None, report["note"]
-    assert int(stopped.group(1)) >= len(left)
+    assert int(stopped.group(1)) >= 2
     for field in ("hops", "forks_reached", "fork_responses", "output_tail", "output_bytes",
                   "duration_s", "started_at", "command_line"):
         assert report[field] == before[field], field
