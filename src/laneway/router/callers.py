@@ -13,9 +13,11 @@ exact lookup in the kernel's sock_diag interface (`SockDiag`, ~6 µs; reading /p
 instead walks the whole connection table, ~7 ms here, and is the fallback), its owner from a
 cache of the units' descriptors (read again, up to the wanted sockets, when one is not in the
 cache; ~1 ms for ten processes, at most every `RESCAN` seconds in batches). A
-connection still unresolved when its first hop is recorded (a request answered within the same
-turns) is resolved then, on its own (`settle_now`): the client is still connected, waiting for
-the answer being written, so its socket is still there to be found. A router without identities
+connection still unresolved when its first answer is about to be written (a request answered
+within the same turns) is resolved then, on its own (`settle_now`): the client is still
+connected, waiting for that answer, so its socket is still there to be found. (Once the answer
+is written the client may read it and close before the hop is recorded: resolving at the
+record missed callers now and then under load.) A router without identities
 (Kubernetes sidecars, benchmarks) does none of this.
 """
 

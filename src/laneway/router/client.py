@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -87,6 +88,7 @@ class ServiceContext:
         "extra_headers",
         "h2_factory",
         "h2pool",
+        "hosts",
         "keepalive_timeout",
         "max_connections",
         "max_header_bytes",
@@ -145,6 +147,8 @@ class ServiceContext:
         # key whose `Origin` is a preview host is that sandbox's (`core.preview.key_of_origin`).
         self.preview_port = 0
         self.names: dict[str, str] = {}
+        # Host values already checked (`is_host`): clients send the same one on every request.
+        self.hosts: set[bytes] = set()
 
     def new_capture(self, key: str, method: str, target: str,
                     headers: list[tuple[bytes, bytes]]) -> Capture | None:
@@ -238,12 +242,36 @@ _REQUEST_FIELDS: dict[bytes, str] = {
 }
 
 
+# The request the router forwards as it came (`ClientConnection._plain_request`): an HTTP/1.1
+# request in origin-form with a method llhttp knows, field lines that are a token, `:` and a
+# value of what llhttp accepts there (HTAB, visible characters, spaces, obs-text: no CR, LF,
+# NUL, DEL or other controls), up to 100 of them. Anything else goes to the parser, which
+# accepts or refuses it as before: this is a subset of what it accepts.
+_PLAIN_HEAD = re.compile(
+    rb"(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS) (/[!-~]*) HTTP/1\.1\r\n"
+    rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n){1,100}\r\n")
+# The fields a plain request is looked at for (the rest are forwarded untouched): what routes
+# it, what frames it, and the hop-by-hop ones (which make it not plain, but the common
+# `Connection: keep-alive`).
+_PLAIN_FIELDS = re.compile(
+    rb"(?i)\r\n(host|baggage|content-length|traceparent|tracestate|origin|connection|"
+    rb"keep-alive|proxy-connection|te|transfer-encoding|upgrade|trailer|http2-settings):"
+    rb"[ \t]*([^\r]*)")
+_KEEP_ALIVE_LINE = re.compile(
+    rb"(?i)\r\n(?:connection:[ \t]*keep-alive[ \t]*|keep-alive:[\t\x20-\x7e\x80-\xff]*)"
+    rb"(?=\r\n)")
+
+
 class _Rejected(Exception):
     """Raised in a parser callback to stop parsing; `ClientConnection._rejection` says why."""
 
 
 class ClientConnection(asyncio.Protocol):
     """A downstream connection: parses requests, routes each, streams responses back."""
+
+    # Whether a whole plain request may skip the parser (`_plain_request`). A subclass that
+    # decides a request's route in its own `_build` (the preview edge) sets it False.
+    plain = True
 
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
@@ -333,6 +361,9 @@ class ClientConnection(asyncio.Protocol):
                     self._to_h2(data)
                 return
         at_boundary = parsing is None and not self._in_head
+        if at_boundary and self.plain and self.active is None and self._method is None \
+                and self._plain_request(data):
+            return
         begins = self._begins
         # Raw bytes since the current head began: catches one huge header that httptools is
         # still accumulating (on_header only fires once a field is complete).
@@ -508,6 +539,80 @@ class ClientConnection(asyncio.Protocol):
 
     # request side
 
+    def _plain_request(self, data: bytes) -> bool:
+        """The common request, read without the parser: one whole plain request (`_PLAIN_HEAD`,
+        one Host, at most one Content-Length whose body is all in `data`, no hop-by-hop field
+        but `Connection: keep-alive`), forwarded as it came with `via` added. What the parser
+        path would forward for it, without a callback per field; anything else, or a request
+        that is captured, keyed by a configured header, may be a preview page's or goes to
+        an HTTP/2 upstream, is the parser's (False)."""
+        ctx = self.ctx
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end >= ctx.max_header_bytes or ctx.extra_headers or ctx.capture_rate \
+                or ctx.captured or ctx.protocol != "http":
+            return False
+        match = _PLAIN_HEAD.fullmatch(data, 0, end + 4)
+        if match is None:
+            return False
+        hosts = 0
+        length = -1
+        baggage: list[bytes] = []
+        traceparent = tracestate = origin = b""
+        keep_alive_fields = False
+        for name, raw in _PLAIN_FIELDS.findall(data, 0, end + 2):
+            lname = name.lower()
+            value = raw.rstrip(b" \t")
+            if lname == b"host":
+                hosts += 1
+                if value not in ctx.hosts:
+                    if not is_host(value):
+                        return False  # the parser's path answers 400
+                    if len(ctx.hosts) >= 256:
+                        ctx.hosts.clear()
+                    ctx.hosts.add(value)
+            elif lname == b"baggage":
+                baggage.append(value)
+            elif lname == b"content-length":
+                if length >= 0 or not value.isdigit() or len(value) > 15:
+                    return False
+                length = int(value)
+            elif lname == b"traceparent":
+                traceparent = value
+            elif lname == b"tracestate":
+                tracestate = value
+            elif lname == b"origin":
+                if ctx.preview_port:
+                    return False  # may be a preview page's call (`_route`)
+            elif (lname == b"connection" and value.lower() == b"keep-alive") \
+                    or lname == b"keep-alive":
+                keep_alive_fields = True
+            else:
+                return False  # hop-by-hop fields the parser's path acts on
+        body = len(data) - end - 4
+        if hosts != 1 or body != max(length, 0):
+            return False  # no Host (400), or a body not all here, or a pipelined request
+        ex = Exchange(self)
+        ex.started = time.monotonic()
+        method, target = match.group(1, 2)
+        ex.method = method.decode()
+        ex.is_head = method == b"HEAD"
+        ex.path = target[:512].decode()
+        head = data[:end + 2]
+        if keep_alive_fields:
+            head = _KEEP_ALIVE_LINE.sub(b"", head)
+        ex.head = head + VIA + b"\r\n" + data[end + 4:] if body else head + VIA + b"\r\n"
+        if body:
+            ex.has_body = True
+            ex.body_length = length
+            ex.retry_allowed = False  # as when the parser's path has sent a body
+        ex.request_done = True
+        if traceparent:
+            ex.trace_id, ex.parent_id = trace_context(traceparent)
+        self._route(ex, baggage, tracestate, b"", origin)
+        self._begins += 1
+        self._start(ex)
+        return True
+
     def _build(self, ex: Exchange, method: bytes, url: bytes, llhttp_upgrade: bool) -> None:
         ctx = self.ctx
         if method == b"CONNECT":
@@ -618,7 +723,13 @@ class ClientConnection(asyncio.Protocol):
         ex.head = b"".join(lines)
         if traceparent:
             ex.trace_id, ex.parent_id = trace_context(traceparent)
+        self._route(ex, baggage, tracestate, extra_key, origin)
 
+    def _route(self, ex: Exchange, baggage: list[bytes], tracestate: bytes, extra_key: bytes,
+               origin: bytes) -> None:
+        """Where `ex` goes, from its routing key: the fork its key names, else the baseline;
+        the router's own 503 when that has no process that can answer."""
+        ctx = self.ctx
         key, ex.key_conflict = choose_key(baggage, tracestate, extra_key)
         if key is None and origin and ctx.preview_port:
             key = ctx.key_of_origin(origin)  # a preview page calling this service directly
@@ -629,6 +740,8 @@ class ClientConnection(asyncio.Protocol):
         route = decide(ctx.routes, key)
         if key is not None:
             ex.key = key
+        # A request with a body not read yet ends its connection; one without keeps it.
+        unread = ex.has_body and not ex.request_done
         if route is None:
             ex.upstream = ctx.baseline
             ex.served_by = ctx.name_b
@@ -636,7 +749,7 @@ class ClientConnection(asyncio.Protocol):
                 ex.error = (f"baseline service {ctx.name} has no running process yet "
                             "(starting, or its command failed); see `laneway status`")
                 ex.local = error_response(503, "baseline_not_ready", ex.error,
-                                          served_by=ctx.name_b, close=ex.has_body,
+                                          served_by=ctx.name_b, close=unread,
                                           extra={"service": ctx.name})
             return
         ex.destination = route.sandbox
@@ -646,9 +759,8 @@ class ClientConnection(asyncio.Protocol):
             ex.upstream = route.upstream
             return
         ex.error = route.reason
-        # A request with a body we will not read ends its connection; one without keeps it.
         ex.local = error_response(
-            503, "fork_not_ready", route.reason, served_by=ex.served_by, close=ex.has_body,
+            503, "fork_not_ready", route.reason, served_by=ex.served_by, close=unread,
             extra={"service": ctx.name, "sandbox": route.sandbox, "fork": route.fork,
                    "routing_key": key or ""},
         )
@@ -1041,6 +1153,10 @@ class ClientConnection(asyncio.Protocol):
     # bookkeeping
 
     def write(self, data: bytes) -> None:
+        if self.caller is None:
+            # Before the answer goes out: a client that has its answer may close at once, and
+            # a closed socket has no owner left to find.
+            self.settle_caller()
         if self.corked:
             self._out.append(data)
         elif self.transport is not None and not self.closed:
@@ -1107,31 +1223,32 @@ class ClientConnection(asyncio.Protocol):
             return None
         return int(peer[1]), int(own[1])
 
+    def settle_caller(self) -> None:
+        """Name this connection's caller now, if the batch (`callers.want`) has not come to it
+        yet: called before the first answer is written (HTTP/1.1) or when a stream opens
+        (HTTP/2), while the client is still connected and its socket can be found."""
+        callers = self.ctx.callers
+        if self.caller is None and callers is not None:
+            callers.settle_now(self)
+
     def record(self, hop: Hop) -> None:
         """Record a hop of this connection (HTTP/1.1 or, after the preface, HTTP/2) with its
-        caller, resolved now if the batch has not come to it yet."""
-        if self.caller is None and self.ctx.callers is not None:
-            self.ctx.callers.settle_now(self)
+        caller."""
+        self.settle_caller()
         hop.caller = self.caller or ""
         self.ctx.recorder.record(hop)
 
     def _record(self, ex: Exchange, status: int) -> None:
-        self.record(Hop(
-            at=ex.started + WALL_OFFSET,
-            trace_id=ex.trace_id,
-            parent_id=ex.parent_id,
-            service=self.ctx.name,
-            routing_key=ex.key,
-            destination=ex.destination,
-            fork=ex.fork,
-            status=status,
-            duration_ms=(time.monotonic() - ex.started) * 1000.0,
-            method=ex.method,
-            path=ex.path,
-            error=ex.error,
-            key_conflict=ex.key_conflict,
-            capture=None if ex.capture is None else ex.capture.finished(status),
-        ))
+        ctx = self.ctx
+        if self.caller is None:
+            self.settle_caller()  # an exchange that wrote nothing (its client went away)
+        capture = ex.capture
+        # Positional, in `Hop`'s field order: once per request, and keywords cost a third more.
+        ctx.recorder.record(Hop(
+            ex.started + WALL_OFFSET, ex.trace_id, ex.parent_id, ctx.name, ex.key,
+            ex.destination, ex.fork, status, (time.monotonic() - ex.started) * 1000.0,
+            ex.method, ex.path, ex.error, ex.key_conflict, None, self.caller or "",
+            None if capture is None else capture.finished(status)))
 
     def _reject(self, status: int, code: str, message: str) -> None:
         """Answer a request the router will not forward, after the responses before it, and

@@ -87,6 +87,8 @@ def _answer(status: int, code: str, page: bytes, message: str, html: bool,
 class EdgeConnection(ClientConnection):
     """A browser's connection to the edge."""
 
+    plain = False  # every request's host picks its preview in `_build`: the parser's path
+
     def __init__(self, ctx: ServiceContext, edge: Edge) -> None:
         super().__init__(ctx)
         self.edge = edge

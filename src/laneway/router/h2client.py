@@ -173,6 +173,8 @@ class H2ClientConnection(asyncio.Protocol):
                     self.ack(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, RequestReceived):
                 self.opened += 1
+                if self.identity is not None and self.identity.caller is None:
+                    self.identity.settle_caller()  # while the client is surely connected
                 call = Call(self, event.stream_id, event.headers,
                             event.stream_ended is not None)
                 calls[event.stream_id] = call
