@@ -1,19 +1,19 @@
 """A laneway router on its own, for benchmarks: one service on PORT, a routing table with N
-sandboxes (the key `bench0000000` among them, routed to FORK), hop recording on (into a bounded
-log, as in the daemon)."""
+sandboxes (the key `bench0000000` among them, routed to FORK), hop recording on (into the data
+plane's own bounded buffer, 100k records, as the embedded data plane keeps them)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import signal
-from collections import deque
 
 import uvloop
 
-from laneway.core.hops import Hop
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
+from laneway.dataplane.main import HopBuffer
 from laneway.router import Router, RouterSettings
+from laneway.router.hops import freeze_startup
 
 KEY = "bench0000000"
 
@@ -25,12 +25,8 @@ async def main() -> None:
     parser.add_argument("--fork", type=int, required=True)
     parser.add_argument("--sandboxes", type=int, default=1)
     args = parser.parse_args()
-    log: deque[Hop] = deque(maxlen=100_000)  # bounded, like the control plane's HopLog
-
-    def sink(batch: list[Hop]) -> None:
-        log.extend(batch)
-
-    router = Router(RouterSettings(), hop_sink=sink)
+    hops = HopBuffer(100_000)
+    router = Router(RouterSettings(), hop_sink=hops.add)
     await router.listen("svc", args.port)
     table = RouteTable(version=1, baseline={"svc": Upstream("127.0.0.1", args.upstream)})
     forks = {f"sb{i:010d}": ForkRoute("svc", f"sb-{i}", Upstream("127.0.0.1", args.fork), True,
@@ -43,6 +39,7 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    freeze_startup()  # as the data plane does once it has started
     print("ready", flush=True)
     await stop.wait()
     await router.close()

@@ -4,16 +4,18 @@ that survives its own bugs, bounded logs, and a data plane process adopted by a 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from laneway.core.hops import Hop
+from laneway.core.hops import ROW_FIELDS, Hop
 from laneway.core.processes import alive
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.core.runtime import ProcessSpec
@@ -34,18 +36,38 @@ def hop(n: int) -> Hop:
     return Hop(float(n), "", "", "web", "", "baseline", "", 200, 1.0, "GET", f"/{n}")
 
 
+def _paths(rows: list[tuple[Any, ...]]) -> list[str]:
+    return [Hop.from_row(ROW_FIELDS, row).path for row in rows]
+
+
 def test_hop_buffer_hands_over_what_is_new_and_counts_what_it_dropped() -> None:
     buffer = HopBuffer(capacity=3)
     assert buffer.after(0) == ([], 0, 0)
     buffer.add([hop(1), hop(2)])
     found, last, dropped = buffer.after(0)
-    assert ([h.path for h in found], last, dropped) == (["/1", "/2"], 2, 0)
+    assert (_paths(found), last, dropped) == (["/1", "/2"], 2, 0)
     assert buffer.after(2) == ([], 2, 0)
     buffer.add([hop(3), hop(4), hop(5)])  # capacity 3: /1 and /2 are gone
     found, last, dropped = buffer.after(1)
-    assert ([h.path for h in found], last, dropped) == (["/3", "/4", "/5"], 5, 1)
+    assert (_paths(found), last, dropped) == (["/3", "/4", "/5"], 5, 1)
     found, last, dropped = buffer.after(4)
-    assert ([h.path for h in found], last, dropped) == (["/5"], 5, 0)
+    assert (_paths(found), last, dropped) == (["/5"], 5, 0)
+    found, last, dropped = buffer.after(2, limit=2)  # the oldest first when over the limit
+    assert (_paths(found), last, dropped) == (["/3", "/4"], 4, 0)
+
+
+def test_hop_buffer_rows_are_not_walked_by_the_collector() -> None:
+    """Kept records are rows the collector stops tracking after one pass: a full collection
+    does not walk the buffer (it was most of the router's p99 under load). A captured
+    record's row holds a dict, and stays tracked."""
+    buffer = HopBuffer(capacity=1000)
+    captured = hop(0)
+    captured.capture = {"request": {"method": "GET"}}
+    buffer.add([hop(n) for n in range(1, 1000)] + [captured])
+    gc.collect(0)
+    rows, _, _ = buffer.after(0)
+    assert Hop.from_row(ROW_FIELDS, rows[-1]).capture == captured.capture
+    assert [row for row in rows if gc.is_tracked(row)] == [rows[-1]]
 
 
 async def test_a_drain_waits_for_the_requests_in_flight_then_closes_idle_connections(

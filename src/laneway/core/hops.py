@@ -6,6 +6,7 @@ batches; the control plane keeps a bounded log of them and answers queries by sa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,16 +89,17 @@ class Hop:
             capture=data.get("capture"),
         )
 
-    def to_row(self) -> list[Any]:
+    def to_row(self) -> tuple[Any, ...]:
         """The record as a row of `ROW_FIELDS`: batches sent over the network as rows encode in
-        half the time and size of objects (a router's event loop does the encoding)."""
-        return [self.at, self.trace_id, self.parent_id, self.service, self.routing_key,
+        half the time and size of objects (a router's event loop does the encoding). A tuple
+        of strings and numbers, which the collector stops tracking (`dataplane.HopBuffer`)."""
+        return (self.at, self.trace_id, self.parent_id, self.service, self.routing_key,
                 self.destination, self.fork, self.status, round(self.duration_ms, 3),
                 self.method, self.path, self.error, self.key_conflict, self.grpc_status,
-                self.caller, self.capture]
+                self.caller, self.capture)
 
     @classmethod
-    def from_row(cls, fields: list[str], row: list[Any]) -> Hop:
+    def from_row(cls, fields: Sequence[str], row: Sequence[Any]) -> Hop:
         if len(row) != len(fields):
             raise ValueError(f"a row of {len(row)} values for {len(fields)} fields")
         return cls.from_json(dict(zip(fields, row, strict=True)))

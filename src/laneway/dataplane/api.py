@@ -154,7 +154,7 @@ def control_app(plane: DataPlane, token: str) -> Starlette:
         # records as objects held it for over 100 ms); the reader asks again for the rest.
         found, last, dropped = plane.hops.after(since, limit=HOPS_PER_ANSWER)
         return JSONResponse({"seq": last, "dropped": dropped, "fields": ROW_FIELDS,
-                             "rows": [h.to_row() for h in found]})
+                             "rows": found})
 
     async def shutdown(request: Request) -> JSONResponse:
         plane.stop_requested.set()

@@ -47,6 +47,7 @@ from laneway.core.routes import RouteTable, Upstream
 from laneway.core.runtime import UnitState
 from laneway.core.spec import LOCAL_HOST
 from laneway.router import Router, RouterSettings
+from laneway.router.hops import freeze_startup
 from laneway.router.limits import raise_fd_limit
 from laneway.router.server import RouterError
 from laneway.runtime.local import LocalRuntime
@@ -58,35 +59,41 @@ log = logging.getLogger("laneway.dataplane")
 
 class HopBuffer:
     """Hop records numbered in arrival order, the newest `capacity` kept; the daemon reads the
-    ones after the last number it has, so records made while it was away are not lost."""
+    ones after the last number it has, so records made while it was away are not lost.
+
+    They are kept as rows (`Hop.to_row`: tuples of strings and numbers), which CPython's
+    collector stops tracking at its first pass over them. As objects, the records were most of
+    what a full collection walked (CPython runs one each time the surviving objects grew by a
+    quarter): a pause of tens of milliseconds every few seconds under load, which was most of
+    the router's p99 (bench/RESULTS.md, issue 17). Rows are also what the daemon is sent."""
 
     def __init__(self, capacity: int) -> None:
-        self._hops: deque[tuple[int, Hop]] = deque(maxlen=capacity)
-        self.seq = 0
+        self._rows: deque[tuple[Any, ...]] = deque(maxlen=capacity)
+        self.seq = 0  # the number of the newest record; the oldest kept is seq - len + 1
         self._changed = asyncio.Event()
 
     def add(self, hops: list[Hop]) -> None:
-        for hop in hops:
-            self.seq += 1
-            self._hops.append((self.seq, hop))
+        self._rows.extend([hop.to_row() for hop in hops])
+        self.seq += len(hops)
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def after(self, since: int, limit: int = 20_000) -> tuple[list[Hop], int, int]:
-        """(hops numbered after `since`, the number of the last one, how many were dropped)."""
-        if not self._hops or since >= self.seq:
+    def after(self, since: int, limit: int = 20_000) -> tuple[list[tuple[Any, ...]], int, int]:
+        """(rows numbered after `since`, the number of the last one, how many were dropped)."""
+        rows = self._rows
+        if not rows or since >= self.seq:
             return [], self.seq, 0
-        first = self._hops[0][0]
+        first = self.seq - len(rows) + 1
         dropped = max(0, first - since - 1)
         start = max(0, since + 1 - first)
         # Walked from the end that is nearer: a reader that keeps up asks for the newest few,
         # and copying the whole buffer (up to `hop_capacity` records) for them would cost a
         # long poll answer more than the records it carries.
-        newer = len(self._hops) - start
+        newer = len(rows) - start
         if newer <= limit:
-            picked = [hop for _, hop in itertools.islice(reversed(self._hops), newer)][::-1]
+            picked = list(itertools.islice(reversed(rows), newer))[::-1]
         else:
-            picked = [hop for _, hop in itertools.islice(self._hops, start, start + limit)]
+            picked = list(itertools.islice(rows, start, start + limit))
         return picked, since + dropped + len(picked), dropped
 
     async def wait(self, since: int, timeout: float) -> None:
@@ -242,6 +249,7 @@ class DataPlane:
         write_private(self.layout.dataplane_info, json.dumps({
             "pid": os.getpid(), "startedAt": self.started_at, "url": url, "token": self.token,
             "settings": self.raw_settings}))
+        freeze_startup()  # what start-up made is not walked by every full collection
         try:
             await self.stop_requested.wait()
         finally:

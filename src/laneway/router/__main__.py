@@ -23,6 +23,7 @@ import uvloop
 from laneway.core.routes import RouteTable, Upstream
 from laneway.core.spec import PROTOCOLS
 from laneway.router.feed_http import HttpHopPusher, HttpRoutesFeed
+from laneway.router.hops import freeze_startup
 from laneway.router.server import Router, RouterError, RouterSettings
 
 
@@ -81,6 +82,7 @@ async def main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    freeze_startup()  # what start-up made is not walked by every full collection
     for service, port, protocol in ports:
         over = "" if protocol == "http" else f" ({protocol})"
         print(f"laneway router for {service} on {args.host}:{port}{over}",  # noqa: T201

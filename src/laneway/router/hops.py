@@ -2,17 +2,27 @@
 
 Recording a hop is an append; a timer (not a task per request) hands the batch to the sink. When
 the sink falls behind, the oldest records are dropped: the hot path never waits for bookkeeping.
+
+The collector. CPython runs a full collection each time the objects that survived grew by a
+quarter, and each one walks every tracked object: a router process's modules, classes and
+settings are tens of thousands of them, a pause of milliseconds every few thousand requests.
+`freeze_startup` moves what exists once the process has started into the collector's permanent
+generation (what is there is not garbage: it lives as long as the process), so that full
+collections walk only what serving makes. The hop records a process keeps are rows the
+collector does not track (`dataplane.HopBuffer`). Nothing is frozen later: an object frozen
+while it was garbage in a cycle would never be freed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 
 from laneway.core.hops import Hop
 
-__all__ = ["HopRecorder", "HopSink"]
+__all__ = ["HopRecorder", "HopSink", "freeze_startup"]
 
 HopSink = Callable[[list[Hop]], None]
 log = logging.getLogger(__name__)
@@ -53,3 +63,10 @@ class HopRecorder:
         if self._timer is not None:
             self._timer.cancel()
         self.flush()
+
+
+def freeze_startup() -> None:
+    """Called once a router process has started (see the module docstring): collect what
+    start-up left as garbage, then freeze the rest."""
+    gc.collect()
+    gc.freeze()
