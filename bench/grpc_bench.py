@@ -105,17 +105,16 @@ def route(port: int, upstream: int) -> None:
     service reached over gRPC (HTTP/2 with prior knowledge)."""
     import asyncio
     import signal
-    from collections import deque
 
     import uvloop
 
-    from laneway.core.hops import Hop
     from laneway.core.routes import ForkRoute, RouteTable, Upstream
+    from laneway.dataplane.main import HopBuffer
     from laneway.router import Router, RouterSettings
 
     async def main() -> None:
-        log: deque[Hop] = deque(maxlen=100_000)
-        router = Router(RouterSettings(), hop_sink=log.extend)
+        hops = HopBuffer(100_000)  # the data plane's own buffer
+        router = Router(RouterSettings(), hop_sink=hops.add)
         await router.listen("svc", port, protocol="grpc")
         table = RouteTable(version=1, baseline={"svc": Upstream("127.0.0.1", upstream)})
         table.forks["svc"] = {KEY: ForkRoute("svc", "bench", Upstream("127.0.0.1", upstream),

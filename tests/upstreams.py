@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
+
+from laneway.core.hops import Hop, HopRow
 
 
 class TestUpstream:
@@ -116,3 +119,8 @@ class TestUpstream:
                 writer.write(payload)
         await writer.drain()
         return hmap.get("connection", "").lower() != "close"
+
+
+def collect_hops(into: list[Hop]) -> Callable[[list[HopRow]], None]:
+    """A router's hop sink for tests: each record it hands over (a row) read back as a `Hop`."""
+    return lambda rows: into.extend(Hop(*row) for row in rows)

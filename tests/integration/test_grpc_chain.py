@@ -25,6 +25,7 @@ from laneway.core.hops import Hop
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.router import Router, RouterSettings
 from tests.grpcapps import decode, encode
+from tests.upstreams import collect_hops
 
 APP = Path(__file__).parents[1] / "apps" / "grpc_chain.py"
 SERVICES = ("a", "b", "c")
@@ -71,7 +72,7 @@ async def _wait_grpc(port: int, proc: subprocess.Popen[bytes], log: Path) -> Non
 @pytest.fixture
 async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
     hops: list[Hop] = []
-    router = Router(RouterSettings(), hop_sink=hops.extend)
+    router = Router(RouterSettings(), hop_sink=collect_hops(hops))
     ports = {s: await router.listen(s, 0, protocol="grpc") for s in SERVICES}
     procs: dict[str, subprocess.Popen[bytes]] = {}
     upstreams: dict[str, int] = {}

@@ -8,15 +8,16 @@ import contextlib
 import json
 from typing import Any
 
-from laneway.core.hops import Hop
+from laneway.core.hops import Hop, HopRow
 from laneway.router.feed_http import HttpHopPusher
 from tests.e2e.conftest import free_ports
 
 
-def hop(n: int) -> Hop:
+def hop(n: int) -> HopRow:
+    """A record as the router hands it to its sink: a row."""
     return Hop(at=1_800_000_000.0 + n, trace_id=f"{n:032x}", parent_id="", service="pricing.shop",
                routing_key="k3y0000000ab", destination="sb-a", fork="pricing-lw-sb-a",
-               status=200, duration_ms=1.0, method="GET", path=f"/{n}")
+               status=200, duration_ms=1.0, method="GET", path=f"/{n}").to_row()
 
 
 class Operator:

@@ -39,6 +39,7 @@ from laneway.core.hops import Hop
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.router import Router, RouterSettings
 from tests.unit.test_baggage_sdks import _cache_dir, _install
+from tests.upstreams import collect_hops
 
 APPS = Path(__file__).parents[1] / "apps"
 HOP_A = APPS / "otel" / "hop_a.py"
@@ -157,7 +158,7 @@ def node() -> str:
 @pytest.fixture
 async def chain(otel_js: Path, node: str, tmp_path: Path) -> AsyncIterator[Chain]:
     hops: list[Hop] = []
-    routers = {s: Router(RouterSettings(), hop_sink=hops.extend) for s in SERVICES}
+    routers = {s: Router(RouterSettings(), hop_sink=collect_hops(hops)) for s in SERVICES}
     apps: list[App] = []
     try:
         yield await _build(routers, hops, apps, otel_js, node, tmp_path)

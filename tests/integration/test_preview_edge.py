@@ -14,7 +14,7 @@ import pytest
 from laneway.core.hops import Hop
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.router import Router, RouterSettings
-from tests.upstreams import TestUpstream
+from tests.upstreams import TestUpstream, collect_hops
 
 KEY = "abc123def456"
 GROUP_KEY = "group0000key"
@@ -41,7 +41,7 @@ class Edge:
 @pytest.fixture
 async def edge(upstream: TestUpstream, fork_upstream: TestUpstream) -> AsyncIterator[Edge]:
     hops: list[Hop] = []
-    router = Router(RouterSettings(), hop_sink=hops.extend)
+    router = Router(RouterSettings(), hop_sink=collect_hops(hops))
     await router.listen("web", 0)
     port = await router.listen_edge(0)
     table = RouteTable(version=1)

@@ -12,7 +12,7 @@ import pytest
 from laneway.core.hops import Hop
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.router import Router, RouterSettings
-from tests.upstreams import TestUpstream
+from tests.upstreams import TestUpstream, collect_hops
 
 KEY = "abc123def456"
 
@@ -29,7 +29,7 @@ class Setup:
 async def routed(upstream: TestUpstream, fork_upstream: TestUpstream) -> AsyncIterator[Setup]:
     hops: list[Hop] = []
     router = Router(RouterSettings(extra_headers=("x-lane",), upstream_timeout=1.0,
-                                   max_header_bytes=4096), hop_sink=hops.extend)
+                                   max_header_bytes=4096), hop_sink=collect_hops(hops))
     port = await router.listen("pricing", 0)
     table = RouteTable(version=1)
     table.baseline["pricing"] = Upstream("127.0.0.1", upstream.port)

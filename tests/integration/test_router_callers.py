@@ -15,7 +15,7 @@ from laneway.core.hops import Hop
 from laneway.core.routes import RouteTable, Upstream
 from laneway.router import Router, RouterSettings
 from laneway.router.callers import Identified
-from tests.upstreams import TestUpstream
+from tests.upstreams import TestUpstream, collect_hops
 
 CALLS = """
 import sys, time, urllib.request
@@ -32,7 +32,7 @@ async def _spawn(*argv: str) -> asyncio.subprocess.Process:
 
 async def test_each_hop_names_the_process_that_made_it(upstream: TestUpstream) -> None:
     hops: list[Hop] = []
-    router = Router(RouterSettings(), hop_sink=hops.extend)
+    router = Router(RouterSettings(), hop_sink=collect_hops(hops))
     port = await router.listen("svc", 0)
     router.apply(RouteTable(version=1, baseline={"svc": Upstream("127.0.0.1", upstream.port)}))
     # Each waits half a second before calling, so that it is identified first.
@@ -72,7 +72,7 @@ async def test_each_hop_names_the_process_that_made_it(upstream: TestUpstream) -
 
 async def test_a_router_without_identities_names_no_caller(upstream: TestUpstream) -> None:
     hops: list[Hop] = []
-    router = Router(RouterSettings(), hop_sink=hops.extend)
+    router = Router(RouterSettings(), hop_sink=collect_hops(hops))
     port = await router.listen("svc", 0)
     router.apply(RouteTable(version=1, baseline={"svc": Upstream("127.0.0.1", upstream.port)}))
     try:
@@ -110,7 +110,7 @@ def test_sock_diag_and_proc_net_tcp_find_the_same_socket() -> None:
 
 async def test_without_sock_diag_the_proc_fallback_names_callers(upstream: TestUpstream) -> None:
     hops: list[Hop] = []
-    router = Router(RouterSettings(), hop_sink=hops.extend)
+    router = Router(RouterSettings(), hop_sink=collect_hops(hops))
     router.callers._diag_failed = True  # as where netlink is refused
     port = await router.listen("svc", 0)
     router.apply(RouteTable(version=1, baseline={"svc": Upstream("127.0.0.1", upstream.port)}))
@@ -131,7 +131,7 @@ async def test_in_a_cluster_callers_are_named_by_their_pod_address(
     pod); the sidecar names each hop by its connection's source address, HTTP/1.1 and HTTP/2
     alike, and an address the table does not know as `external`."""
     hops: list[Hop] = []
-    router = Router(RouterSettings(host="0.0.0.0"), hop_sink=hops.extend)
+    router = Router(RouterSettings(host="0.0.0.0"), hop_sink=collect_hops(hops))
     port = await router.listen("pricing.shop", 0)
     table = RouteTable(version=1, baseline={"pricing.shop": Upstream("127.0.0.1", upstream.port)},
                        callers={"127.0.0.7": "orders.shop@sb", "127.0.0.8": "web.shop"})
@@ -189,7 +189,7 @@ async def test_a_caller_that_closes_as_soon_as_it_has_its_answer_is_still_named(
     resolving at the hop's record named no caller (what CI met, now and then, in the
     certain-leak run test)."""
     hops: list[Hop] = []
-    router = Router(RouterSettings(), hop_sink=hops.extend)
+    router = Router(RouterSettings(), hop_sink=collect_hops(hops))
     callers = router.callers
     settle_now = callers.settle_now
 

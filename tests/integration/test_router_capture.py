@@ -17,7 +17,7 @@ from laneway.core.hops import Hop
 from laneway.core.routes import ForkRoute, RouteTable, Upstream, apply_changes, diff_tables
 from laneway.router import Router, RouterSettings
 from tests.grpcapps import EchoServer, keyed, method
-from tests.upstreams import TestUpstream
+from tests.upstreams import TestUpstream, collect_hops
 
 KEY = "abc123def456"
 OTHER = "0ther0ther00"
@@ -47,7 +47,7 @@ async def captured() -> AsyncIterator[Captured]:
     await fork.start()
     echo = await EchoServer("baseline").start()
     hops: list[Hop] = []
-    router = Router(RouterSettings(), hop_sink=hops.extend)
+    router = Router(RouterSettings(), hop_sink=collect_hops(hops))
     http = await router.listen("web", 0)
     grpc = await router.listen("pricing", 0, protocol="grpc")
     table = RouteTable(version=1, baseline={"web": Upstream("127.0.0.1", web.port),

@@ -21,7 +21,7 @@ from laneway.core.hops import Hop
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.router import Router, RouterSettings
 from tests.grpcapps import EchoServer, keyed, method
-from tests.upstreams import TestUpstream
+from tests.upstreams import TestUpstream, collect_hops
 
 KEY = "abc123def456"
 DOWN_KEY = "0fa11ed0fa11"
@@ -72,7 +72,7 @@ async def routed() -> AsyncIterator[Routed]:
     baseline = await EchoServer("baseline").start()
     fork = await EchoServer("fork").start()
     hops: list[Hop] = []
-    router = Router(RouterSettings(), hop_sink=hops.extend)
+    router = Router(RouterSettings(), hop_sink=collect_hops(hops))
     port = await router.listen("pricing", 0, protocol="grpc")
     router.apply(_table(baseline.port, fork.port, _free_port()))
     channel = aio.insecure_channel(f"127.0.0.1:{port}")

@@ -12,7 +12,7 @@ import pytest
 from laneway.core.hops import Hop
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.router import Router, RouterSettings
-from tests.upstreams import TestUpstream
+from tests.upstreams import TestUpstream, collect_hops
 
 KEY = "abc123def456"
 
@@ -21,7 +21,7 @@ KEY = "abc123def456"
 async def routed(upstream: TestUpstream,
                  fork_upstream: TestUpstream) -> AsyncIterator[tuple[str, list[Hop], Router]]:
     hops: list[Hop] = []
-    router = Router(RouterSettings(), hop_sink=hops.extend)
+    router = Router(RouterSettings(), hop_sink=collect_hops(hops))
     port = await router.listen("pricing", 0)
     table = RouteTable(version=1, baseline={"pricing": Upstream("127.0.0.1", upstream.port)})
     table.forks["pricing"] = {KEY: ForkRoute("pricing", "sb-a",

@@ -22,6 +22,7 @@ import pytest
 from laneway.core.hops import Hop
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.router import Router, RouterSettings
+from tests.upstreams import collect_hops
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 KEY = "plain0000001"
@@ -75,7 +76,7 @@ async def router() -> AsyncIterator[tuple[int, Origin, Origin, list[Hop]]]:
     base, fork = Origin("base"), Origin("fork")
     base_port, fork_port = await base.start(), await fork.start()
     hops: list[Hop] = []
-    router = Router(RouterSettings(), hop_sink=hops.extend)
+    router = Router(RouterSettings(), hop_sink=collect_hops(hops))
     port = await router.listen("svc", 0)
     table = RouteTable(version=1, baseline={"svc": Upstream("127.0.0.1", base_port)})
     table.forks["svc"] = {KEY: ForkRoute("svc", "sb", Upstream("127.0.0.1", fork_port), True,

@@ -39,7 +39,7 @@ import uvicorn
 import uvloop
 
 from laneway.core.feed import RoutesBroadcaster
-from laneway.core.hops import Hop
+from laneway.core.hops import HopRow
 from laneway.core.keys import new_api_token
 from laneway.core.layout import StateLayout, make_private, restrict_umask, write_private
 from laneway.core.logs import keep_rotated
@@ -61,24 +61,25 @@ class HopBuffer:
     """Hop records numbered in arrival order, the newest `capacity` kept; the daemon reads the
     ones after the last number it has, so records made while it was away are not lost.
 
-    They are kept as rows (`Hop.to_row`: tuples of strings and numbers), which CPython's
-    collector stops tracking at its first pass over them. As objects, the records were most of
-    what a full collection walked (CPython runs one each time the surviving objects grew by a
-    quarter): a pause of tens of milliseconds every few seconds under load, which was most of
-    the router's p99 (bench/RESULTS.md, issue 17). Rows are also what the daemon is sent."""
+    They are kept as the routers make them, rows (`core.hops.HopRow`: tuples of strings and
+    numbers), which CPython's collector stops tracking at its first pass over them. As objects,
+    the records were most of what a full collection walked (CPython runs one each time the
+    surviving objects grew by a quarter): a pause of tens of milliseconds every few seconds
+    under load, which was most of the router's p99 (bench/RESULTS.md, issue 17). Rows are also
+    what the daemon is sent."""
 
     def __init__(self, capacity: int) -> None:
-        self._rows: deque[tuple[Any, ...]] = deque(maxlen=capacity)
+        self._rows: deque[HopRow] = deque(maxlen=capacity)
         self.seq = 0  # the number of the newest record; the oldest kept is seq - len + 1
         self._changed = asyncio.Event()
 
-    def add(self, hops: list[Hop]) -> None:
-        self._rows.extend([hop.to_row() for hop in hops])
-        self.seq += len(hops)
+    def add(self, rows: list[HopRow]) -> None:
+        self._rows.extend(rows)
+        self.seq += len(rows)
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def after(self, since: int, limit: int = 20_000) -> tuple[list[tuple[Any, ...]], int, int]:
+    def after(self, since: int, limit: int = 20_000) -> tuple[list[HopRow], int, int]:
         """(rows numbered after `since`, the number of the last one, how many were dropped)."""
         rows = self._rows
         if not rows or since >= self.seq:

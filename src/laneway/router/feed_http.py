@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from laneway.core.feed import FeedUpdate, update_from_json
-from laneway.core.hops import HOP_PUSH_INTERVAL_S, ROW_FIELDS, Hop
+from laneway.core.hops import HOP_PUSH_INTERVAL_S, ROW_FIELDS, HopRow
 
 __all__ = ["HttpHopPusher", "HttpRoutesFeed"]
 
@@ -71,7 +71,7 @@ class HttpHopPusher:
         self.interval = interval
         self.dropped = 0
         self.sent = 0
-        self._buffer: deque[Hop] = deque()
+        self._buffer: deque[HopRow] = deque()
         self._token = token
         self._token_file = token_file
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
@@ -79,9 +79,9 @@ class HttpHopPusher:
         self._in_flight = 0  # records of the batch being sent still in the buffer's front
         self._dropped_in_flight = 0  # records of that batch the buffer let go meanwhile
 
-    def add(self, hops: list[Hop]) -> None:
+    def add(self, rows: list[HopRow]) -> None:
         buffer = self._buffer
-        buffer.extend(hops)
+        buffer.extend(rows)
         excess = len(buffer) - self.capacity
         if excess > 0:
             for _ in range(excess):
@@ -103,7 +103,7 @@ class HttpHopPusher:
         count = min(len(self._buffer), self.batch)
         batch = [self._buffer[i] for i in range(count)]
         body = json.dumps({"router": self.router, "dropped": self.dropped,
-                           "fields": ROW_FIELDS, "rows": [hop.to_row() for hop in batch]})
+                           "fields": ROW_FIELDS, "rows": batch})
         self._in_flight, self._dropped_in_flight = count, 0
         try:
             resp = await self._http.post(self.url, content=body, headers={

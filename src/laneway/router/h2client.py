@@ -60,7 +60,7 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 
 from laneway.core.grpc import format_grpc_timeout, parse_grpc_timeout
-from laneway.core.hops import Hop, trace_context
+from laneway.core.hops import trace_context
 from laneway.core.routes import Upstream, decide
 from laneway.router.capture import Capture
 from laneway.router.client import (
@@ -842,14 +842,13 @@ class Call:
         self.to_down.clear()
         ctx = self.ctx
         identity = self.down.identity
-        (identity.record if identity is not None else ctx.recorder.record)(Hop(
-            at=self.started + WALL_OFFSET, trace_id=self.trace_id, parent_id=self.parent_id,
-            service=ctx.name, routing_key=self.key, destination=self.destination,
-            fork=self.fork, status=status, duration_ms=(time.monotonic() - self.started) * 1e3,
-            method=self.method, path=self.path, error=self.error,
-            key_conflict=self.key_conflict, grpc_status=self.grpc_status,
-            capture=None if self.capture is None else self.capture.finished(status),
-        ))
+        ctx.recorder.record((  # a row of `ROW_FIELDS` (`core.hops.HopRow`)
+            self.started + WALL_OFFSET, self.trace_id, self.parent_id, ctx.name, self.key,
+            self.destination, self.fork, status,
+            round((time.monotonic() - self.started) * 1e3, 3), self.method, self.path,
+            self.error, self.key_conflict, self.grpc_status,
+            identity.caller_name() if identity is not None else "",
+            None if self.capture is None else self.capture.finished(status)))
         self.down.finished(self)
 
     # the upstream over HTTP/1.1: this call stands in for the client (`exchange.Downstream`)

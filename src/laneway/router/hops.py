@@ -8,8 +8,8 @@ quarter, and each one walks every tracked object: a router process's modules, cl
 settings are tens of thousands of them, a pause of milliseconds every few thousand requests.
 `freeze_startup` moves what exists once the process has started into the collector's permanent
 generation (what is there is not garbage: it lives as long as the process), so that full
-collections walk only what serving makes. The hop records a process keeps are rows the
-collector does not track (`dataplane.HopBuffer`). Nothing is frozen later: an object frozen
+collections walk only what serving makes. Hop records are rows the collector does not track
+(`core.hops.HopRow`). Nothing is frozen later: an object frozen
 while it was garbage in a cycle would never be freed.
 """
 
@@ -20,11 +20,11 @@ import gc
 import logging
 from collections.abc import Callable
 
-from laneway.core.hops import Hop
+from laneway.core.hops import HopRow
 
 __all__ = ["HopRecorder", "HopSink", "freeze_startup"]
 
-HopSink = Callable[[list[Hop]], None]
+HopSink = Callable[[list[HopRow]], None]  # rows: `core.hops.HopRow`
 log = logging.getLogger(__name__)
 
 
@@ -33,11 +33,11 @@ class HopRecorder:
         self._sink = sink
         self._capacity = capacity
         self._interval = interval
-        self._buffer: list[Hop] = []
+        self._buffer: list[HopRow] = []
         self._timer: asyncio.TimerHandle | None = None
         self.dropped = 0
 
-    def record(self, hop: Hop) -> None:
+    def record(self, hop: HopRow) -> None:
         if self._sink is None:
             return
         buffer = self._buffer
