@@ -198,7 +198,8 @@ class _Experiment:
 
     async def run_load(self) -> None:
         load, request = self.spec.load, self.request
-        assert load is not None and request is not None
+        assert load is not None
+        assert request is not None
         rows = self.report["rows"]
         lanes = {r["target"]: r["routing_key"] for r in rows}
         self.say("load", "load: measuring the generator's own overhead")
@@ -245,8 +246,8 @@ async def run_experiment(api: AsyncApiClient, spec: ExperimentSpec, *, cwd: str,
     """Run `spec` and return its final report (also kept by the control plane). `started`
     gets the report once it has its id. Cancelled (Ctrl-C), its runs are cancelled, the
     report ends `interrupted` and the cancellation goes on."""
-    targets = await _targets(api, spec)
     request = await _load_request(api, spec)
+    targets = await _targets(api, spec)
     run = _Experiment(api, spec, targets, request, progress or (lambda _: None), file)
     await run.save()
     if started is not None:

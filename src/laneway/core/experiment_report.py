@@ -25,6 +25,7 @@ __all__ = [
     "row_verdict",
 ]
 
+TIMES = "\u00d7"  # the multiplication sign of `1.8x` as the issue writes it
 STALE_AFTER_S = 60.0  # a running report not updated for this long was abandoned
 ExperimentVerdict = Literal["passed", "failed", "error", "running", "interrupted"]
 _HEADERS = ("target", "tests", "requests", "errors", "p50", "p95", "p99", "ratio", "budget",
@@ -40,7 +41,7 @@ def _ms(value: Any) -> str:
 def _x(value: Any) -> str:
     if value is None:
         return "-"
-    return f"{value:.2f}".rstrip("0").rstrip(".") + "×"
+    return f"{value:.2f}".rstrip("0").rstrip(".") + TIMES
 
 
 def row_verdict(row: Mapping[str, Any]) -> ExperimentVerdict:
@@ -110,8 +111,9 @@ def row_sentence(row: Mapping[str, Any]) -> str:
     if budget is not None and "errors" in budget.get("failed", []) and load:
         reasons.append(_errors_reason(budget, load))
     if diff is not None and int(diff.get("red") or 0) > 0:
-        reasons.append(f"the diff against the baseline: {diff['red']} red findings "
-                       f"({diff.get('summary', '')})")
+        red = int(diff["red"])
+        reasons.append(f"the diff against the baseline: {red} red finding"
+                       f"{'s' if red != 1 else ''} ({diff.get('summary', '')})")
     if reasons:
         verb = "could not" if row_verdict(row) == "error" else "failed"
         return f"{name} {verb} " + "; and ".join(reasons)
@@ -153,7 +155,7 @@ def cells(row: Mapping[str, Any]) -> list[str]:
     if load:
         figures = [str(load["requests"]), f"{load['errors']} ({load['error_rate']:.1%})",
                    _ms(load["p50_ms"]), _ms(load["p95_ms"]), _ms(load["p99_ms"]),
-                   _x(load.get("ratio")) if row.get("kind") != "baseline" else "1×"]
+                   _x(load.get("ratio")) if row.get("kind") != "baseline" else f"1{TIMES}"]
     else:
         figures = ["-"] * 6
     if budget is None:

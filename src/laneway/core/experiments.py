@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, \
-    model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from laneway.core.duration import parse_duration
 from laneway.core.loadmath import (
@@ -25,8 +24,12 @@ from laneway.core.loadmath import (
     parse_rate,
     parse_ratio,
 )
-from laneway.core.spec import DNS_LABEL_RE, SpecError, load_yaml_document, \
-    spec_error_from_validation
+from laneway.core.spec import (
+    DNS_LABEL_RE,
+    SpecError,
+    load_yaml_document,
+    spec_error_from_validation,
+)
 
 __all__ = [
     "MAX_REQUESTS",

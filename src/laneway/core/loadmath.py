@@ -40,7 +40,7 @@ __all__ = [
 
 NOISE_FLOOR_MS = 5.0
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*$")
-_RATIO_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[x×]\s*$")
+_RATIO_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[x\u00d7]\s*$")
 _FRACTION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
 _QUANTILE_RE = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
 

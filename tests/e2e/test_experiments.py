@@ -1,0 +1,108 @@
+"""`laneway experiment run` as a user types it, against the chain a -> b -> c with three
+approaches to b: one as fast as the baseline, one correct but 120 ms slower (DELAY_MS), one
+whose tests fail (it renames the answer's `version`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from tests.e2e.conftest import Project
+from tests.e2e.test_runs import fork
+
+TEST_FILE = """
+import json, os, urllib.request
+
+def test_b_answers_with_its_version():
+    # urllib honours HTTP_PROXY: the run's proxy adds the sandbox's key.
+    answer = json.loads(urllib.request.urlopen(os.environ["LANEWAY_URL_A"] + "/",
+                                               timeout=10).read())
+    assert answer["next"]["version"] == "v2"
+"""
+
+EXPERIMENT = f"""
+name: b-approaches
+sandboxes: [fast, slow, broken]
+tests: [{sys.executable}, -m, pytest, -q, -p, no:cacheprovider, test_b.py]
+load:
+  request: GET ${{services.a.url}}/
+  rate: 40/s
+  duration: 5s
+  budget: {{p95: 1.3x, errors: 1%}}
+diff: true
+"""
+
+
+def rows_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["target"]: row for row in report["rows"]}
+
+
+def test_three_approaches_pass_fail_latency_fail_tests(project: Project) -> None:
+    assert fork(project, "fast", "b", "{VERSION: v2}")["name"] == "fast"
+    assert fork(project, "slow", "b", "{VERSION: v2, DELAY_MS: '120'}")["name"] == "slow"
+    assert fork(project, "broken", "b", "{VERSION: v2, RENAME: ver}")["name"] == "broken"
+    project.write("test_b.py", TEST_FILE)
+    project.write("experiment.yaml", EXPERIMENT)
+    result = project.run("experiment", "run", "-f", "experiment.yaml", "-o", "json",
+                         check=False, timeout=300)
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    rows = rows_of(report)
+    base, fast, slow, broken = (rows[n] for n in ("baseline", "fast", "slow", "broken"))
+    figures = {n: (r["load"]["p50_ms"], r["load"]["p95_ms"]) for n, r in rows.items()}
+    print("p50/p95 ms:", figures, "ratios:", {n: r["load"].get("ratio") for n, r in
+                                               rows.items()})
+    print(*(r["sentence"] for r in report["rows"]), sep="\n")
+    assert report["verdict"] == "failed"
+    assert (fast["verdict"], slow["verdict"], broken["verdict"]) == ("passed", "failed",
+                                                                     "failed")
+    # The fast one: tests passed, within the budget against the baseline of the same run.
+    assert fast["tests"]["verdict"] == "passed"
+    assert fast["budget"]["outcome"] == "passed", fast["budget"]
+    assert fast["diff"]["red"] == 0
+    # The slow one: its tests pass, its latency does not, by about the 120 ms it adds.
+    assert slow["tests"]["verdict"] == "passed"
+    assert slow["budget"]["failed"] == ["latency"]
+    assert 90 < slow["load"]["p50_ms"] - base["load"]["p50_ms"] < 200
+    assert 90 < slow["budget"]["sandbox_ms"] - slow["budget"]["baseline_ms"] < 250
+    assert slow["load"]["ratio"] > 1.3
+    assert "failed the latency budget under load: p95" in slow["sentence"]
+    assert "with a budget of 1.3×" in slow["sentence"]
+    # The broken one: its tests fail (and its diff shows why: `version` is gone).
+    assert broken["tests"]["verdict"] == "failed"
+    assert broken["sentence"].startswith("broken failed its tests: 1 of 1 failed in run ")
+    assert broken["diff"]["red"] >= 1
+    # Every lane was sent the same schedule, and no request of the baseline failed.
+    assert {r["load"]["requests"] for r in rows.values()} == {200}
+    assert base["load"]["errors"] == 0
+    slices = report["load"]["slices"]
+    assert len(slices) == 4 * 5
+    assert [s["lane"] for s in slices[:4]] != [s["lane"] for s in slices[4:8]]  # rotated
+    assert report["load"]["overhead"]["send_lag_p50_ms"] is not None
+    # Kept by the control plane: listed, and its Markdown for a pull request.
+    listed = project.json("experiment", "list")
+    assert listed[0]["id"] == report["id"]
+    assert listed[0]["verdict"] == "failed"
+    markdown = project.run("experiment", "get", report["id"], "-o", "md", check=False).stdout
+    assert "| `slow` |" in markdown
+    assert "per-slice figures" in markdown
+    table = project.run("experiment", "get", report["id"])
+    assert "slow failed the latency budget under load" in table.stdout
+
+
+def test_a_bad_experiment_file_names_the_field(project: Project) -> None:
+    project.write("experiment.yaml", EXPERIMENT.replace("40/s", "fast"))
+    result = project.run("experiment", "run", "-f", "experiment.yaml", check=False)
+    assert result.returncode == 2
+    assert "load.rate: 'fast' is not a rate" in result.stderr
+    assert "Traceback" not in result.stderr
+    project.write("experiment.yaml", EXPERIMENT.replace("${services.a.url}",
+                                                        "http://example.com"))
+    result = project.run("experiment", "run", "-f", "experiment.yaml", check=False)
+    assert result.returncode == 2
+    assert "not one of this environment's hosts" in result.stderr
+    project.write("experiment.yaml", EXPERIMENT)
+    result = project.run("experiment", "run", "-f", "experiment.yaml", check=False)
+    assert result.returncode == 2
+    assert "no sandbox 'fast'" in result.stderr
