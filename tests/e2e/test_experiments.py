@@ -68,7 +68,7 @@ def test_three_approaches_pass_fail_latency_fail_tests(project: Project) -> None
     assert 90 < slow["budget"]["sandbox_ms"] - slow["budget"]["baseline_ms"] < 250
     assert slow["load"]["ratio"] > 1.3
     assert "failed the latency budget under load: p95" in slow["sentence"]
-    assert "with a budget of 1.3×" in slow["sentence"]
+    assert "with a budget of 1.3\u00d7" in slow["sentence"]
     # The broken one: its tests fail (and its diff shows why: `version` is gone).
     assert broken["tests"]["verdict"] == "failed"
     assert broken["sentence"].startswith("broken failed its tests: 1 of 1 failed in run ")
