@@ -172,6 +172,7 @@ class _Pool:
         self.idle: list[_Connection] = []
         self.open = 0
         self.opened = 0
+        self.closing: list[asyncio.StreamWriter] = []  # closed, not yet gone: awaited at the end
         self._freed = asyncio.Condition()
 
     async def acquire(self) -> tuple[_Connection, bool]:
@@ -201,14 +202,26 @@ class _Pool:
     async def discard(self, conn: _Connection | None) -> None:
         if conn is not None:
             conn.close()
+            self.closing.append(conn.writer)
         async with self._freed:
             self.open -= 1
             self._freed.notify()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Close every connection, and wait (briefly) until they are gone."""
         for conn in self.idle:
             conn.close()
+            self.closing.append(conn.writer)
         self.idle.clear()
+        closing, self.closing = self.closing, []
+        if closing:
+            await asyncio.wait([asyncio.ensure_future(_closed(w)) for w in closing],
+                               timeout=1.0)
+
+
+async def _closed(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, RuntimeError):
+        await writer.wait_closed()
 
 
 async def _exchange(conn: _Connection, data: bytes, method: str) -> tuple[int, bool]:
@@ -275,11 +288,13 @@ async def _one(pool: _Pool, data: bytes, method: str, due: float, timeout: float
                 else:
                     await pool.discard(conn)
                 break
-    except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-            LoadError, ValueError):
+    except TimeoutError:
+        status = -1
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, LoadError,
+            ValueError):
         status = 0
     into.latencies_ms.append((time.perf_counter() - due) * 1000)
-    name = str(status) if status else "failed"
+    name = str(status) if status > 0 else "timeout" if status else "failed"
     into.statuses[name] = into.statuses.get(name, 0) + 1
     if not 200 <= status < 400:
         into.errors += 1
@@ -328,7 +343,7 @@ async def run_load(request: LoadRequest, lanes: Mapping[str, str | None], *, rat
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        pool.close()
+        await pool.close()
     result.connections_opened = pool.opened
     result.duration_s = round(time.perf_counter() - begin, 3)
     if result.slices and all(p.statuses.keys() == {"failed"} for p in result.slices):
