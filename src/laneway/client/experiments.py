@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -100,6 +102,18 @@ def _diff_summary(run: Mapping[str, Any]) -> dict[str, Any] | None:
                          for f in (diff.get("findings") or [])[:10]]}
 
 
+def _test_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """The tests' environment: the caller's, with this Python environment's `bin/` first on
+    `PATH` (as laneway runs services), so `python -m pytest` in an experiment file is the
+    Python laneway is installed in, activated or not."""
+    out = dict(env if env is not None else os.environ)
+    here = str(Path(sys.executable).parent)
+    path = out.get("PATH", "")
+    if here not in path.split(os.pathsep):
+        out["PATH"] = here + (os.pathsep + path if path else "")
+    return out
+
+
 class _Experiment:
     """One experiment as it runs: its report, kept up to date and sent to the control
     plane."""
@@ -161,8 +175,7 @@ class _Experiment:
             target = row["target"]
             body = {"sandbox": target if row["kind"] == "sandbox" else None,
                     "routegroup": target if row["kind"] == "routegroup" else None,
-                    "command": spec.tests, "cwd": cwd,
-                    "env": dict(env if env is not None else os.environ),
+                    "command": spec.tests, "cwd": cwd, "env": _test_env(env),
                     "timeout_s": spec.tests_timeout, "diff": spec.diff}
             run = await self.api.request("POST", "/v1/runs", json=body)
             self.runs.append(run["id"])
