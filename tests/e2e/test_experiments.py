@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from tests.e2e.conftest import Project
+from tests.e2e.conftest import LANEWAY, Project
 from tests.e2e.test_runs import fork
 
 TEST_FILE = """
@@ -106,3 +106,33 @@ def test_a_bad_experiment_file_names_the_field(project: Project) -> None:
     result = project.run("experiment", "run", "-f", "experiment.yaml", check=False)
     assert result.returncode == 2
     assert "no sandbox 'fast'" in result.stderr
+
+
+async def test_an_agent_runs_an_experiment_over_mcp(project: Project) -> None:
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    from tests.e2e.test_mcp import call
+
+    fork(project, "fast", "b", "{VERSION: v2}")
+    fork(project, "slow", "b", "{VERSION: v2, DELAY_MS: '120'}")
+    experiment = {"name": "over-mcp", "sandboxes": ["fast", "slow"],
+                  "load": {"request": "GET ${services.a.url}/", "rate": "20/s",
+                           "duration": "3s", "budget": {"p95": "1.3x", "errors": "1%"}}}
+    params = StdioServerParameters(command=LANEWAY, args=["mcp"], cwd=str(project.root))
+    async with Client(params) as client:
+        tools = {tool.name for tool in (await client.list_tools()).tools}
+        assert {"run_experiment", "get_experiment"} <= tools
+        error, message = await call(client, "run_experiment", experiment={
+            **experiment, "load": {**experiment["load"], "rate": "lots"}})
+        assert error
+        assert "load.rate: 'lots' is not a rate" in message
+        error, result = await call(client, "run_experiment", experiment=experiment)
+        assert not error, result
+        assert result["verdict"] == "failed"
+        verdicts = {r["target"]: r["verdict"] for r in result["rows"]}
+        assert verdicts == {"baseline": "reference", "fast": "passed", "slow": "failed"}
+        assert "load" not in result  # compact: no per-slice figures
+        error, again = await call(client, "get_experiment", experiment_id=result["id"])
+        assert not error
+        assert again["rows"] == result["rows"]
