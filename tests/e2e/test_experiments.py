@@ -4,9 +4,12 @@ whose tests fail (it renames the answer's `version`)."""
 
 from __future__ import annotations
 
+import html
 import json
 import sys
 from typing import Any
+
+import httpx
 
 from tests.e2e.conftest import LANEWAY, Project
 from tests.e2e.test_runs import fork
@@ -89,6 +92,19 @@ def test_three_approaches_pass_fail_latency_fail_tests(project: Project) -> None
     assert "per-slice figures" in markdown
     table = project.run("experiment", "get", report["id"])
     assert "slow failed the latency budget under load" in table.stdout
+    # ...and in the web UI: the list, and the experiment's table and sentences.
+    link = project.run("ui", "--no-open").stdout.strip().splitlines()[-1]
+    base = link.split("/ui/")[0]
+    with httpx.Client(timeout=10, follow_redirects=False) as client:
+        assert client.get(link).status_code == 303
+        listing = client.get(f"{base}/ui/experiments")
+        assert listing.status_code == 200
+        assert f'href="/ui/experiments/{report["id"]}"' in listing.text
+        page = client.get(f"{base}/ui/experiments/{report['id']}")
+        assert page.status_code == 200
+        assert '<tr data-target="slow">' in page.text
+        assert html.escape(slow["sentence"]).replace("&#x27;", "&#39;") in page.text
+        assert "Per-slice figures (20)" in page.text
 
 
 def test_a_bad_experiment_file_names_the_field(project: Project) -> None:
