@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import html
 import json
+import signal
+import subprocess
 import sys
+import time
 from typing import Any
 
 import httpx
@@ -152,3 +155,42 @@ async def test_an_agent_runs_an_experiment_over_mcp(project: Project) -> None:
         error, again = await call(client, "get_experiment", experiment_id=result["id"])
         assert not error
         assert again["rows"] == result["rows"]
+
+
+def test_ctrl_c_ends_the_experiment_interrupted(project: Project) -> None:
+    fork(project, "fast", "b", "{VERSION: v2}")
+    project.write("experiment.yaml", """
+name: stopped
+sandboxes: [fast]
+load:
+  request: GET ${services.a.url}/
+  rate: 10/s
+  duration: 60s
+""")
+    proc = subprocess.Popen([LANEWAY, "experiment", "run", "-f", "experiment.yaml"],
+                            cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 30
+        found: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            found = project.api("/v1/experiments")
+            if found and found[0].get("phase") == "load":
+                break
+            time.sleep(0.2)
+        assert found, "the experiment never started"
+        # Its progress reaches the control plane while it runs (every 10 s)...
+        while time.monotonic() < deadline and "slice" not in str(found[0].get("progress")):
+            time.sleep(0.5)
+            found = project.api("/v1/experiments")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    report = project.api(f"/v1/experiments/{found[0]['id']}")
+    assert (report["status"], report["verdict"]) == ("interrupted", "interrupted")
+    assert "Ctrl-C" in report["note"]

@@ -92,6 +92,22 @@ def test_a_stalling_server_shows_its_queue(servers: list[HTTPServer]) -> None:
     assert lag < 20
 
 
+def test_a_wait_for_a_connection_counts_too(servers: list[HTTPServer]) -> None:
+    # Held to one connection (a closed-loop client's view), a 30 ms server at 50/s falls
+    # behind by 10 ms a request; measured from when each request got the connection, every
+    # one would read ~30 ms.
+    server, port = serve(0.030)
+    servers.append(server)
+    result = asyncio.run(run_load(LoadRequest("GET", f"http://127.0.0.1:{port}/"),
+                                  {"baseline": None}, rate=50, rounds=1, max_connections=1))
+    found = latencies(result, "baseline")
+    p95 = percentile(found, 95)
+    print(f"p95 {p95:.0f} ms with one connection")
+    assert result.connections_opened == 1
+    assert p95 is not None
+    assert p95 > 300
+
+
 def test_every_lane_gets_its_key_and_the_baseline_none(servers: list[HTTPServer]) -> None:
     seen: list[str] = []
     server, port = serve(0.0, seen=seen)
