@@ -55,12 +55,14 @@ def test_rates_ratios_and_fractions_as_users_write_them() -> None:
     assert parse_ratio("1.3x") == 1.3
     assert parse_ratio("1.3\u00d7") == 1.3
     assert parse_ratio(2) == 2.0
+    assert parse_ratio("130%") == pytest.approx(1.3)
     assert parse_fraction("1%") == 0.01
     assert parse_fraction(0.05) == 0.05
     assert parse_quantile("p95") == 95
     assert parse_quantile("p99.9") == 99.9
     for bad, parse in (("fast", parse_rate), ("0/s", parse_rate), ("0.5x", parse_ratio),
-                       ("1%", parse_ratio), ("150%", parse_fraction), ("p100", parse_quantile),
+                       ("1%", parse_ratio), ("fast", parse_ratio), ("150%", parse_fraction),
+                       ("p100", parse_quantile),
                        ("q95", parse_quantile)):
         with pytest.raises(ValueError, match=r"is not|must be|at least"):
             parse(bad)  # type: ignore[operator]

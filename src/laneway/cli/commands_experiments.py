@@ -115,8 +115,9 @@ def experiment_run(
     output: FormatOption = "table",
     api: ApiOption = None,
 ) -> None:
-    """Run an experiment: each sandbox's tests (one `laneway run` each), then the load step
-    (the baseline and every sandbox in interleaved 1 s slices), then one verdict per sandbox.
+    """Run an experiment: each sandbox's tests (one `laneway run` each, in the file's folder
+    or its `cwd`), then the load step (the baseline and every sandbox in interleaved 1 s
+    slices), then one verdict per sandbox.
     Exit code: 0 every sandbox passed, 1 one failed, 2 the experiment could not run, 4
     interrupted."""
     from laneway.client.experiments import ExperimentError, run_experiment
@@ -133,6 +134,9 @@ def experiment_run(
         spec = read_experiment(text, str(file))
     except SpecError as exc:
         raise CliError(exc.render(), code=EXIT_ERROR) from exc
+    tests_cwd = file.resolve().parent / (spec.cwd or ".")
+    if spec.tests is not None and not tests_cwd.is_dir():
+        raise CliError(f"{file}: cwd: {tests_cwd} is not a directory", code=EXIT_ERROR)
     target = resolve(api)
     progress = _Progress()
 
@@ -144,7 +148,7 @@ def experiment_run(
     async def main() -> dict[str, Any]:
         client = AsyncApiClient(target.url, target.token, target.headers, target.context)
         try:
-            return await run_experiment(client, spec, cwd=str(file.resolve().parent),
+            return await run_experiment(client, spec, cwd=str(tests_cwd),
                                         file=str(file), progress=progress, started=started)
         finally:
             await client.aclose()

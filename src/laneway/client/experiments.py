@@ -148,7 +148,14 @@ class _Experiment:
     async def save(self) -> None:
         self.report["duration_s"] = round(time.time() - self.report["started_at"], 3)
         if "id" not in self.report:
-            answer = await self.api.request("POST", "/v1/experiments", json=self.report)
+            try:
+                answer = await self.api.request("POST", "/v1/experiments", json=self.report)
+            except CliError as exc:
+                if exc.status in (404, 405):
+                    raise ExperimentError(
+                        "this control plane keeps no experiments (a cluster's operator does "
+                        "not yet): run the experiment against a local environment") from exc
+                raise
             self.report["id"] = answer["id"]
         else:
             await self.api.request("PUT", f"/v1/experiments/{self.report['id']}",

@@ -151,6 +151,8 @@ class ExperimentSpec(BaseModel):
     tests: list[str] | str | None = Field(default=None, description="run as `laneway run` "
                                           "against each sandbox: an argv list or a shell line")
     tests_timeout: float | None = None
+    cwd: str | None = Field(default=None, description="where the tests run, relative to the "
+                            "experiment file's folder (the default)")
     parallel: bool = Field(default=True, description="run the tests of all sandboxes at once "
                            "(false: one after another, when they share data)")
     load: LoadSpec | None = None

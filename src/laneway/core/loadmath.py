@@ -72,15 +72,18 @@ def parse_rate(text: str) -> float:
 
 
 def parse_ratio(text: str | float) -> float:
-    """`1.3x` (or a bare number) as 1.3; at least 1 (a budget below the baseline itself fails
+    """`1.3x`, `130%` or a bare 1.3 as 1.3; at least 1 (a budget below the baseline itself fails
     every sandbox, the baseline's twin included)."""
     if isinstance(text, int | float) and not isinstance(text, bool):
         value = float(text)
     else:
         match = _RATIO_RE.match(str(text)) or _FRACTION_RE.match(str(text))
-        if not match or (match.lastindex == 2 and match.group(2)):
-            raise ValueError(f"{text!r} is not a ratio to the baseline; write e.g. 1.3x")
+        if not match:
+            raise ValueError(f"{text!r} is not a ratio to the baseline; write e.g. 1.3x (or "
+                             "130%)")
         value = float(match.group(1))
+        if match.re is _FRACTION_RE and match.group(2):  # 130%: the baseline's and 30 % more
+            value /= 100
     if value < 1:
         raise ValueError(f"{text!r}: a ratio to the baseline must be at least 1x")
     return value

@@ -544,7 +544,7 @@ def build_server(api: AsyncApiClient) -> MCPServer:
                 except OSError as exc:
                     raise ToolError(f"{path}: cannot read it: {exc.strerror}") from exc
                 spec = read_experiment(text, str(path))
-                folder = cwd or str(path.resolve().parent)
+                folder = cwd or str(path.resolve().parent / (spec.cwd or "."))
             else:
                 spec = parse_experiment(experiment or {}, "experiment")
         except SpecError as exc:
