@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -138,7 +139,9 @@ async def test_an_agent_runs_an_experiment_over_mcp(project: Project) -> None:
     experiment = {"name": "over-mcp", "sandboxes": ["fast", "slow"],
                   "load": {"request": "GET ${services.a.url}/", "rate": "20/s",
                            "duration": "3s", "budget": {"p95": "1.3x", "errors": "1%"}}}
-    params = StdioServerParameters(command=LANEWAY, args=["mcp"], cwd=str(project.root))
+    # Tools block for 3 s at most here: the experiment (~10 s) comes back as a handle first.
+    params = StdioServerParameters(command=LANEWAY, args=["mcp"], cwd=str(project.root),
+                                   env={**os.environ, "LANEWAY_MCP_WAIT_S": "3"})
     async with Client(params) as client:
         tools = {tool.name for tool in (await client.list_tools()).tools}
         assert {"run_experiment", "get_experiment"} <= tools
@@ -146,8 +149,15 @@ async def test_an_agent_runs_an_experiment_over_mcp(project: Project) -> None:
             **experiment, "load": {**experiment["load"], "rate": "lots"}})
         assert error
         assert "load.rate: 'lots' is not a rate" in message
-        error, result = await call(client, "run_experiment", experiment=experiment)
-        assert not error, result
+        error, handle = await call(client, "run_experiment", experiment=experiment)
+        assert not error, handle
+        assert handle["status"] == "running"
+        assert handle["next"] == f"get_experiment(experiment_id={handle['id']!r})"
+        result = handle
+        while result["status"] == "running":
+            error, result = await call(client, "get_experiment", experiment_id=handle["id"],
+                                       wait_s=3)
+            assert not error, result
         assert result["verdict"] == "failed"
         verdicts = {r["target"]: r["verdict"] for r in result["rows"]}
         assert verdicts == {"baseline": "reference", "fast": "passed", "slow": "failed"}

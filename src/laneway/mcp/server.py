@@ -30,7 +30,8 @@ from laneway.core.hops import key_conflict_note
 
 __all__ = ["build_server"]
 
-WAIT_S = 50.0  # the longest any tool blocks
+# The longest any tool blocks (LANEWAY_MCP_WAIT_S: shorter, for a client with a short timeout).
+WAIT_S = float(os.environ.get("LANEWAY_MCP_WAIT_S", "50"))
 BODY_CHARS = 2000
 LOG_CHARS = 6000
 
@@ -570,7 +571,11 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         task.add_done_callback(lambda _: experiments.pop(report["id"], None))
         done, _ = await asyncio.wait({task}, timeout=WAIT_S)
         if done:
-            return compact(task.result())
+            try:
+                return compact(task.result())
+            except (ExperimentError, CliError) as exc:
+                raise ToolError(f"experiment {report['id']} failed: {exc}; its report says "
+                                "what it had: get_experiment") from exc
         return {**compact(report), "status": "running", "progress": report.get("progress"),
                 "next": f"get_experiment(experiment_id={report['id']!r})"}
 
