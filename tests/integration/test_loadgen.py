@@ -5,6 +5,7 @@ key on every lane's requests, timeouts counted, foreign hosts refused."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -121,6 +122,36 @@ def test_every_lane_gets_its_key_and_the_baseline_none(servers: list[HTTPServer]
     assert all(len(s.latencies_ms) == 5 for s in result.slices)
     assert sorted(seen) == sorted([""] * 15 + ["laneway-key=keya00000000"] * 15
                                   + ["laneway-key=keyb00000000"] * 15)
+
+
+def test_chunked_answers_are_read_whole_and_their_connections_kept() -> None:
+    async def main() -> tuple[object, int]:
+        served = 0
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal served
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                while await reader.readuntil(b"\r\n\r\n"):
+                    served += 1
+                    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                 b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nx-trailer: 1\r\n\r\n")
+                    await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            result = await run_load(LoadRequest("GET", f"http://127.0.0.1:{port}/"),
+                                    {"baseline": None}, rate=40, rounds=1, slice_s=0.5)
+        finally:
+            server.close()
+            await server.wait_closed()
+        return result, served
+
+    result, served = asyncio.run(main())
+    assert served == 20
+    assert result.lane_statuses("baseline") == {"200": 20}  # type: ignore[attr-defined]
+    assert result.connections_opened <= 3  # type: ignore[attr-defined]
 
 
 def test_unanswered_requests_are_errors_counted_at_their_full_wait(

@@ -241,7 +241,9 @@ async def _exchange(conn: _Connection, data: bytes, method: str) -> tuple[int, b
         if name:
             fields[name.strip().lower()] = value.strip()
     reusable = fields.get("connection", "").lower() != "close" and parts[0] == "HTTP/1.1"
-    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+    if 100 <= status < 200:  # an interim answer (never asked for: no `Expect`): drop it all
+        return status, False
+    if method == "HEAD" or status in (204, 304):
         return status, reusable
     if "chunked" in fields.get("transfer-encoding", "").lower():
         while True:
