@@ -151,6 +151,20 @@ def test_only_all_passed_is_passed_and_a_red_diff_fails() -> None:
     assert row_verdict({"target": "x", "tests": run_of("interrupted")}) == "error"
 
 
+def test_a_pass_over_the_ratio_says_it_was_noise() -> None:
+    data = report()
+    data["rows"] = data["rows"][:2]
+    data["rows"][1]["budget"] = budget(sandbox=7.0, baseline=5.0)  # 1.4x, but 2 ms
+    done = conclude(data)
+    assert done["verdict"] == "passed"
+    assert "p95 7.0 ms against the baseline's 5.0 ms, 1.4\u00d7, over 1.3\u00d7 but 2.0 ms " \
+        "more, within the noise of 5.0 ms" in done["rows"][1]["sentence"]
+    assert cells(done["rows"][1])[8] == "within (noise)"
+    data["rows"][1]["budget"] = budget(sandbox=70.0, baseline=50.0)  # 20 ms: the rounds
+    data["rows"][1]["budget"]["rounds_over"] = 3
+    assert "over in only 3 of 10 rounds: noise" in conclude(data)["rows"][1]["sentence"]
+
+
 def test_the_table_and_the_markdown_show_the_figures() -> None:
     done = conclude(report())
     row = cells(done["rows"][2])
