@@ -140,9 +140,6 @@ class LaneSummary:
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
 
-    def at(self, q: float) -> float | None:
-        return {50.0: self.p50_ms, 95.0: self.p95_ms, 99.0: self.p99_ms}.get(q)
-
     def to_json(self) -> dict[str, float | int | None]:
         return {"requests": self.requests, "errors": self.errors,
                 "error_rate": round(self.error_rate, 5), "p50_ms": _round(self.p50_ms),
