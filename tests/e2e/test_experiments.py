@@ -204,3 +204,35 @@ load:
     report = project.api(f"/v1/experiments/{found[0]['id']}")
     assert (report["status"], report["verdict"]) == ("interrupted", "interrupted")
     assert "Ctrl-C" in report["note"]
+
+
+def test_a_route_group_is_an_approach_too(project: Project) -> None:
+    project.write("one.yaml", "name: one\nlabels: {feature: f}\nforks:\n  - service: b\n"
+                  "    env: {VERSION: v2}\n")
+    project.write("two.yaml", "name: two\nlabels: {feature: f}\nforks:\n  - service: c\n"
+                  "    env: {VERSION: v2, DELAY_MS: '120'}\n")
+    for name in ("one", "two"):
+        project.run("sandbox", "apply", "-f", f"{name}.yaml", "--wait")
+    project.write("g.yaml", "name: feature\nmatch:\n  labels: {feature: f}\n")
+    project.run("routegroup", "apply", "-f", "g.yaml")
+    project.write("experiment.yaml", f"""
+name: grouped
+sandboxes: [one]
+routegroups: [feature]
+tests: [{sys.executable}, -m, pytest, -q, -p, no:cacheprovider, test_b.py]
+load:
+  request: GET ${{services.a.url}}/
+  rate: 20/s
+  duration: 3s
+""")
+    project.write("test_b.py", TEST_FILE)
+    result = project.run("experiment", "run", "-f", "experiment.yaml", "-o", "json",
+                         check=False, timeout=300)
+    report = json.loads(result.stdout)
+    rows = rows_of(report)
+    assert rows["feature"]["kind"] == "routegroup"
+    # The group's key reaches both forks: b's version, and c's 120 ms.
+    assert rows["feature"]["tests"]["verdict"] == "passed"
+    assert rows["feature"]["budget"]["failed"] == ["latency"]
+    assert rows["one"]["verdict"] == "passed"
+    assert result.returncode == 1
