@@ -34,6 +34,7 @@ __all__ = ["BASELINE", "ExperimentError", "run_experiment"]
 
 BASELINE = "baseline"  # the baseline's lane and row
 REPORT_EVERY = 10.0
+WARMUP_S = 0.5  # per lane, before the measured slices
 RUN_POLL_S = 30.0
 Progress = Callable[[str], None]
 
@@ -230,6 +231,13 @@ class _Experiment:
             self.say("load", f"load: slice {done}/{of} (round {(done - 1) // len(lanes) + 1}"
                      f"/{load.rounds}), {load.rate:g}/s per lane")
 
+        # Unmeasured first requests, to every lane: a fork just started (and the routers'
+        # first connections to it) must not be measured against a warm baseline.
+        self.say("load", f"load: warming up, {WARMUP_S:g}s per lane")
+        with contextlib.suppress(LoadError):  # the measured step then says what is wrong
+            await run_load(request, lanes, rate=min(load.rate, 20.0), rounds=1,
+                           slice_s=WARMUP_S, timeout_s=load.timeout,
+                           max_connections=load.max_connections)
         self.say("load", f"load: {total} slices of {load.slice:g}s, {len(lanes)} lanes")
         try:
             result = await run_load(request, lanes, rate=load.rate, rounds=load.rounds,
@@ -255,7 +263,8 @@ class _Experiment:
             row["budget"] = outcome.to_json()
         self.report["load"].update(
             slices=[s.to_json() for s in result.slices],
-            overhead={**result.overhead(), **floor}, measured_s=result.duration_s)
+            overhead={**result.overhead(), **floor}, measured_s=result.duration_s,
+            warmup_s=WARMUP_S)
 
 
 async def run_experiment(api: AsyncApiClient, spec: ExperimentSpec, *, cwd: str,
