@@ -35,7 +35,8 @@ _HEADERS = ("target", "tests", "requests", "errors", "p50", "p95", "p99", "ratio
 def _ms(value: Any) -> str:
     if value is None:
         return "-"
-    return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
+    # 9.98 would read "10.0 ms" beside a "10 ms": whole milliseconds from 9.95 on.
+    return f"{value:.0f} ms" if value >= 9.95 else f"{value:.1f} ms"
 
 
 def _x(value: Any) -> str:
