@@ -139,9 +139,6 @@ class _Experiment:
         }
         self.runs: list[str] = []  # ids of the runs this experiment started
 
-    def row(self, target: str) -> dict[str, Any]:
-        return next(r for r in self.report["rows"] if r["target"] == target)
-
     def say(self, phase: str, text: str) -> None:
         self.report.update(phase=phase, progress=text)
         self.progress(text)
