@@ -1,5 +1,6 @@
 """`make demo`: the shop's baseline, a sandbox that forks pricing, one request sent twice, and
-the shop's tests run against the sandbox (whose report names a propagation leak in orders).
+the shop's tests run against the sandbox (whose report names a propagation leak in orders);
+then an experiment that compares two approaches to the promo, tests and latency under load.
 The chain is web → orders → pricing → currency over HTTP, except orders → pricing, a gRPC call:
 the keyed request crosses HTTP → gRPC → HTTP with the fork on the gRPC side.
 
@@ -130,6 +131,36 @@ def preview_check(sandbox: dict[str, Any]) -> bool:
     return ok
 
 
+def experiment() -> bool:
+    """Two approaches to the promo in one command: pricing-promo, and pricing-slow (the same
+    discount, 100 ms slower per quote). Both pass their tests; under load, against the baseline
+    measured in the same slices, only the slow one fails its latency budget."""
+    console.print("\n$ laneway sandbox apply -f sandbox-pricing-slow.yaml --wait   (the same "
+                  "discount, computed 100 ms slower)")
+    laneway("sandbox", "apply", "-f", "sandbox-pricing-slow.yaml", "--wait", capture=True)
+    console.print("$ laneway experiment run -f experiment.yaml\n(each approach's tests as a "
+                  "run with a diff, then GET /buy under load: the baseline and both sandboxes "
+                  "at 30/s, interleaved in 1 s slices)\n")
+    sys.stdout.flush()
+    result = subprocess.run([LANEWAY, "experiment", "run", "-f", "experiment.yaml"], cwd=SHOP,
+                            text=True, stdout=subprocess.PIPE, check=False)
+    sys.stdout.write(result.stdout)
+    sys.stdout.flush()
+    listed = json.loads(laneway("experiment", "list", "--limit", "1", "-o", "json",
+                                capture=True))
+    verdicts = {r["target"]: r.get("verdict") for r in listed[0]["rows"]} if listed else {}
+    slow = next((r for r in listed[0]["rows"] if r["target"] == "pricing-slow"), {}) \
+        if listed else {}
+    ok = result.returncode == 1 and verdicts.get("pricing-promo") == "passed" and \
+        verdicts.get("pricing-slow") == "failed" and \
+        "latency" in (slow.get("budget") or {}).get("failed", [])
+    console.print("[green]✓ one approach passes; the slow one fails its latency budget "
+                  "under load (exit code 1)[/]" if ok else
+                  f"[red]✗ the experiment did not come out as expected: {verdicts}, exit "
+                  f"{result.returncode}[/]")
+    return ok
+
+
 def main() -> None:
     console.rule("laneway demo: the shop")
     laneway("down", capture=True) if (SHOP / ".laneway" / "api.json").exists() else None
@@ -201,6 +232,7 @@ def main() -> None:
                       "`discount` missing, red[/]" if broke else
                       "[red]✗ the renamed field was not reported red[/]")
         ok = ok and broke
+        ok = experiment() and ok
         link = laneway("ui", "--no-open", capture=True).strip().splitlines()[-1]
         console.print(f"\n$ laneway ui\nThe web UI: [bold]{link}[/]\n(a one-time link, valid "
                       "for two minutes; `laneway ui` prints a new one)", soft_wrap=True)

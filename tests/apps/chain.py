@@ -7,19 +7,23 @@ code 3 after printing an error; FAIL_HEALTH=1 never becomes healthy; /drop calls
 without the baggage (a propagation leak); /lose, or LOSE_CONTEXT=1, calls it with no context at
 all (neither baggage nor traceparent: work handed to a thread that lost it); FAIL_REQUESTS=1
 answers 500 and logs an ERROR line; RENAME=new renames the answer's `version` field to `new`;
-REQUIRE_AUTH=token answers 401 unless `Authorization: Bearer token` came with the request.
+REQUIRE_AUTH=token answers 401 unless `Authorization: Bearer token` came with the request;
+DELAY_MS=120 answers every request but /healthz that much later (a slower approach, for the
+experiments' load step: its latency is known).
 """
 
 import http.client
 import json
 import os
 import sys
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 NAME = os.environ.get("LANEWAY_SERVICE", "?")
 VERSION = os.environ.get("VERSION", "baseline")
 NEXT = os.environ.get("NEXT_URL", "")
+DELAY_S = float(os.environ.get("DELAY_MS", "0")) / 1000
 
 if os.environ.get("EXIT_AT_ONCE"):
     print(f"{NAME}: fatal: cannot load configuration (EXIT_AT_ONCE)", file=sys.stderr)
@@ -57,6 +61,8 @@ class Handler(BaseHTTPRequestHandler):
                   flush=True)
             self._send(500, {"error": "division by zero", "service": NAME})
             return
+        if DELAY_S:
+            time.sleep(DELAY_S)
         nxt = None
         if NEXT:
             url = urllib.parse.urlsplit(NEXT)

@@ -1,5 +1,6 @@
 """pricing: the gRPC method shop.Pricing/Quote {item, currency} reads the list price from its
-SQLite catalog, applies PRICING_DISCOUNT (percent), and asks currency (over HTTP) to convert it.
+SQLite catalog, applies PRICING_DISCOUNT (percent), waits PRICING_DELAY_MS (a slower approach)
+and asks currency (over HTTP) to convert it.
 
 OpenTelemetry's gRPC server interceptor makes the call's `baggage` metadata the current context,
 so the httpx call to currency carries the routing key on: a fork of pricing calls the baseline
@@ -8,6 +9,7 @@ currency with the key still on the request.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from pathlib import Path
@@ -21,6 +23,9 @@ DISCOUNT = float(os.environ.get("PRICING_DISCOUNT", "0"))
 # The name of the answer's discount field: a fork that renames it breaks a contract (the demo's
 # `laneway run --diff` shows it red).
 DISCOUNT_FIELD = os.environ.get("PRICING_DISCOUNT_FIELD", "discount")
+# Extra time per quote: a slower approach (the demo's experiment shows it failing its latency
+# budget under load).
+DELAY_S = float(os.environ.get("PRICING_DELAY_MS", "0")) / 1000
 DB = Path(os.environ.get("PRICING_DB", "pricing.db"))
 CATALOG = {"book": 12.5, "lamp": 40.0, "mug": 8.0}
 
@@ -45,6 +50,8 @@ async def quote(request: dict[str, Any], context: grpc.aio.ServicerContext) -> d
         log.warning("unknown item %r", item)
         await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown item {item!r}")
     usd = row[0] * (1 - DISCOUNT / 100)
+    if DELAY_S:
+        await asyncio.sleep(DELAY_S)
     # The caller's deadline bounds the call to currency too: past it, nobody reads the answer.
     remaining = context.time_remaining()
     resp = await client().get(f"{CURRENCY}/convert", params={"usd": usd, "to": currency},

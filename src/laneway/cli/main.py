@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from laneway.cli import commands_k8s, commands_runs, commands_sandbox
+from laneway.cli import commands_experiments, commands_k8s, commands_runs, commands_sandbox
 from laneway.cli.daemon_control import down_environment, start_daemon
 from laneway.cli.output import (
     FollowOption,
@@ -42,6 +42,7 @@ app = typer.Typer(
 app.add_typer(commands_sandbox.sandbox_app, name="sandbox")
 app.add_typer(commands_sandbox.group_app, name="routegroup")
 commands_runs.register(app)
+app.add_typer(commands_experiments.experiment_app, name="experiment")
 app.add_typer(commands_k8s.k8s_app, name="k8s")
 app.add_typer(commands_k8s.context_app, name="context")
 

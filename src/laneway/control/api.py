@@ -28,6 +28,7 @@ from pydantic.json_schema import models_json_schema
 from laneway import __version__
 from laneway.control.diffs import captured_requests, replay_diff, thresholds_of
 from laneway.control.errors import ControlError, Invalid, NotFound
+from laneway.control.experiments import experiments_router
 from laneway.control.plane import ControlPlane
 from laneway.control.runs import RunManager, RunSpec
 from laneway.control.sessions import Sessions
@@ -468,6 +469,9 @@ def create_app(control: ControlPlane, token: str,
     @app.post("/v1/runs/{run_id}/cancel")
     async def cancel_run(run_id: str) -> dict[str, Any]:
         return await _runs().cancel(run_id)
+
+    # Experiments' reports: their clients run them and keep the reports here.
+    app.include_router(experiments_router(control.store))
 
     @app.get("/v1/leaks")
     async def leaks(sandbox: str | None = None,

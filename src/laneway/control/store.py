@@ -121,6 +121,13 @@ class Store(Protocol):
     def runs_with_status(self, status: str) -> list[dict[str, Any]]:
         """Every run whose report has this `status` (a starting daemon looks for `running`)."""
 
+    def put_experiment(self, report: dict[str, Any]) -> None: ...
+
+    def get_experiment(self, experiment_id: str) -> dict[str, Any] | None: ...
+
+    def experiments(self, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` experiment reports, newest first."""
+
     def close(self) -> None: ...
 
 
@@ -130,6 +137,16 @@ class MemoryStore:
         self._audit: list[AuditEntry] = []
         self._runs: dict[str, dict[str, Any]] = {}
         self._resources: dict[tuple[str, str], dict[str, Any]] = {}
+        self._experiments: dict[str, dict[str, Any]] = {}
+
+    def put_experiment(self, report: dict[str, Any]) -> None:
+        self._experiments[report["id"]] = report
+
+    def get_experiment(self, experiment_id: str) -> dict[str, Any] | None:
+        return self._experiments.get(experiment_id)
+
+    def experiments(self, limit: int) -> list[dict[str, Any]]:
+        return sorted(self._experiments.values(), key=lambda r: -float(r["started_at"]))[:limit]
 
     def put_run(self, report: dict[str, Any]) -> None:
         self._runs[report["id"]] = report
@@ -215,6 +232,12 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at REAL NOT NULL,
     report TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS experiments (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    report TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -225,7 +248,7 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL
 );
 """
-_TABLES = ("records", "resources", "runs", "audit")
+_TABLES = ("records", "resources", "runs", "experiments", "audit")
 _RECORD_COLUMNS = ("kind, name, spec, routing_key, created_at, updated_at, generation, "
                    "expires_at, uid")
 
@@ -477,6 +500,25 @@ class SqliteStore:
         with self._access("read"):
             rows = self._db.execute("SELECT report FROM runs WHERE json_extract(report, "
                                     "'$.status') = ? ORDER BY started_at", (status,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def put_experiment(self, report: dict[str, Any]) -> None:
+        with self._access("write"):
+            self._db.execute(
+                "INSERT INTO experiments VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "report = excluded.report", (report["id"], str(report.get("name") or ""),
+                                             report["started_at"], json.dumps(report)))
+
+    def get_experiment(self, experiment_id: str) -> dict[str, Any] | None:
+        with self._access("read"):
+            row = self._db.execute("SELECT report FROM experiments WHERE id = ?",
+                                   (experiment_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def experiments(self, limit: int) -> list[dict[str, Any]]:
+        with self._access("read"):
+            rows = self._db.execute("SELECT report FROM experiments ORDER BY started_at DESC "
+                                    "LIMIT ?", (limit,)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def close(self) -> None:

@@ -24,12 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from laneway import __version__
 from laneway.client import AsyncApiClient, CliError
 from laneway.core.baggage import headers_with_key
+from laneway.core.experiment_report import compact
 from laneway.core.grpc import grpc_code_name
 from laneway.core.hops import key_conflict_note
 
 __all__ = ["build_server"]
 
-WAIT_S = 50.0  # the longest any tool blocks
+# The longest any tool blocks (LANEWAY_MCP_WAIT_S: shorter, for a client with a short timeout).
+WAIT_S = float(os.environ.get("LANEWAY_MCP_WAIT_S", "50"))
 BODY_CHARS = 2000
 LOG_CHARS = 6000
 
@@ -39,7 +41,9 @@ the baseline everywhere else. The loop: list_services -> apply_sandbox (fork the
 changed, with your command/env) -> run_tests (your test command, against the sandbox) -> read
 the report (verdict, fork errors, leaks), get_logs, send_request/get_trace -> fix the fork ->
 apply_sandbox again -> run_tests until the verdict is `passed`. A `vacuous` verdict means the
-tests passed without ever reaching your fork: they proved nothing about your change."""
+tests passed without ever reaching your fork: they proved nothing about your change. To compare
+several approaches (one sandbox each), run_experiment runs their tests and a load step against
+the baseline and gives one verdict per sandbox."""
 
 
 class ForkArg(BaseModel):
@@ -188,6 +192,7 @@ def build_server(api: AsyncApiClient) -> MCPServer:
     server: MCPServer = MCPServer(name="laneway", version=__version__,
                                   instructions=INSTRUCTIONS)
     client_runs: dict[str, asyncio.Task[dict[str, Any]]] = {}  # kept while they run
+    experiments: dict[str, asyncio.Task[dict[str, Any]]] = {}  # the same
 
     @server.tool(description=(
         "List the baseline's services: name, public URL (send requests there), protocol, "
@@ -498,6 +503,92 @@ def build_server(api: AsyncApiClient) -> MCPServer:
 
         return [TextContent(type="text", text=json.dumps(shot.summary())),
                 Image(data=shot.png, format="png")]
+
+    @server.tool(description=(
+        "Compare several approaches (sandboxes or route groups) to one change in one call, "
+        "from an experiment file (experiment.yaml: sandboxes, tests, load, diff) or the same "
+        "fields inline. Each sandbox's tests run as a run (as run_tests), then a load step "
+        "sends one request template at a fixed rate to the baseline and every sandbox in "
+        "interleaved 1 s slices, and each sandbox's p95 (or the budget's percentile) and error "
+        "rate are judged against the baseline measured in the same run. Returns one row per "
+        "sandbox and one for the baseline: verdict (passed only if every check passed), tests "
+        "verdict and run id, requests/errors/p50/p95/p99/ratio, budget outcome, diff red/yellow, "
+        "and one plain sentence each. Waits up to ~50 s, then returns the experiment's id and "
+        "progress: poll get_experiment."))
+    async def run_experiment(
+        file: Annotated[str | None, Field(description=(
+            "path of an experiment file (relative to cwd); or give `experiment`"))] = None,
+        experiment: Annotated[dict[str, Any] | None, Field(description=(
+            "the experiment inline, as in the file: {name, sandboxes: [...], tests: argv or "
+            "shell line, load: {request: 'GET ${services.web.url}/path', rate: '50/s', "
+            "duration: '20s', budget: {p95: '1.3x', errors: '1%'}}, diff: true}"))] = None,
+        cwd: Annotated[str | None, Field(description=(
+            "folder the tests run in (default: the file's folder, else this server's)"))] =
+        None,
+    ) -> dict[str, Any]:
+        from pathlib import Path
+
+        from laneway.client.experiments import ExperimentError
+        from laneway.client.experiments import run_experiment as run
+        from laneway.core.experiments import parse_experiment, read_experiment
+        from laneway.core.spec import SpecError
+
+        if (file is None) == (experiment is None):
+            raise ToolError("give either `file` (an experiment.yaml) or `experiment` (its "
+                            "fields inline)")
+        folder = cwd or os.getcwd()
+        try:
+            if file is not None:
+                path = Path(folder) / file
+                try:
+                    text = path.read_text()
+                except OSError as exc:
+                    raise ToolError(f"{path}: cannot read it: {exc.strerror}") from exc
+                spec = read_experiment(text, str(path))
+                folder = cwd or str(path.resolve().parent / (spec.cwd or "."))
+            else:
+                spec = parse_experiment(experiment or {}, "experiment")
+        except SpecError as exc:
+            raise ToolError(exc.render() + " Next: fix that field and call again.") from exc
+        started: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def on_start(report: dict[str, Any]) -> None:
+            if not started.done():
+                started.set_result(report)
+
+        task = asyncio.get_running_loop().create_task(
+            run(api, spec, cwd=folder, file=file, started=on_start),
+            name=f"laneway-mcp-experiment-{spec.name}")
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done() and not started.done():
+            failure = task.exception()
+            if isinstance(failure, ExperimentError | CliError):
+                raise ToolError(f"{failure} Next: check the names with list_sandboxes") \
+                    from failure
+            task.result()
+        report = started.result()
+        experiments[report["id"]] = task
+        task.add_done_callback(lambda _: experiments.pop(report["id"], None))
+        done, _ = await asyncio.wait({task}, timeout=WAIT_S)
+        if done:
+            try:
+                return compact(task.result())
+            except (ExperimentError, CliError) as exc:
+                raise ToolError(f"experiment {report['id']} failed: {exc}; its report says "
+                                "what it had: get_experiment") from exc
+        return {**compact(report), "status": "running", "progress": report.get("progress"),
+                "next": f"get_experiment(experiment_id={report['id']!r})"}
+
+    @server.tool(description=(
+        "Get an experiment's result by id (from run_experiment), waiting up to wait_s (at most "
+        "50) seconds if it is still running: the same compact rows as run_experiment."))
+    async def get_experiment(experiment_id: str, wait_s: float = 30.0) -> dict[str, Any]:
+        task = experiments.get(experiment_id)
+        if task is not None:
+            await asyncio.wait({task}, timeout=max(0.0, min(wait_s, WAIT_S)))
+        report = await _call(api.get(f"/v1/experiments/{experiment_id}"),
+                             "experiment ids come from run_experiment")
+        return compact(report)
 
     return server
 

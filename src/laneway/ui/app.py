@@ -43,6 +43,7 @@ from starlette.staticfiles import StaticFiles
 
 from laneway.client.api import CliError, api_error
 from laneway.core.duration import parse_duration
+from laneway.core.experiment_report import cells as experiment_cells
 from laneway.core.hops import status_text
 from laneway.core.runs import leak_sentence
 from laneway.core.spec import SpecError, load_yaml_document
@@ -158,6 +159,7 @@ def ui_app(api_url: str) -> Starlette:
     env.filters["ago"] = _ago
     env.filters["clock"] = _clock
     env.filters["leak"] = leak_sentence
+    env.filters["experiment_cells"] = experiment_cells
     env.filters["status"] = status_text
     env.filters["tojson_pretty"] = lambda value: json.dumps(value, indent=2, sort_keys=True)
 
@@ -403,6 +405,21 @@ def ui_app(api_url: str) -> Starlette:
                                             load_leaks, lambda _: "Leaks")
 
     @page
+    async def experiments_view(request: Request, session: str) -> Response:
+        found = await api.call(session, "GET", "/v1/experiments", params={"limit": 100})
+        return render(request, "experiments.html", title="Experiments", nav="experiments",
+                      experiments=found)
+
+    @page
+    async def experiment_view(request: Request, session: str) -> Response:
+        experiment_id = urllib.parse.quote(request.path_params["experiment"], safe="")
+        report = await api.call(session, "GET", f"/v1/experiments/{experiment_id}")
+        return render(request, "experiment.html", title=f"Experiment {report['name']}",
+                      nav="experiments", report=report,
+                      headers=["Target", "Tests", "Requests", "Errors", "p50", "p95", "p99",
+                               "Ratio", "Budget", "Diff", "Verdict"])
+
+    @page
     async def diffs_view(request: Request, session: str) -> Response:
         sandboxes = await api.call(session, "GET", "/v1/sandboxes")
         chosen = request.query_params.get("sandbox", "")
@@ -520,6 +537,8 @@ def ui_app(api_url: str) -> Starlette:
         Route("/live/runs", runs_fragment),
         Route("/runs/{run}", run_view),
         Route("/live/runs/{run}", run_fragment),
+        Route("/experiments", experiments_view),
+        Route("/experiments/{experiment}", experiment_view),
         Route("/leaks", leaks_view),
         Route("/live/leaks", leaks_fragment),
         Route("/diffs", diffs_view),

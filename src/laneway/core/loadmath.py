@@ -1,0 +1,236 @@
+"""The arithmetic of an experiment's load step, on plain numbers: percentiles, the slice
+schedule that interleaves the baseline and the sandboxes, and the latency/error budget.
+
+The load generator (`client/loadgen.py`) measures; this module decides. Nothing here reads a
+clock or a socket, so every rule is tested exhaustively in `tests/unit/test_loadmath.py`.
+
+Why the budget rule has three parts: on a shared 2-core machine one slow second (a compile, a
+GC, another test) can put the 95th percentile of any lane far off. A sandbox fails its latency
+budget only when (1) its percentile over the whole step exceeds the baseline's by more than the
+budget ratio, (2) the difference is larger than the noise (a floor, or the baseline's own
+spread between its even and odd slices, whichever is larger), and (3) it is over in more than
+half of the rounds, each round comparing slices taken a second apart. A real regression (a fork
+that adds 120 ms) passes all three at once; a burst of machine noise does not.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "NOISE_FLOOR_MS",
+    "Budget",
+    "BudgetOutcome",
+    "LaneSummary",
+    "baseline_spread",
+    "evaluate_budget",
+    "parse_fraction",
+    "parse_quantile",
+    "parse_rate",
+    "parse_ratio",
+    "percentile",
+    "send_offsets",
+    "slice_schedule",
+    "summarize",
+]
+
+NOISE_FLOOR_MS = 5.0
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*$")
+_RATIO_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[x\u00d7]\s*$")
+_FRACTION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
+_QUANTILE_RE = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100) by linear interpolation between closest ranks (numpy's
+    default, so figures agree with what users compute themselves); None for no values."""
+    if not values:
+        return None
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is outside 0..100")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def parse_rate(text: str) -> float:
+    """Requests per second in `50/s` or `600/m`; ValueError with the accepted forms."""
+    match = _RATE_RE.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a rate; write requests per second or minute: 50/s, "
+                         "600/m")
+    value = float(match.group(1)) / (60 if match.group(2).startswith("m") else 1)
+    if value <= 0:
+        raise ValueError(f"{text!r} must be more than zero")
+    return value
+
+
+def parse_ratio(text: str | float) -> float:
+    """`1.3x`, `130%` or a bare 1.3 as 1.3; at least 1 (a budget below the baseline itself fails
+    every sandbox, the baseline's twin included)."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        match = _RATIO_RE.match(str(text)) or _FRACTION_RE.match(str(text))
+        if not match:
+            raise ValueError(f"{text!r} is not a ratio to the baseline; write e.g. 1.3x (or "
+                             "130%)")
+        value = float(match.group(1))
+        if match.re is _FRACTION_RE and match.group(2):  # 130%: the baseline's and 30 % more
+            value /= 100
+    if value < 1:
+        raise ValueError(f"{text!r}: a ratio to the baseline must be at least 1x")
+    return value
+
+
+def parse_fraction(text: str | float) -> float:
+    """`1%` as 0.01, a bare number as itself (0.01); within 0..1."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        match = _FRACTION_RE.match(str(text))
+        if not match:
+            raise ValueError(f"{text!r} is not a share of the requests; write e.g. 1% or 0.01")
+        value = float(match.group(1)) / (100 if match.group(2) else 1)
+    if not 0 <= value <= 1:
+        raise ValueError(f"{text!r} must be between 0% and 100%")
+    return value
+
+
+def parse_quantile(name: str) -> float:
+    """`p95` as 95.0 (p50 .. p99.9)."""
+    match = _QUANTILE_RE.match(name)
+    if not match or not 0 < float(match.group(1)) < 100:
+        raise ValueError(f"{name!r} is not a percentile; use p50, p90, p95, p99, ...")
+    return float(match.group(1))
+
+
+def slice_schedule(lanes: Sequence[str], rounds: int) -> list[list[str]]:
+    """The order of the lanes' slices, round by round: every lane once per round, the order
+    rotated by one each round, so that no lane always follows the same neighbour (a slow lane's
+    stragglers land on every other lane alike) or always comes first."""
+    if not lanes:
+        return []
+    n = len(lanes)
+    return [[lanes[(r + i) % n] for i in range(n)] for r in range(rounds)]
+
+
+def send_offsets(rate: float, slice_s: float) -> list[float]:
+    """When each request of one slice is due, in seconds from the slice's start: evenly
+    spaced at `rate` (open loop: the schedule never waits for answers)."""
+    count = max(1, round(rate * slice_s))
+    return [i / rate for i in range(count)]
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSummary:
+    requests: int
+    errors: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def to_json(self) -> dict[str, float | int | None]:
+        return {"requests": self.requests, "errors": self.errors,
+                "error_rate": round(self.error_rate, 5), "p50_ms": _round(self.p50_ms),
+                "p95_ms": _round(self.p95_ms), "p99_ms": _round(self.p99_ms)}
+
+
+def summarize(latencies_ms: Sequence[float], errors: int) -> LaneSummary:
+    """Figures of one lane or slice: `latencies_ms` of every request (failed ones too: a
+    timeout counts at its full wait), `errors` of them failed."""
+    return LaneSummary(len(latencies_ms), errors, percentile(latencies_ms, 50),
+                       percentile(latencies_ms, 95), percentile(latencies_ms, 99))
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    quantile: float = 95.0  # which percentile the ratio is about
+    ratio: float | None = 1.3  # None: no latency budget
+    errors: float | None = 0.01  # share of failed requests allowed; None: no error budget
+    noise_floor_ms: float = NOISE_FLOOR_MS
+
+    @property
+    def name(self) -> str:
+        return f"p{self.quantile:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetOutcome:
+    outcome: Literal["passed", "failed"]
+    failed: tuple[Literal["latency", "errors"], ...]
+    quantile: str  # "p95"
+    sandbox_ms: float | None
+    baseline_ms: float | None
+    ratio: float | None
+    budget_ratio: float | None
+    noise_ms: float
+    rounds_over: int
+    rounds: int
+    error_rate: float
+    budget_errors: float | None
+
+    def to_json(self) -> dict[str, object]:
+        return {"outcome": self.outcome, "failed": list(self.failed), "quantile": self.quantile,
+                "sandbox_ms": _round(self.sandbox_ms), "baseline_ms": _round(self.baseline_ms),
+                "ratio": None if self.ratio is None else round(self.ratio, 3),
+                "budget_ratio": self.budget_ratio, "noise_ms": round(self.noise_ms, 2),
+                "rounds_over": self.rounds_over, "rounds": self.rounds,
+                "error_rate": round(self.error_rate, 5), "budget_errors": self.budget_errors}
+
+
+def baseline_spread(rounds: Sequence[Sequence[float]], q: float) -> float:
+    """How far the baseline's percentile moves between its even and its odd rounds: the noise
+    this machine puts on the figure right now (0 with fewer than two rounds)."""
+    even = [v for i, r in enumerate(rounds) if i % 2 == 0 for v in r]
+    odd = [v for i, r in enumerate(rounds) if i % 2 == 1 for v in r]
+    a, b = percentile(even, q), percentile(odd, q)
+    return abs(a - b) if a is not None and b is not None else 0.0
+
+
+def evaluate_budget(baseline: Sequence[Sequence[float]], sandbox: Sequence[Sequence[float]],
+                    sandbox_errors: int, budget: Budget) -> BudgetOutcome:
+    """The budget's outcome for one sandbox. `baseline` and `sandbox`: latencies (ms) per
+    round, the same rounds for both (round i of one was measured beside round i of the other);
+    `sandbox_errors`: how many of the sandbox's requests failed."""
+    q = budget.quantile
+    base_all = [v for r in baseline for v in r]
+    sb_all = [v for r in sandbox for v in r]
+    base_p, sb_p = percentile(base_all, q), percentile(sb_all, q)
+    noise = max(budget.noise_floor_ms, baseline_spread(baseline, q))
+    ratio = sb_p / base_p if sb_p is not None and base_p else None
+    over_rounds = 0
+    paired = list(zip(baseline, sandbox, strict=False))
+    for base_round, sb_round in paired:
+        bp, sp = percentile(base_round, q), percentile(sb_round, q)
+        if bp is not None and sp is not None and budget.ratio is not None and \
+                _over(sp, bp, budget.ratio, noise):
+            over_rounds += 1
+    failed: list[Literal["latency", "errors"]] = []
+    if budget.ratio is not None and sb_p is not None and base_p is not None and \
+            _over(sb_p, base_p, budget.ratio, noise) and over_rounds * 2 > len(paired):
+        failed.append("latency")
+    error_rate = sandbox_errors / len(sb_all) if sb_all else 0.0
+    if budget.errors is not None and error_rate > budget.errors:
+        failed.append("errors")
+    return BudgetOutcome("failed" if failed else "passed", tuple(failed), budget.name, sb_p,
+                         base_p, ratio, budget.ratio, noise, over_rounds, len(paired),
+                         error_rate, budget.errors)
+
+
+def _over(sandbox_ms: float, baseline_ms: float, ratio: float, noise_ms: float) -> bool:
+    return sandbox_ms > baseline_ms * ratio and sandbox_ms - baseline_ms > noise_ms
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
