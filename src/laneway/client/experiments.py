@@ -36,6 +36,7 @@ BASELINE = "baseline"  # the baseline's lane and row
 REPORT_EVERY = 10.0
 WARMUP_S = 0.5  # per lane, before the measured slices
 RUN_POLL_S = 30.0
+INTERRUPTED_SAVE_S = 5.0  # how long Ctrl-C waits for the control plane to take the report
 Progress = Callable[[str], None]
 
 
@@ -292,9 +293,12 @@ async def run_experiment(api: AsyncApiClient, spec: ExperimentSpec, *, cwd: str,
         run.report.update(status="interrupted", verdict="interrupted", phase="interrupted",
                           finished_at=time.time(), note="stopped before it finished "
                           "(Ctrl-C); the report keeps what it had")
-        await asyncio.shield(run.cancel_runs())
-        with contextlib.suppress(CliError):
-            await asyncio.shield(run.save())
+        # Bounded: Ctrl-C ends the command within seconds even when the control plane does
+        # not answer (the report then reads `interrupted` a minute later all the same).
+        with contextlib.suppress(CliError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(run.cancel_runs()), INTERRUPTED_SAVE_S)
+        with contextlib.suppress(CliError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(run.save()), INTERRUPTED_SAVE_S)
         raise
     except Exception as exc:
         run.report.update(status="finished", verdict="error", phase="error",
