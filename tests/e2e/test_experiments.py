@@ -41,6 +41,10 @@ diff: true
 """
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def rows_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["target"]: row for row in report["rows"]}
 
@@ -177,9 +181,13 @@ load:
   rate: 10/s
   duration: 60s
 """)
+    # As from a terminal. Started in the background by a shell without job control (as CI
+    # may be: `(nohup make test &)`), every process of the suite inherits SIGINT ignored, and
+    # a Python started that way keeps ignoring it (as it should: a background job is not
+    # Ctrl-C'd), so the child gets SIGINT's default back before it starts.
     proc = subprocess.Popen([LANEWAY, "experiment", "run", "-f", "experiment.yaml"],
                             cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 30
         found: list[dict[str, Any]] = []
@@ -245,6 +253,7 @@ load:
     assert rows["feature"]["kind"] == "routegroup"
     # The group's key reaches both forks: b's version, and c's 120 ms.
     assert rows["feature"]["tests"]["verdict"] == "passed"
-    assert rows["feature"]["budget"]["failed"] == ["latency"]
+    assert rows["feature"]["budget"]["failed"] == ["latency"], (rows["feature"]["budget"],
+                                                                rows["baseline"]["load"])
     assert rows["one"]["verdict"] == "passed"
     assert result.returncode == 1
