@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 .PHONY: venv demo demo-shop demo-data test lint screenshots bench bench-quick bench-abuse bench-grpc clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml setup.py src/laneway/router/_scan.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

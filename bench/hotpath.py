@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from laneway.core.hops import ROW_FIELDS, Hop
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.dataplane.main import HopBuffer
-from laneway.router import Router, RouterSettings
+from laneway.router import Router, RouterSettings, client, scan, upstream
 from laneway.router.client import ClientConnection
 from laneway.router.upstream import UpstreamConnection
 
@@ -110,15 +110,23 @@ async def measure(requests: int, keyed: bool) -> tuple[float, float]:
     return min(rounds), statistics.median(rounds)
 
 
+def use_scans(compiled: bool) -> None:
+    """The router's scans, compiled or in Python (`router/scan.py`), for what follows."""
+    client.scan_request = scan.scan_request if compiled else scan.py_scan_request
+    upstream.simple_response = scan.simple_response if compiled else scan.py_simple_response
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=20_000)
     args = parser.parse_args()
     for keyed in (True, False):
-        least, median = asyncio.run(measure(args.requests, keyed))
-        print(f"   {'keyed' if keyed else 'unkeyed':<8} {least:6.2f} us of laneway's Python per "
-              f"exchange (least of {ROUNDS} rounds of {args.requests}, no sockets; median "
-              f"{median:.2f})")
+        for compiled in ((True, False) if scan.COMPILED else (False,)):
+            use_scans(compiled)
+            least, median = asyncio.run(measure(args.requests, keyed))
+            print(f"   {'keyed' if keyed else 'unkeyed':<8} {least:6.2f} us of laneway's Python "
+                  f"per exchange, scans {'compiled' if compiled else 'in Python':<9} (least of "
+                  f"{ROUNDS} rounds of {args.requests}, no sockets; median {median:.2f})")
 
 
 if __name__ == "__main__":

@@ -219,3 +219,10 @@ def wrk(url: str, core: int, *, seconds: int, connections: int = 16,
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, "p50": p50, "p99": p99,
             "errors": float(errors.group(1)) if errors else 0.0}
+
+
+def scans_in_use() -> str:
+    """Which of the router's scans the benchmarked router runs (`laneway/router/scan.py`)."""
+    from laneway.router import scan
+    return "compiled (router/_scan.c)" if scan.COMPILED else \
+        "in pure Python (not built, or LANEWAY_PURE_PYTHON=1)"

@@ -41,7 +41,8 @@ def main(seconds: int = 2, repeats: int = 3) -> None:
         print(f"bench-quick: wrk -t1 -c16 -d{seconds}s, keep-alive, 1 KiB, median of {repeats} "
               f"interleaved rounds; proxy on core {PROXY_CORE} (HAProxy nbthread 1; laneway 1 "
               f"process, hop records and laneway-served-by on; bare: a uvloop + httptools "
-              f"forwarder with no features), wrk and origins on core {LOAD_CORE}")
+              f"forwarder with no features), wrk and origins on core {LOAD_CORE}; the "
+              f"router's scans {peers.scans_in_use()}")
         print(f"   {'traffic':<8} {'target':<8} {'req/s':>7} {'ratio':>6} {'p99 ms':>7} "
               f"{'p99 ratio':>9} {'CPU us/req':>10}")
         for keyed in (True, False):

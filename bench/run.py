@@ -31,7 +31,7 @@ def main() -> None:
                 Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
                platform.processor())
     print(f"laneway bench on {cpu}, {os.cpu_count()} cores, Linux {platform.release()}, "
-          f"Python {platform.python_version()}")
+          f"Python {platform.python_version()}; the router's scans {peers.scans_in_use()}")
     if groups & {"1", "2"}:
         peers.ensure_tools()
         router_bench.main()

@@ -41,8 +41,10 @@ diff: true
 """
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# Runs a command with SIGINT's default disposition (an exec keeps it), as from a terminal.
+DEFAULT_SIGINT = [sys.executable, "-c", "import os, signal, sys; "
+                  "signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                  "os.execv(sys.argv[1], sys.argv[1:])"]
 
 
 def rows_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -185,9 +187,9 @@ load:
     # may be: `(nohup make test &)`), every process of the suite inherits SIGINT ignored, and
     # a Python started that way keeps ignoring it (as it should: a background job is not
     # Ctrl-C'd), so the child gets SIGINT's default back before it starts.
-    proc = subprocess.Popen([LANEWAY, "experiment", "run", "-f", "experiment.yaml"],
-                            cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=_default_sigint)
+    proc = subprocess.Popen([*DEFAULT_SIGINT, LANEWAY, "experiment", "run", "-f",
+                             "experiment.yaml"], cwd=project.root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
         found: list[dict[str, Any]] = []

@@ -24,6 +24,8 @@ from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.router import Router, RouterSettings
 from tests.upstreams import collect_hops
 
+pytestmark = pytest.mark.usefixtures("scans")  # each test with each scan (conftest)
+
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 KEY = "plain0000001"
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -54,6 +53,7 @@ from laneway.router.headers import (
 from laneway.router.limits import ConnectionBudget
 from laneway.router.pool import UpstreamPool
 from laneway.router.responses import connect_failure, error_response
+from laneway.router.scan import VIA, scan_request
 from laneway.router.timeouts import Clock, Served
 from laneway.router.tunnel import Tunnel
 from laneway.router.upstream import UpstreamConnection
@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ClientConnection", "ServiceContext"]
 
-VIA = b"via: 1.1 laneway\r\n"
 # Hops carry wall-clock start times; one monotonic read per request, shifted once to the epoch.
 WALL_OFFSET = time.time() - time.monotonic()
 MAX_HEADER_FIELDS = 200
@@ -240,26 +239,6 @@ _REQUEST_FIELDS: dict[bytes, str] = {
     b"content-length": _LENGTH, b"traceparent": _TRACEPARENT, b"tracestate": _TRACESTATE,
     b"origin": _ORIGIN,
 }
-
-
-# The request the router forwards as it came (`ClientConnection._plain_request`): an HTTP/1.1
-# request in origin-form with a method llhttp knows, field lines that are a token, `:` and a
-# value of what llhttp accepts there (HTAB, visible characters, spaces, obs-text: no CR, LF,
-# NUL, DEL or other controls), up to 100 of them. Anything else goes to the parser, which
-# accepts or refuses it as before: this is a subset of what it accepts.
-_PLAIN_HEAD = re.compile(
-    rb"(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS) (/[!-~]*) HTTP/1\.1\r\n"
-    rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n){1,100}\r\n")
-# The fields a plain request is looked at for (the rest are forwarded untouched): what routes
-# it, what frames it, and the hop-by-hop ones (which make it not plain, but the common
-# `Connection: keep-alive`).
-_PLAIN_FIELDS = re.compile(
-    rb"(?i)\r\n(host|baggage|content-length|traceparent|tracestate|origin|connection|"
-    rb"keep-alive|proxy-connection|te|transfer-encoding|upgrade|trailer|http2-settings):"
-    rb"[ \t]*([^\r]*)")
-_KEEP_ALIVE_LINE = re.compile(
-    rb"(?i)\r\n(?:connection:[ \t]*keep-alive[ \t]*|keep-alive:[\t\x20-\x7e\x80-\xff]*)"
-    rb"(?=\r\n)")
 
 
 class _Rejected(Exception):
@@ -540,75 +519,42 @@ class ClientConnection(asyncio.Protocol):
     # request side
 
     def _plain_request(self, data: bytes) -> bool:
-        """The common request, read without the parser: one whole plain request (`_PLAIN_HEAD`,
-        one Host, at most one Content-Length whose body is all in `data`, no hop-by-hop field
-        but `Connection: keep-alive`), forwarded as it came with `via` added. What the parser
+        """The common request, read without the parser: one whole plain request
+        (`scan.scan_request`: one Host, at most one Content-Length whose body is all in `data`,
+        no hop-by-hop field but `Connection: keep-alive`), forwarded as it came with `via`
+        added. What the parser
         path would forward for it, without a callback per field; anything else, or a request
         that is captured, keyed by a configured header, may be a preview page's or goes to
         an HTTP/2 upstream, is the parser's (False)."""
         ctx = self.ctx
-        end = data.find(b"\r\n\r\n")
-        if end < 0 or end >= ctx.max_header_bytes or ctx.extra_headers or ctx.capture_rate \
-                or ctx.captured or ctx.protocol != "http":
+        if ctx.extra_headers or ctx.capture_rate or ctx.captured or ctx.protocol != "http":
             return False
-        match = _PLAIN_HEAD.fullmatch(data, 0, end + 4)
-        if match is None:
+        found = scan_request(data, ctx.max_header_bytes)
+        if found is None:
             return False
-        hosts = 0
-        length = -1
-        baggage: list[bytes] = []
-        traceparent = tracestate = origin = b""
-        keep_alive_fields = False
-        for name, raw in _PLAIN_FIELDS.findall(data, 0, end + 2):
-            lname = name.lower()
-            value = raw.rstrip(b" \t")
-            if lname == b"host":
-                hosts += 1
-                if value not in ctx.hosts:
-                    if not is_host(value):
-                        return False  # the parser's path answers 400
-                    if len(ctx.hosts) >= 256:
-                        ctx.hosts.clear()
-                    ctx.hosts.add(value)
-            elif lname == b"baggage":
-                baggage.append(value)
-            elif lname == b"content-length":
-                if length >= 0 or not value.isdigit() or len(value) > 15:
-                    return False
-                length = int(value)
-            elif lname == b"traceparent":
-                traceparent = value
-            elif lname == b"tracestate":
-                tracestate = value
-            elif lname == b"origin":
-                if ctx.preview_port:
-                    return False  # may be a preview page's call (`_route`)
-            elif (lname == b"connection" and value.lower() == b"keep-alive") \
-                    or lname == b"keep-alive":
-                keep_alive_fields = True
-            else:
-                return False  # hop-by-hop fields the parser's path acts on
-        body = len(data) - end - 4
-        if hosts != 1 or body != max(length, 0):
-            return False  # no Host (400), or a body not all here, or a pipelined request
+        method, target, host, baggage, length, traceparent, tracestate, origin, forward = found
+        if origin and ctx.preview_port:
+            return False  # may be a preview page's call (`_route`)
+        if host not in ctx.hosts:
+            if not is_host(host):
+                return False  # the parser's path answers 400
+            if len(ctx.hosts) >= 256:
+                ctx.hosts.clear()
+            ctx.hosts.add(host)
         ex = Exchange(self)
         ex.started = time.monotonic()
-        method, target = match.group(1, 2)
         ex.method = method.decode()
         ex.is_head = method == b"HEAD"
         ex.path = target[:512].decode()
-        head = data[:end + 2]
-        if keep_alive_fields:
-            head = _KEEP_ALIVE_LINE.sub(b"", head)
-        ex.head = head + VIA + b"\r\n" + data[end + 4:] if body else head + VIA + b"\r\n"
-        if body:
+        ex.head = forward
+        if length > 0:
             ex.has_body = True
             ex.body_length = length
             ex.retry_allowed = False  # as when the parser's path has sent a body
         ex.request_done = True
         if traceparent:
             ex.trace_id, ex.parent_id = trace_context(traceparent)
-        self._route(ex, baggage, tracestate, b"", origin)
+        self._route(ex, baggage, tracestate, b"", b"")
         self._begins += 1
         self._start(ex)
         return True

@@ -17,7 +17,6 @@ body, and made at the response's first read only when the response is not forwar
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import cast
 
 import httptools
@@ -25,58 +24,11 @@ import httptools
 from laneway.core.routes import Upstream
 from laneway.router.exchange import PENDING_LIMIT, Downstream, Exchange
 from laneway.router.pool import UpstreamPool
+from laneway.router.scan import simple_response
 from laneway.router.timeouts import Clock
 from laneway.router.tunnel import Tunnel
 
 __all__ = ["UpstreamConnection", "UpstreamPool", "simple_response"]
-
-
-# The response head that may be forwarded as it came (`_simple_response`): a final HTTP/1.1
-# response that has a body (2xx-5xx but 204 and 304), field lines that are a token, `:` and
-# a value of visible characters, spaces and tabs (no CR, LF, NUL or other controls: what
-# llhttp would refuse is never forwarded), up to 100 of them.
-_SIMPLE_HEAD = re.compile(
-    rb"HTTP/1\.1 (?!204|304)([2-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?\r\n"
-    rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n){1,100}\r\n")
-# The fields a response head is looked at for: the framing, and the hop-by-hop ones (which make
-# it not simple, but what most servers say on every keep-alive response, nginx and Node.js
-# among them: `Connection: keep-alive` and `Keep-Alive`, dropped, nothing to act on).
-_RESPONSE_FIELDS = re.compile(
-    rb"(?i)\r\n(content-length|connection|keep-alive|proxy-connection|te|transfer-encoding|"
-    rb"upgrade|trailer|http2-settings):[ \t]*([^\r]*)")
-_KEEP_ALIVE_FIELDS = re.compile(
-    rb"(?i)\r\n(?:connection:[ \t]*keep-alive[ \t]*|keep-alive:[\t\x20-\x7e\x80-\xff]*)(?=\r\n)")
-
-
-def simple_response(data: bytes, max_header_bytes: int) -> tuple[int, int, bytes] | None:
-    """(status, where the body starts, the head to forward) when `data` is one whole response
-    whose head may be forwarded as it came: `_SIMPLE_HEAD`, no hop-by-hop field but
-    `Connection: keep-alive` and `Keep-Alive` (dropped), and exactly one Content-Length that
-    the bytes after the head match; None for anything else (the parser's case)."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0 or end + 4 > max_header_bytes:
-        return None
-    match = _SIMPLE_HEAD.fullmatch(data, 0, end + 4)
-    if match is None:
-        return None
-    length = b""
-    keep_alive_fields = False
-    for name, value in _RESPONSE_FIELDS.findall(data, 0, end + 2):
-        lname = name.lower()
-        if lname == b"content-length":
-            if length:
-                return None  # two of them: the parser's checks
-            length = value.rstrip(b" \t") or b"-"
-        elif lname == b"keep-alive" or (
-                lname == b"connection" and value.rstrip(b" \t").lower() == b"keep-alive"):
-            keep_alive_fields = True
-        else:
-            return None
-    if not length.isdigit() or len(length) > 15 or int(length) != len(data) - end - 4:
-        return None
-    head = data[:end + 4]
-    return int(match.group(1)), end + 4, (_KEEP_ALIVE_FIELDS.sub(b"", head)
-                                          if keep_alive_fields else head)
 
 
 class _AfterResponse(Exception):

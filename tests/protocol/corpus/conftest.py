@@ -1,4 +1,5 @@
-"""The corpus runs each case against laneway's router, started in-process per case."""
+"""The corpus runs each case against laneway's router, started in-process per case, once with
+each of the router's scans (compiled and in Python: `tests/protocol/conftest.py`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ Conform = Callable[[Case], Awaitable[None]]
 
 
 @pytest.fixture
-def conform() -> Conform:
+def conform(scans: str) -> Conform:
     async def check(case: Case) -> None:
         outcome = await run_case(case, laneway)
         if outcome.failures:

@@ -1,0 +1,361 @@
+/* The router's two byte scans of the common case, compiled: `scan_request` and
+ * `simple_response`, exactly what `laneway/router/scan.py`'s `py_scan_request` and
+ * `py_simple_response` return for the same bytes (the Python ones are the reference, and the
+ * fallback where this is not built; `tests/protocol/test_scan.py` compares the two).
+ *
+ * Why C here and nowhere else: these two functions are pure (bytes in, a tuple or None out),
+ * run once per exchange each, and written with regular expressions they were about 5 us of
+ * the router's ~12 us of Python per exchange. Everything that holds state (connections,
+ * exchanges, the pool, hop records) stays in Python.
+ *
+ * Both walk the head once, line by line. A head qualifies only if every line matches the
+ * grammar the Python patterns state (see scan.py), so a line is found by its first CR, which
+ * must be followed by LF: values may not contain CR. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* `via` added to a forwarded request, then the empty line that ends its head */
+static const char VIA_END[] = "via: 1.1 laneway\r\n\r\n";
+#define VIA_END_LEN ((Py_ssize_t)(sizeof(VIA_END) - 1))
+#define MAX_FIELDS 100
+
+/* token characters (RFC 9110 tchar), field value characters (HTAB, SP, VCHAR, obs-text) and
+ * request-target characters (visible ASCII). */
+static unsigned char is_tchar[256];
+static unsigned char is_vchar[256];
+
+static void init_tables(void) {
+    const char *extra = "!#$%&'*+.^_`|~-";
+    for (int c = '0'; c <= '9'; c++) is_tchar[c] = 1;
+    for (int c = 'a'; c <= 'z'; c++) is_tchar[c] = 1;
+    for (int c = 'A'; c <= 'Z'; c++) is_tchar[c] = 1;
+    for (const char *p = extra; *p; p++) is_tchar[(unsigned char)*p] = 1;
+    is_vchar['\t'] = 1;
+    for (int c = 0x20; c <= 0x7e; c++) is_vchar[c] = 1;
+    for (int c = 0x80; c <= 0xff; c++) is_vchar[c] = 1;
+}
+
+/* The index of the first "\r\n\r\n" in s[0:n], or -1. */
+static Py_ssize_t find_end(const char *s, Py_ssize_t n) {
+    if (n < 4) return -1;
+    const char *p = s;
+    const char *last = s + n - 4;
+    while (p <= last) {
+        p = memchr(p, '\r', (size_t)(last - p + 1));
+        if (p == NULL) return -1;
+        if (p[1] == '\n' && p[2] == '\r' && p[3] == '\n') return p - s;
+        p++;
+    }
+    return -1;
+}
+
+/* Whether the field name s[0:n] is `lower` (lowercase ASCII), ignoring ASCII case. */
+static int name_is(const char *s, Py_ssize_t n, const char *lower, Py_ssize_t len) {
+    if (n != len) return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 'A' && c <= 'Z') c = (unsigned char)(c + 32);
+        if (c != (unsigned char)lower[i]) return 0;
+    }
+    return 1;
+}
+#define NAME_IS(s, n, lit) name_is((s), (n), lit, (Py_ssize_t)(sizeof(lit) - 1))
+
+/* One field line from s[pos] up to its CR. Fills the name and the value (OWS trimmed both
+ * sides) and returns the index just after its CRLF, or -1 when the line is not
+ * `token ":" value CRLF`. */
+typedef struct {
+    const char *name;
+    Py_ssize_t name_len;
+    const char *value;
+    Py_ssize_t value_len;
+} field;
+
+static Py_ssize_t field_line(const char *s, Py_ssize_t pos, Py_ssize_t limit, field *f) {
+    Py_ssize_t i = pos;
+    while (i < limit && is_tchar[(unsigned char)s[i]]) i++;
+    if (i == pos || i >= limit || s[i] != ':') return -1;
+    f->name = s + pos;
+    f->name_len = i - pos;
+    i++;
+    Py_ssize_t start = i;
+    while (i < limit && is_vchar[(unsigned char)s[i]]) i++;
+    if (i + 2 > limit || s[i] != '\r' || s[i + 1] != '\n') return -1;
+    Py_ssize_t stop = i;
+    while (start < stop && (s[start] == ' ' || s[start] == '\t')) start++;
+    while (stop > start && (s[stop - 1] == ' ' || s[stop - 1] == '\t')) stop--;
+    f->value = s + start;
+    f->value_len = stop - start;
+    return i + 2;
+}
+
+/* A Content-Length value: digits only, 1 to 15 of them; -1 otherwise. */
+static long long content_length(const char *s, Py_ssize_t n) {
+    if (n < 1 || n > 15) return -1;
+    long long v = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+static int is_keep_alive(const char *s, Py_ssize_t n) { return NAME_IS(s, n, "keep-alive"); }
+
+/* The hop-by-hop fields that make a head not plain (RFC 9110 §7.6.1 and the ones llhttp or
+ * the router act on), but `Connection: keep-alive` and `Keep-Alive`, which are dropped. */
+static int hop_by_hop(const field *f) {
+    const char *n = f->name;
+    Py_ssize_t k = f->name_len;
+    return NAME_IS(n, k, "proxy-connection") || NAME_IS(n, k, "te")
+        || NAME_IS(n, k, "transfer-encoding") || NAME_IS(n, k, "upgrade")
+        || NAME_IS(n, k, "trailer") || NAME_IS(n, k, "http2-settings");
+}
+
+/* Copies s[0:n] without the lines named in `drop` (line starts, each up to and with its CRLF),
+ * then `tail` of `tail_len`, then `rest` of `rest_len`, into a new bytes. */
+static PyObject *join_head(const char *s, Py_ssize_t n, const Py_ssize_t *drop, int dropped,
+                           const char *tail, Py_ssize_t tail_len, const char *rest,
+                           Py_ssize_t rest_len) {
+    Py_ssize_t removed = 0;
+    Py_ssize_t ends[MAX_FIELDS];
+    for (int d = 0; d < dropped; d++) {
+        const char *cr = memchr(s + drop[d], '\r', (size_t)(n - drop[d]));
+        ends[d] = (cr - s) + 2;
+        removed += ends[d] - drop[d];
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n - removed + tail_len + rest_len);
+    if (out == NULL) return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    Py_ssize_t at = 0;
+    for (int d = 0; d < dropped; d++) {
+        memcpy(o, s + at, (size_t)(drop[d] - at));
+        o += drop[d] - at;
+        at = ends[d];
+    }
+    memcpy(o, s + at, (size_t)(n - at));
+    o += n - at;
+    if (tail_len) {
+        memcpy(o, tail, (size_t)tail_len);
+        o += tail_len;
+    }
+    if (rest_len) memcpy(o, rest, (size_t)rest_len);
+    return out;
+}
+
+static int check_args(PyObject *const *args, Py_ssize_t nargs, const char *fname,
+                      Py_ssize_t *limit) {
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 2 arguments (%zd given)", fname, nargs);
+        return -1;
+    }
+    if (!PyBytes_Check(args[0])) {
+        PyErr_Format(PyExc_TypeError, "%s() argument 1 must be bytes", fname);
+        return -1;
+    }
+    *limit = PyLong_AsSsize_t(args[1]);
+    if (*limit == -1 && PyErr_Occurred()) return -1;
+    return 0;
+}
+
+static const struct { const char *name; Py_ssize_t len; } METHODS[] = {
+    {"GET", 3}, {"HEAD", 4}, {"POST", 4}, {"PUT", 3}, {"DELETE", 6}, {"PATCH", 5},
+    {"OPTIONS", 7},
+};
+
+static PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    Py_ssize_t limit;
+    if (check_args(args, nargs, "scan_request", &limit) < 0) return NULL;
+    const char *s = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t end = find_end(s, n);
+    if (end < 0 || end >= limit) Py_RETURN_NONE;
+    Py_ssize_t head_end = end + 2;  /* the last field line's CRLF included */
+
+    /* the request line: method SP "/" target SP "HTTP/1.1" CRLF */
+    Py_ssize_t i = 0;
+    while (i < head_end && s[i] != ' ') i++;
+    int known = 0;
+    for (size_t m = 0; m < sizeof(METHODS) / sizeof(METHODS[0]); m++) {
+        if (METHODS[m].len == i && memcmp(s, METHODS[m].name, (size_t)i) == 0) known = 1;
+    }
+    if (!known) Py_RETURN_NONE;
+    Py_ssize_t method_len = i;
+    Py_ssize_t target_at = i + 1;
+    if (target_at >= head_end || s[target_at] != '/') Py_RETURN_NONE;
+    i = target_at + 1;
+    while (i < head_end && s[i] >= '!' && s[i] <= '~') i++;
+    Py_ssize_t target_len = i - target_at;
+    if (i + 11 > head_end || memcmp(s + i, " HTTP/1.1\r\n", 11) != 0) Py_RETURN_NONE;
+    i += 11;
+
+    field f;
+    int fields = 0, hosts = 0, origin = 0, bags = 0, dropped = 0;
+    long long length = -1;
+    const char *host = NULL, *traceparent = NULL, *tracestate = NULL;
+    Py_ssize_t host_len = 0, traceparent_len = 0, tracestate_len = 0;
+    Py_ssize_t bag_at[MAX_FIELDS], bag_len[MAX_FIELDS], drop[MAX_FIELDS];
+    while (i < head_end) {
+        if (fields == MAX_FIELDS) Py_RETURN_NONE;
+        Py_ssize_t line = i;
+        i = field_line(s, i, head_end, &f);
+        if (i < 0) Py_RETURN_NONE;
+        fields++;
+        const char *nm = f.name;
+        Py_ssize_t k = f.name_len;
+        switch (nm[0] | 0x20) {  /* the first letter, lowered, picks what to compare */
+        case 'h':
+            if (NAME_IS(nm, k, "host")) {
+                hosts++;
+                host = f.value;
+                host_len = f.value_len;
+                continue;
+            }
+            break;
+        case 'b':
+            if (NAME_IS(nm, k, "baggage")) {
+                bag_at[bags] = f.value - s;
+                bag_len[bags++] = f.value_len;
+                continue;
+            }
+            break;
+        case 'c':
+            if (NAME_IS(nm, k, "content-length")) {
+                if (length >= 0) Py_RETURN_NONE;
+                length = content_length(f.value, f.value_len);
+                if (length < 0) Py_RETURN_NONE;
+                continue;
+            }
+            if (NAME_IS(nm, k, "connection")) {
+                if (!is_keep_alive(f.value, f.value_len)) Py_RETURN_NONE;
+                drop[dropped++] = line;
+                continue;
+            }
+            break;
+        case 't':
+            if (NAME_IS(nm, k, "traceparent")) {
+                traceparent = f.value;
+                traceparent_len = f.value_len;
+                continue;
+            }
+            if (NAME_IS(nm, k, "tracestate")) {
+                tracestate = f.value;
+                tracestate_len = f.value_len;
+                continue;
+            }
+            break;
+        case 'o':
+            if (NAME_IS(nm, k, "origin")) {
+                origin = 1;
+                continue;
+            }
+            break;
+        case 'k':
+            if (is_keep_alive(nm, k)) {
+                drop[dropped++] = line;
+                continue;
+            }
+            break;
+        }
+        if (hop_by_hop(&f)) Py_RETURN_NONE;
+    }
+    if (fields == 0) Py_RETURN_NONE;
+    Py_ssize_t body = n - end - 4;
+    if (hosts != 1 || body != (length > 0 ? length : 0)) Py_RETURN_NONE;
+
+    PyObject *baggage = PyList_New(bags);
+    if (baggage == NULL) return NULL;
+    for (int b = 0; b < bags; b++) {
+        PyObject *value = PyBytes_FromStringAndSize(s + bag_at[b], bag_len[b]);
+        if (value == NULL) {
+            Py_DECREF(baggage);
+            return NULL;
+        }
+        PyList_SET_ITEM(baggage, b, value);
+    }
+    PyObject *forward = join_head(s, head_end, drop, dropped, VIA_END, VIA_END_LEN,
+                                  s + end + 4, body);
+    if (forward == NULL) {
+        Py_DECREF(baggage);
+        return NULL;
+    }
+    return Py_BuildValue(
+        "(y#y#y#NLy#y#ON)", s, method_len, s + target_at, target_len, host, host_len,
+        baggage, length, traceparent ? traceparent : "", traceparent_len,
+        tracestate ? tracestate : "", tracestate_len, origin ? Py_True : Py_False, forward);
+}
+
+static PyObject *simple_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    Py_ssize_t limit;
+    if (check_args(args, nargs, "simple_response", &limit) < 0) return NULL;
+    const char *s = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t end = find_end(s, n);
+    if (end < 0 || end + 4 > limit) Py_RETURN_NONE;
+    Py_ssize_t head_end = end + 2;
+
+    /* the status line: "HTTP/1.1" SP 2xx-5xx (not 204, 304) [SP reason] CRLF */
+    if (head_end < 14 || memcmp(s, "HTTP/1.1 ", 9) != 0) Py_RETURN_NONE;
+    const char *d = s + 9;
+    if (d[0] < '2' || d[0] > '5' || d[1] < '0' || d[1] > '9' || d[2] < '0' || d[2] > '9')
+        Py_RETURN_NONE;
+    int status = (d[0] - '0') * 100 + (d[1] - '0') * 10 + (d[2] - '0');
+    if (status == 204 || status == 304) Py_RETURN_NONE;
+    Py_ssize_t i = 12;
+    if (s[i] == ' ') {
+        i++;
+        while (i < head_end && is_vchar[(unsigned char)s[i]]) i++;
+    }
+    if (i + 2 > head_end || s[i] != '\r' || s[i + 1] != '\n') Py_RETURN_NONE;
+    i += 2;
+
+    field f;
+    int fields = 0, dropped = 0;
+    long long length = -1;
+    int lengths = 0;
+    Py_ssize_t drop[MAX_FIELDS];
+    while (i < head_end) {
+        if (fields == MAX_FIELDS) Py_RETURN_NONE;
+        Py_ssize_t line = i;
+        i = field_line(s, i, head_end, &f);
+        if (i < 0) Py_RETURN_NONE;
+        fields++;
+        const char *nm = f.name;
+        Py_ssize_t k = f.name_len;
+        if (NAME_IS(nm, k, "content-length")) {
+            if (lengths++) Py_RETURN_NONE;  /* two of them: the parser's checks */
+            length = content_length(f.value, f.value_len);
+        } else if (is_keep_alive(nm, k)) {
+            drop[dropped++] = line;
+        } else if (NAME_IS(nm, k, "connection")) {
+            if (!is_keep_alive(f.value, f.value_len)) Py_RETURN_NONE;
+            drop[dropped++] = line;
+        } else if (hop_by_hop(&f)) {
+            Py_RETURN_NONE;
+        }
+    }
+    if (fields == 0 || length < 0 || length != n - end - 4) Py_RETURN_NONE;
+    PyObject *head = join_head(s, end + 4, drop, dropped, NULL, 0, NULL, 0);
+    if (head == NULL) return NULL;
+    return Py_BuildValue("(inN)", status, end + 4, head);
+}
+
+static PyMethodDef methods[] = {
+    {"scan_request", (PyCFunction)(void (*)(void))scan_request, METH_FASTCALL,
+     "scan_request(data, max_header_bytes): as laneway.router.scan.py_scan_request."},
+    {"simple_response", (PyCFunction)(void (*)(void))simple_response, METH_FASTCALL,
+     "simple_response(data, max_header_bytes): as laneway.router.scan.py_simple_response."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "laneway.router._scan",
+    "The router's byte scans of the common case, compiled (see scan.py).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__scan(void) {
+    init_tables();
+    return PyModule_Create(&module);
+}
