@@ -22,6 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from laneway.core.baggage import baggage_key
 from laneway.core.hops import ROW_FIELDS, Hop
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.dataplane.main import HopBuffer
@@ -114,6 +115,7 @@ def use_scans(compiled: bool) -> None:
     """The router's scans, compiled or in Python (`router/scan.py`), for what follows."""
     client.scan_request = scan.scan_request if compiled else scan.py_scan_request
     upstream.simple_response = scan.simple_response if compiled else scan.py_simple_response
+    client.quick_key = scan.quick_key if compiled else baggage_key
 
 
 def main() -> None:

@@ -19,7 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from laneway.core.baggage import baggage_key
 from laneway.router import scan
+from tests.baggage_cases import BAGGAGE_CASES, Case
 
 _scan = pytest.importorskip("laneway.router._scan") if scan.COMPILED else None
 
@@ -209,3 +211,45 @@ def test_generated_requests_scan_alike(data: bytes, limit: int) -> None:
 @given(heads(response=True), st.sampled_from(LIMITS))
 def test_generated_responses_scan_alike(data: bytes, limit: int) -> None:
     same(data, limit)
+
+
+def same_key(value: bytes) -> None:
+    """The compiled key is baggage_key's wherever it answers."""
+    assert _scan is not None
+    found = _scan.baggage_key(value)
+    assert found is None or found == baggage_key(value), value
+
+
+@needs_compiled
+@pytest.mark.parametrize("case", BAGGAGE_CASES, ids=lambda case: case.joined[:40])
+def test_the_compiled_key_is_baggage_keys(case: Case) -> None:
+    joined = case.joined.encode("utf-8")
+    for value in variants(joined):
+        same_key(value)
+
+
+@needs_compiled
+def test_the_compiled_key_answers_the_common_cases_itself() -> None:
+    assert _scan is not None
+    assert _scan.baggage_key(b"sentry-trace=1, laneway-key=k1;p=1") == ("k1", False)
+    assert _scan.baggage_key(b"a=1") == (None, False)
+    assert _scan.baggage_key(b"xlaneway-key=k1") == (None, False)
+    assert _scan.baggage_key(b"laneway-key= +k1+ ,b=2") == ("k1", False)
+    for other in (b"laneway-key=k%31", b"laneway-key=a,laneway-key=b", "laneway-key=é".encode()):
+        assert _scan.baggage_key(other) is None  # baggage_key decides those
+    with pytest.raises(TypeError):
+        _scan.baggage_key("laneway-key=k1")  # type: ignore[arg-type]
+
+
+MEMBERS = st.lists(st.one_of(
+    st.sampled_from(["laneway-key=k1", "laneway-key = k2 ;p=1", "laneway-key=", "a=1",
+                     "xlaneway-key=k3", "laneway-keyx=k4", " laneway-key=+k5+", "b=laneway-key",
+                     "laneway-key=k%36", "laneway-key\t=\tk7", "laneway-key"]),
+    st.text(alphabet=" \t,;=+%abk-\x80", max_size=6)), max_size=4)
+
+
+@needs_compiled
+@settings(max_examples=3000, deadline=None)
+@given(MEMBERS, st.sampled_from([",", ", ", ",\t", ""]))
+def test_generated_baggage_keys_alike(members: list[str], comma: str) -> None:
+    same_key(comma.join(members).encode("utf-8"))

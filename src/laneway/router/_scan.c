@@ -342,7 +342,61 @@ static PyObject *simple_response(PyObject *module, PyObject *const *args, Py_ssi
     return Py_BuildValue("(inN)", status, end + 4, head);
 }
 
+/* The routing key of a `baggage` value in the common cases, as core/baggage.py's baggage_key
+ * reads them: no `laneway-key` at all, or one member of it in an ASCII value without `%`.
+ * Anything else (several, percent-encoded, non-ASCII) is None: "ask baggage_key". */
+static const char KEY_NAME[] = "laneway-key";
+#define KEY_NAME_LEN ((Py_ssize_t)(sizeof(KEY_NAME) - 1))
+
+static PyObject *no_key;  /* (None, False), made once */
+
+static PyObject *baggage_key(PyObject *module, PyObject *value) {
+    if (!PyBytes_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "baggage_key() argument must be bytes");
+        return NULL;
+    }
+    const char *s = PyBytes_AS_STRING(value);
+    Py_ssize_t n = PyBytes_GET_SIZE(value);
+    Py_ssize_t at = -1;
+    for (Py_ssize_t i = 0; i + KEY_NAME_LEN <= n;) {
+        const char *p = memchr(s + i, 'l', (size_t)(n - KEY_NAME_LEN + 1 - i));
+        if (p == NULL) break;
+        i = p - s;
+        if (memcmp(p, KEY_NAME, KEY_NAME_LEN) == 0) {
+            if (at >= 0) Py_RETURN_NONE;  /* several: baggage_key's reading of them */
+            at = i;
+            i += KEY_NAME_LEN;
+        } else {
+            i++;
+        }
+    }
+    if (at < 0) return Py_NewRef(no_key);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if ((unsigned char)s[i] >= 0x80) Py_RETURN_NONE;  /* not ASCII */
+    }
+    /* `laneway-key` OWS `=`, at a member's start: only OWS between it and a comma (or the
+     * value's start) */
+    Py_ssize_t i = at + KEY_NAME_LEN;
+    while (i < n && (s[i] == ' ' || s[i] == '\t')) i++;
+    if (i >= n || s[i] != '=') return Py_NewRef(no_key);
+    for (Py_ssize_t j = at - 1; j >= 0 && s[j] != ','; j--) {
+        if (s[j] != ' ' && s[j] != '\t') return Py_NewRef(no_key);
+    }
+    Py_ssize_t start = i + 1, stop = start;
+    while (stop < n && s[stop] != ',' && s[stop] != ';') stop++;
+    if (memchr(s + start, '%', (size_t)(stop - start)) != NULL) Py_RETURN_NONE;
+    while (start < stop && (s[start] == ' ' || s[start] == '\t' || s[start] == '+')) start++;
+    while (stop > start && (s[stop - 1] == ' ' || s[stop - 1] == '\t' || s[stop - 1] == '+'))
+        stop--;
+    if (start == stop) return Py_NewRef(no_key);
+    PyObject *key = PyUnicode_DecodeASCII(s + start, stop - start, NULL);
+    if (key == NULL) return NULL;
+    return Py_BuildValue("(NO)", key, Py_False);
+}
+
 static PyMethodDef methods[] = {
+    {"baggage_key", (PyCFunction)baggage_key, METH_O,
+     "baggage_key(value): core.baggage.baggage_key's answer in the common cases, else None."},
     {"scan_request", (PyCFunction)(void (*)(void))scan_request, METH_FASTCALL,
      "scan_request(data, max_header_bytes): as laneway.router.scan.py_scan_request."},
     {"simple_response", (PyCFunction)(void (*)(void))simple_response, METH_FASTCALL,
@@ -357,5 +411,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__scan(void) {
     init_tables();
+    no_key = Py_BuildValue("(OO)", Py_None, Py_False);
+    if (no_key == NULL) return NULL;
     return PyModule_Create(&module);
 }

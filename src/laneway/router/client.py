@@ -53,7 +53,7 @@ from laneway.router.headers import (
 from laneway.router.limits import ConnectionBudget
 from laneway.router.pool import UpstreamPool
 from laneway.router.responses import connect_failure, error_response
-from laneway.router.scan import VIA, scan_request
+from laneway.router.scan import VIA, quick_key, scan_request
 from laneway.router.timeouts import Clock, Served
 from laneway.router.tunnel import Tunnel
 from laneway.router.upstream import UpstreamConnection
@@ -189,7 +189,9 @@ def choose_key(baggage: list[bytes], tracestate: bytes,
     key = None
     conflict = False
     if baggage:
-        key, conflict = baggage_key(baggage[0] if len(baggage) == 1 else b",".join(baggage))
+        value = baggage[0] if len(baggage) == 1 else b",".join(baggage)
+        found = quick_key(value)
+        key, conflict = found if found is not None else baggage_key(value)
     if key is None and tracestate:
         key = key_from_tracestate(tracestate)
     if key is None and extra_key:
