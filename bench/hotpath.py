@@ -114,7 +114,7 @@ async def measure(requests: int, keyed: bool) -> tuple[float, float]:
 def use_scans(compiled: bool) -> None:
     """The router's scans, compiled or in Python (`router/scan.py`), for what follows."""
     client.scan_request = scan.scan_request if compiled else scan.py_scan_request
-    upstream.simple_response = scan.simple_response if compiled else scan.py_simple_response
+    upstream.simple_answer = scan.simple_answer if compiled else scan.py_simple_answer
     client.quick_key = scan.quick_key if compiled else baggage_key
 
 

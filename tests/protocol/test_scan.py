@@ -94,6 +94,9 @@ def same(data: bytes, limit: int) -> None:
     assert _scan is not None
     assert _scan.scan_request(data, limit) == scan.py_scan_request(data, limit), data
     assert _scan.simple_response(data, limit) == scan.py_simple_response(data, limit), data
+    for served in (b"", b"svc@sb"):
+        assert _scan.simple_answer(data, limit, served) == \
+            scan.py_simple_answer(data, limit, served), data
 
 
 def test_the_extension_is_built_where_a_compiler_is() -> None:
@@ -130,6 +133,9 @@ def test_the_scans_say_yes_where_they_should() -> None:
         200, len(RESPONSES[4]) - 2, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
     assert [_scan.simple_response(raw, 65536) is not None for raw in RESPONSES[-2:]] == [
         True, False]  # 100 fields and the length, then one more
+    assert _scan.simple_answer(RESPONSES[4], 65536, b"svc@sb") == (
+        200, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nlaneway-served-by: svc@sb\r\n"
+        b"via: 1.1 laneway\r\n\r\nok")
 
 
 @needs_compiled
@@ -141,6 +147,8 @@ def test_bad_arguments_are_refused_not_crashed_on() -> None:
         _scan.simple_response(b"x")  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         _scan.simple_response(bytearray(b"x"), 65536)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        _scan.simple_answer(RESPONSES[0], 65536, "svc@sb")  # type: ignore[arg-type]
 
 
 @needs_compiled
@@ -158,6 +166,7 @@ def test_nothing_is_kept_from_a_call() -> None:
         for _ in range(20000):
             _scan.scan_request(data, 65536)
             _scan.simple_response(response, 65536)
+            _scan.simple_answer(response, 65536, b"svc@sb")
         grown = tracemalloc.get_traced_memory()[0] - start
     finally:
         tracemalloc.stop()

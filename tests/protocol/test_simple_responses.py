@@ -13,7 +13,7 @@ import h11
 import pytest
 
 from laneway.core.routes import RouteTable, Upstream
-from laneway.router import Router, RouterSettings, upstream
+from laneway.router import Router, RouterSettings, scan
 
 pytestmark = pytest.mark.usefixtures("scans")  # each test with each scan (conftest)
 
@@ -28,19 +28,19 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nX-A: 
 ])
 def test_plain_whole_responses_qualify(data: bytes, status: int) -> None:
     end = data.index(b"\r\n\r\n") + 4
-    assert upstream.simple_response(data, 65536) == (status, end, data[:end])
+    assert scan.simple_response(data, 65536) == (status, end, data[:end])
 
 
 def test_keep_alive_fields_are_dropped_on_the_way() -> None:
     """What nginx and Node.js send on every response: hop-by-hop, nothing to act on."""
     data = OK.replace(b"X-A: 1\r\n", b"Connection: keep-alive\r\nX-A: 1\r\n"
                       b"Keep-Alive: timeout=5, max=100\r\n")
-    found = upstream.simple_response(data, 65536)
+    found = scan.simple_response(data, 65536)
     assert found is not None
     assert found[2] == OK[:-5]
     for other in (b"Connection: keep-alive, x-a", b"Connection: close",
                   b"Connection: keep-alive\r\nConnection: upgrade"):
-        assert upstream.simple_response(OK.replace(b"X-A: 1", other), 65536) is None
+        assert scan.simple_response(OK.replace(b"X-A: 1", other), 65536) is None
 
 
 @pytest.mark.parametrize("data", [
@@ -67,11 +67,11 @@ def test_keep_alive_fields_are_dropped_on_the_way() -> None:
     b"HTTP/1.1 200 OK\r\n" + b"X: 1\r\n" * 101 + b"Content-Length: 0\r\n\r\n",  # many fields
 ])
 def test_anything_else_goes_to_the_parser(data: bytes) -> None:
-    assert upstream.simple_response(data, 65536) is None
+    assert scan.simple_response(data, 65536) is None
 
 
 def test_a_head_over_the_bound_goes_to_the_parser() -> None:
-    assert upstream.simple_response(OK, 40) is None  # the parser answers it with its 502
+    assert scan.simple_response(OK, 40) is None  # the parser answers it with its 502
 
 
 class RawOrigin:
@@ -140,8 +140,8 @@ async def test_both_paths_give_the_client_the_same_response(
     simple = OK
     # The same response, but with a field that sends it through the parser.
     parsed = OK.replace(b"X-A: 1\r\n", b"X-A: 1\r\nConnection: x-b\r\nX-B: 2\r\n")
-    assert upstream.simple_response(simple, 65536) is not None
-    assert upstream.simple_response(parsed, 65536) is None
+    assert scan.simple_response(simple, 65536) is not None
+    assert scan.simple_response(parsed, 65536) is None
     nginx = OK.replace(b"X-A: 1\r\n", b"Connection: keep-alive\r\nX-A: 1\r\n")
     origin.answers = [simple, parsed, nginx, simple]
     first, second, third, fourth = await fetch_all(port, 4)

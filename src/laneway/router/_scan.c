@@ -115,18 +115,18 @@ static int hop_by_hop(const field *f) {
 }
 
 /* Copies s[0:n] without the lines named in `drop` (line starts, each up to and with its CRLF),
- * then `tail` of `tail_len`, then `rest` of `rest_len`, into a new bytes. */
+ * then each of `parts` (`nparts` of them, `lens` long), into a new bytes. */
 static PyObject *join_head(const char *s, Py_ssize_t n, const Py_ssize_t *drop, int dropped,
-                           const char *tail, Py_ssize_t tail_len, const char *rest,
-                           Py_ssize_t rest_len) {
-    Py_ssize_t removed = 0;
+                           const char *const *parts, const Py_ssize_t *lens, int nparts) {
+    Py_ssize_t size = n;
     Py_ssize_t ends[MAX_FIELDS];
     for (int d = 0; d < dropped; d++) {
         const char *cr = memchr(s + drop[d], '\r', (size_t)(n - drop[d]));
         ends[d] = (cr - s) + 2;
-        removed += ends[d] - drop[d];
+        size -= ends[d] - drop[d];
     }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, n - removed + tail_len + rest_len);
+    for (int p = 0; p < nparts; p++) size += lens[p];
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
     if (out == NULL) return NULL;
     char *o = PyBytes_AS_STRING(out);
     Py_ssize_t at = 0;
@@ -137,18 +137,18 @@ static PyObject *join_head(const char *s, Py_ssize_t n, const Py_ssize_t *drop, 
     }
     memcpy(o, s + at, (size_t)(n - at));
     o += n - at;
-    if (tail_len) {
-        memcpy(o, tail, (size_t)tail_len);
-        o += tail_len;
+    for (int p = 0; p < nparts; p++) {
+        if (lens[p]) memcpy(o, parts[p], (size_t)lens[p]);
+        o += lens[p];
     }
-    if (rest_len) memcpy(o, rest, (size_t)rest_len);
     return out;
 }
 
 static int check_args(PyObject *const *args, Py_ssize_t nargs, const char *fname,
-                      Py_ssize_t *limit) {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "%s() takes 2 arguments (%zd given)", fname, nargs);
+                      Py_ssize_t want, Py_ssize_t *limit) {
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", fname, want,
+                     nargs);
         return -1;
     }
     if (!PyBytes_Check(args[0])) {
@@ -167,7 +167,7 @@ static const struct { const char *name; Py_ssize_t len; } METHODS[] = {
 
 static PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     Py_ssize_t limit;
-    if (check_args(args, nargs, "scan_request", &limit) < 0) return NULL;
+    if (check_args(args, nargs, "scan_request", 2, &limit) < 0) return NULL;
     const char *s = PyBytes_AS_STRING(args[0]);
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
     Py_ssize_t end = find_end(s, n);
@@ -275,8 +275,9 @@ static PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_
         }
         PyList_SET_ITEM(baggage, b, value);
     }
-    PyObject *forward = join_head(s, head_end, drop, dropped, VIA_END, VIA_END_LEN,
-                                  s + end + 4, body);
+    const char *parts[2] = {VIA_END, s + end + 4};
+    Py_ssize_t lens[2] = {VIA_END_LEN, body};
+    PyObject *forward = join_head(s, head_end, drop, dropped, parts, lens, 2);
     if (forward == NULL) {
         Py_DECREF(baggage);
         return NULL;
@@ -287,59 +288,94 @@ static PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_
         tracestate ? tracestate : "", tracestate_len, origin ? Py_True : Py_False, forward);
 }
 
-static PyObject *simple_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    Py_ssize_t limit;
-    if (check_args(args, nargs, "simple_response", &limit) < 0) return NULL;
-    const char *s = PyBytes_AS_STRING(args[0]);
-    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+/* Whether s[0:n] is one whole simple response (see scan.py's py_simple_response); if so, its
+ * status, `end` (the index of the first CRLFCRLF: the body starts at end + 4) and the lines to
+ * drop (`Connection: keep-alive`, `Keep-Alive`). */
+static int scan_response(const char *s, Py_ssize_t n, Py_ssize_t limit, int *status_out,
+                         Py_ssize_t *end_out, Py_ssize_t *drop, int *dropped_out) {
     Py_ssize_t end = find_end(s, n);
-    if (end < 0 || end + 4 > limit) Py_RETURN_NONE;
+    if (end < 0 || end + 4 > limit) return 0;
     Py_ssize_t head_end = end + 2;
 
     /* the status line: "HTTP/1.1" SP 2xx-5xx (not 204, 304) [SP reason] CRLF */
-    if (head_end < 14 || memcmp(s, "HTTP/1.1 ", 9) != 0) Py_RETURN_NONE;
+    if (head_end < 14 || memcmp(s, "HTTP/1.1 ", 9) != 0) return 0;
     const char *d = s + 9;
     if (d[0] < '2' || d[0] > '5' || d[1] < '0' || d[1] > '9' || d[2] < '0' || d[2] > '9')
-        Py_RETURN_NONE;
+        return 0;
     int status = (d[0] - '0') * 100 + (d[1] - '0') * 10 + (d[2] - '0');
-    if (status == 204 || status == 304) Py_RETURN_NONE;
+    if (status == 204 || status == 304) return 0;
     Py_ssize_t i = 12;
     if (s[i] == ' ') {
         i++;
         while (i < head_end && is_vchar[(unsigned char)s[i]]) i++;
     }
-    if (i + 2 > head_end || s[i] != '\r' || s[i + 1] != '\n') Py_RETURN_NONE;
+    if (i + 2 > head_end || s[i] != '\r' || s[i + 1] != '\n') return 0;
     i += 2;
 
     field f;
-    int fields = 0, dropped = 0;
+    int fields = 0, dropped = 0, lengths = 0;
     long long length = -1;
-    int lengths = 0;
-    Py_ssize_t drop[MAX_FIELDS];
     while (i < head_end) {
-        if (fields == MAX_FIELDS) Py_RETURN_NONE;
+        if (fields == MAX_FIELDS) return 0;
         Py_ssize_t line = i;
         i = field_line(s, i, head_end, &f);
-        if (i < 0) Py_RETURN_NONE;
+        if (i < 0) return 0;
         fields++;
         const char *nm = f.name;
         Py_ssize_t k = f.name_len;
         if (NAME_IS(nm, k, "content-length")) {
-            if (lengths++) Py_RETURN_NONE;  /* two of them: the parser's checks */
+            if (lengths++) return 0;  /* two of them: the parser's checks */
             length = content_length(f.value, f.value_len);
         } else if (is_keep_alive(nm, k)) {
             drop[dropped++] = line;
         } else if (NAME_IS(nm, k, "connection")) {
-            if (!is_keep_alive(f.value, f.value_len)) Py_RETURN_NONE;
+            if (!is_keep_alive(f.value, f.value_len)) return 0;
             drop[dropped++] = line;
         } else if (hop_by_hop(&f)) {
-            Py_RETURN_NONE;
+            return 0;
         }
     }
-    if (fields == 0 || length < 0 || length != n - end - 4) Py_RETURN_NONE;
-    PyObject *head = join_head(s, end + 4, drop, dropped, NULL, 0, NULL, 0);
+    if (fields == 0 || length < 0 || length != n - end - 4) return 0;
+    *status_out = status;
+    *end_out = end;
+    *dropped_out = dropped;
+    return 1;
+}
+
+static PyObject *simple_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    Py_ssize_t limit, end, drop[MAX_FIELDS];
+    int status, dropped;
+    if (check_args(args, nargs, "simple_response", 2, &limit) < 0) return NULL;
+    const char *s = PyBytes_AS_STRING(args[0]);
+    if (!scan_response(s, PyBytes_GET_SIZE(args[0]), limit, &status, &end, drop, &dropped))
+        Py_RETURN_NONE;
+    PyObject *head = join_head(s, end + 4, drop, dropped, NULL, NULL, 0);
     if (head == NULL) return NULL;
     return Py_BuildValue("(inN)", status, end + 4, head);
+}
+
+static const char SERVED_BY[] = "laneway-served-by: ";
+
+static PyObject *simple_answer(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    Py_ssize_t limit, end, drop[MAX_FIELDS];
+    int status, dropped;
+    if (check_args(args, nargs, "simple_answer", 3, &limit) < 0) return NULL;
+    if (!PyBytes_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "simple_answer() argument 3 must be bytes");
+        return NULL;
+    }
+    const char *s = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (!scan_response(s, n, limit, &status, &end, drop, &dropped)) Py_RETURN_NONE;
+    Py_ssize_t served = PyBytes_GET_SIZE(args[2]);
+    const char *parts[5] = {SERVED_BY, PyBytes_AS_STRING(args[2]), "\r\n", VIA_END,
+                            s + end + 4};
+    Py_ssize_t lens[5] = {(Py_ssize_t)sizeof(SERVED_BY) - 1, served, 2, VIA_END_LEN,
+                          n - end - 4};
+    PyObject *out = served ? join_head(s, end + 2, drop, dropped, parts, lens, 5)
+                           : join_head(s, end + 2, drop, dropped, parts + 3, lens + 3, 2);
+    if (out == NULL) return NULL;
+    return Py_BuildValue("(iN)", status, out);
 }
 
 /* The routing key of a `baggage` value in the common cases, as core/baggage.py's baggage_key
@@ -401,6 +437,8 @@ static PyMethodDef methods[] = {
      "scan_request(data, max_header_bytes): as laneway.router.scan.py_scan_request."},
     {"simple_response", (PyCFunction)(void (*)(void))simple_response, METH_FASTCALL,
      "simple_response(data, max_header_bytes): as laneway.router.scan.py_simple_response."},
+    {"simple_answer", (PyCFunction)(void (*)(void))simple_answer, METH_FASTCALL,
+     "simple_answer(data, max_header_bytes, served_by): as scan.py_simple_answer."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -900,21 +900,21 @@ class ClientConnection(asyncio.Protocol):
             return f"baseline service {self.ctx.name}"
         return f"fork {self.ctx.name}@{ex.destination}"
 
-    def forward_simple(self, ex: Exchange, status: int, head: bytes, body: bytes) -> bool:
-        """The common response, forwarded as it came with laneway's fields added: what
-        `response_head` would write for it, without a callback per field. Only for a client
-        that keeps its HTTP/1.1 connection, asked with a method whose answer has a body, and
-        is not captured; the upstream checked the head (`upstream._simple_response`)."""
+    def simple_served(self, ex: Exchange) -> bytes | None:
+        """A whole simple response (`scan.simple_answer`) is sent as it came, laneway's fields
+        added, only to a client that keeps its HTTP/1.1 connection, asked with a method whose
+        answer has a body, and is not captured: what `response_head` would write for it,
+        without a callback per field."""
         if ex.done or ex.is_head or ex.upgrade or not ex.http11 or not ex.keep_alive \
                 or ex.capture is not None or ex.close_client:
-            return False
+            return None
+        return ex.served_by
+
+    def answer_simple(self, ex: Exchange, status: int, answer: bytes) -> None:
         ex.status = status
         ex.response_started = True
-        served = ex.served_by
-        self.write(b"".join((head[:-2], b"laneway-served-by: ", served, b"\r\n", VIA,
-                             b"\r\n", body)) if served else
-                   b"".join((head[:-2], VIA, b"\r\n", body)))
-        return True
+        self.write(answer)
+        self._finish(ex, status, reusable=ex.request_done)  # as `response_complete` would
 
     def response_head(self, ex: Exchange, status: int, reason: bytes,
                       headers: list[tuple[bytes, bytes]]) -> None:

@@ -954,8 +954,11 @@ class Call:
     def describe_upstream(self, ex: Exchange) -> str:
         return self.describe()
 
-    def forward_simple(self, ex: Exchange, status: int, head: bytes, body: bytes) -> bool:
-        return False  # an HTTP/2 client's response is made of frames, never the head as sent
+    def simple_served(self, ex: Exchange) -> bytes | None:
+        return None  # an HTTP/2 client's response is made of frames, never the head as sent
+
+    def answer_simple(self, ex: Exchange, status: int, answer: bytes) -> None:
+        raise AssertionError("an HTTP/2 client never takes a response whole (simple_served)")
 
     def response_head(self, ex: Exchange, status: int, reason: bytes,
                       headers: list[tuple[bytes, bytes]]) -> None:

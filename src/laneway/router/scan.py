@@ -2,16 +2,16 @@
 
 `scan_request` reads a whole plain request (what `ClientConnection._plain_request` forwards as
 it came), `simple_response` a whole simple response (what `UpstreamConnection` forwards as it
-came). Both are pure functions of the bytes read, and both are most of the router's Python per
-exchange when written with regular expressions (about 1.5 and 3.9 µs here, of about 12), so
-each has a C twin in `_scan.c`, built at install where a C compiler exists. The functions here
-are the reference: the C ones must return exactly what they return for every input
-(`tests/protocol/test_scan.py` compares them on the corpus and on generated heads), and they
-are what runs where the extension is not built, or with `LANEWAY_PURE_PYTHON=1`. The routing
-key's common cases are compiled too (`quick_key`, 0.7 µs in Python), with
-`core.baggage.baggage_key` deciding the rest.
+came; `simple_answer` also makes the bytes the client is sent). They are pure functions of the
+bytes read, and written with regular expressions they were most of the router's Python per
+exchange (about 1.7 and 3.9 µs here, of about 12), so each has a C twin in `_scan.c`, built at
+install where a C compiler exists. The functions here are the reference: the C ones must
+return exactly what they return for every input (`tests/protocol/test_scan.py` compares them
+on the corpus and on generated heads), and they are what runs where the extension is not
+built, or with `LANEWAY_PURE_PYTHON=1`. The routing key's common cases are compiled too
+(`quick_key`, 0.7 µs in Python), with `core.baggage.baggage_key` deciding the rest.
 
-`COMPILED` says which ones the router uses; `bench/quick.py` prints it beside its figures.
+`COMPILED` says which ones the router uses; the benches print it beside their figures.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 from laneway.core.baggage import baggage_key
 
-__all__ = ["COMPILED", "VIA", "py_scan_request", "py_simple_response", "quick_key",
-           "scan_request", "simple_response"]
+__all__ = ["COMPILED", "VIA", "py_scan_request", "py_simple_answer", "py_simple_response",
+           "quick_key", "scan_request", "simple_answer", "simple_response"]
 
 VIA = b"via: 1.1 laneway\r\n"
 
@@ -148,8 +148,24 @@ def py_simple_response(data: bytes, max_header_bytes: int) -> tuple[int, int, by
                                           if keep_alive_fields else head)
 
 
+def py_simple_answer(data: bytes, max_header_bytes: int,
+                     served_by: bytes) -> tuple[int, bytes] | None:
+    """(status, what the client is sent) for a simple response (`py_simple_response`): its head
+    without the dropped fields, `laneway-served-by` when `served_by` is not empty, `via`, then
+    its body."""
+    found = py_simple_response(data, max_header_bytes)
+    if found is None:
+        return None
+    status, body_at, head = found
+    if served_by:
+        return status, b"".join((head[:-2], b"laneway-served-by: ", served_by, b"\r\n", VIA,
+                                 b"\r\n", data[body_at:]))
+    return status, b"".join((head[:-2], VIA, b"\r\n", data[body_at:]))
+
+
 scan_request: Callable[[bytes, int], PlainRequest | None] = py_scan_request
 simple_response: Callable[[bytes, int], tuple[int, int, bytes] | None] = py_simple_response
+simple_answer: Callable[[bytes, int, bytes], tuple[int, bytes] | None] = py_simple_answer
 # `core.baggage.baggage_key`'s answer, or None where only it can tell (compiled: the common
 # cases, no `laneway-key` or one plain member; in Python it is baggage_key itself).
 quick_key: Callable[[bytes], tuple[str | None, bool] | None] = baggage_key
@@ -158,11 +174,13 @@ if os.environ.get("LANEWAY_PURE_PYTHON", "") in ("", "0"):
     try:
         from laneway.router._scan import baggage_key as _c_baggage_key
         from laneway.router._scan import scan_request as _c_scan_request
+        from laneway.router._scan import simple_answer as _c_simple_answer
         from laneway.router._scan import simple_response as _c_simple_response
     except ImportError:  # not built here (no C compiler at install): the same, in Python
         pass
     else:
         scan_request = _c_scan_request
         simple_response = _c_simple_response
+        simple_answer = _c_simple_answer
         quick_key = _c_baggage_key
         COMPILED = True

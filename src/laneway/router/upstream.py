@@ -3,7 +3,7 @@
 One `UpstreamConnection` carries one exchange at a time (no pipelining towards upstreams). Its
 parser is fresh per exchange, because `httptools` cannot be told that a HEAD response has no
 body, and made at the response's first read only when the response is not forwarded whole
-(`simple_response`). What it guarantees:
+(`scan.simple_answer`). What it guarantees:
 
 - **Nothing after a complete response reaches anyone.** Bytes that follow a complete response,
   in the same read or while the connection is idle in the pool, close the connection; the
@@ -24,11 +24,11 @@ import httptools
 from laneway.core.routes import Upstream
 from laneway.router.exchange import PENDING_LIMIT, Downstream, Exchange
 from laneway.router.pool import UpstreamPool
-from laneway.router.scan import simple_response
+from laneway.router.scan import simple_answer
 from laneway.router.timeouts import Clock
 from laneway.router.tunnel import Tunnel
 
-__all__ = ["UpstreamConnection", "UpstreamPool", "simple_response"]
+__all__ = ["UpstreamConnection", "UpstreamPool"]
 
 
 class _AfterResponse(Exception):
@@ -105,17 +105,19 @@ class UpstreamConnection(asyncio.Protocol):
             client.uncork()
 
     def _simple_response(self, ex: Exchange, data: bytes) -> bool:
-        """The common case at a response's first read (`simple_response`): forwarded as it
-        came, laneway's fields added, without llhttp's callback per field; anything else goes
-        to the parser from its first byte."""
-        found = simple_response(data, self.max_header_bytes)
+        """The common case at a response's first read (`scan.simple_answer`): forwarded as it
+        came, laneway's fields added, without llhttp's callback per field, when the client
+        side may take it whole (`simple_served`); anything else goes to the parser from its
+        first byte."""
+        conn = ex.conn
+        served = conn.simple_served(ex)
+        if served is None:
+            return False
+        found = simple_answer(data, self.max_header_bytes, served)
         if found is None:
             return False
-        status, body_at, head = found
-        if not ex.conn.forward_simple(ex, status, head, data[body_at:]):
-            return False
         self.keep_alive = True  # HTTP/1.1 without `Connection: close`
-        ex.conn.response_complete(ex, reusable=True)
+        conn.answer_simple(ex, found[0], found[1])
         return True
 
     def _feed(self, ex: Exchange, parser: httptools.HttpResponseParser, data: bytes) -> None:
