@@ -9,9 +9,12 @@ silently at install, so this is where it shows."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import shutil
 import sys
+import time
 import tracemalloc
 from collections.abc import Iterator
 
@@ -21,6 +24,7 @@ from hypothesis import strategies as st
 
 from laneway.core.baggage import baggage_key
 from laneway.router import scan
+from laneway.router.hops import HopRecorder
 from tests.baggage_cases import BAGGAGE_CASES, Case
 
 _scan = pytest.importorskip("laneway.router._scan") if scan.COMPILED else None
@@ -262,3 +266,26 @@ MEMBERS = st.lists(st.one_of(
 @given(MEMBERS, st.sampled_from([",", ", ", ",\t", ""]))
 def test_generated_baggage_keys_alike(members: list[str], comma: str) -> None:
     same_key(comma.join(members).encode("utf-8"))
+
+
+@needs_compiled
+def test_hop_rows_of_atomic_values_are_untracked_as_they_are_recorded() -> None:
+    """What `HopRecorder.record` does with each row (the collector would walk every young row
+    until its first pass over it); a row holding a container stays tracked."""
+    assert _scan is not None
+    row = (time.time(), "".join(["trace", "x"]), "", "svc", "k1", "sb", "svc@sb#1", 200, 1.25,
+           "GET", "/", "", False, None, "", None)
+    assert gc.is_tracked(row)
+    assert _scan.untrack(row) is row
+    assert not gc.is_tracked(row)
+    held = (1.0, ["captured"])  # a list is always tracked (a dict of atomic values is not)
+    assert _scan.untrack(held) is held
+    assert gc.is_tracked(held)
+    assert _scan.untrack("not a tuple") == "not a tuple"
+    rows: list[tuple[object, ...]] = []
+    recorder = HopRecorder(rows.extend, 10)
+    with contextlib.suppress(RuntimeError):  # no running loop for the flush timer
+        recorder.record((time.time(), "".join(["t", "2"]), "", "svc", "", "baseline", "", 200,
+                         0.5, "GET", "/", "", False, None, "", None))
+    assert len(recorder._buffer) == 1
+    assert not gc.is_tracked(recorder._buffer[0])

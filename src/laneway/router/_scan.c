@@ -430,7 +430,23 @@ static PyObject *baggage_key(PyObject *module, PyObject *value) {
     return Py_BuildValue("(NO)", key, Py_False);
 }
 
+/* A hop record (a tuple) the collector need not walk: untracked when none of its items is
+ * tracked, as CPython itself untracks such tuples at their first collection. The router keeps
+ * up to a batch of young records between flushes, which made every young collection walk
+ * thousands of them (bench/RESULTS.md, issue 17). */
+static PyObject *untrack(PyObject *module, PyObject *row) {
+    if (PyTuple_CheckExact(row) && PyObject_GC_IsTracked(row)) {
+        Py_ssize_t n = PyTuple_GET_SIZE(row);
+        Py_ssize_t i = 0;
+        while (i < n && !PyObject_GC_IsTracked(PyTuple_GET_ITEM(row, i))) i++;
+        if (i == n) PyObject_GC_UnTrack(row);
+    }
+    return Py_NewRef(row);
+}
+
 static PyMethodDef methods[] = {
+    {"untrack", (PyCFunction)untrack, METH_O,
+     "untrack(row): the same tuple, untracked by the collector when its items are atomic."},
     {"baggage_key", (PyCFunction)baggage_key, METH_O,
      "baggage_key(value): core.baggage.baggage_key's answer in the common cases, else None."},
     {"scan_request", (PyCFunction)(void (*)(void))scan_request, METH_FASTCALL,

@@ -1,3 +1,7 @@
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
 # The compiled twins of laneway.router.scan's py_scan_request and py_simple_response.
 def scan_request(
     data: bytes, max_header_bytes: int, /
@@ -7,3 +11,4 @@ def baggage_key(value: bytes, /) -> tuple[str | None, bool] | None: ...
 def simple_answer(
     data: bytes, max_header_bytes: int, served_by: bytes, /
 ) -> tuple[int, bytes] | None: ...
+def untrack(row: _T, /) -> _T: ...

@@ -9,7 +9,8 @@ settings are tens of thousands of them, a pause of milliseconds every few thousa
 `freeze_startup` moves what exists once the process has started into the collector's permanent
 generation (what is there is not garbage: it lives as long as the process), so that full
 collections walk only what serving makes. Hop records are rows the collector does not track
-(`core.hops.HopRow`). Nothing is frozen later: an object frozen
+(`core.hops.HopRow`; untracked as they are recorded where the router's scans are compiled, at
+the collector's first pass over them elsewhere). Nothing is frozen later: an object frozen
 while it was garbage in a cycle would never be freed.
 """
 
@@ -21,6 +22,7 @@ import logging
 from collections.abc import Callable
 
 from laneway.core.hops import HopRow
+from laneway.router.scan import untrack
 
 __all__ = ["HopRecorder", "HopSink", "freeze_startup"]
 
@@ -41,7 +43,9 @@ class HopRecorder:
         if self._sink is None:
             return
         buffer = self._buffer
-        buffer.append(hop)
+        # Untracked from the start where compiled: the rows waiting for the next flush (a
+        # thousand or more under load) were most of what each young collection walked.
+        buffer.append(hop if untrack is None else untrack(hop))
         if len(buffer) > self._capacity:
             excess = len(buffer) - self._capacity
             del buffer[:excess]

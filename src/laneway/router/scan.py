@@ -9,7 +9,8 @@ install where a C compiler exists. The functions here are the reference: the C o
 return exactly what they return for every input (`tests/protocol/test_scan.py` compares them
 on the corpus and on generated heads), and they are what runs where the extension is not
 built, or with `LANEWAY_PURE_PYTHON=1`. The routing key's common cases are compiled too
-(`quick_key`, 0.7 µs in Python), with `core.baggage.baggage_key` deciding the rest.
+(`quick_key`, 0.7 µs in Python), with `core.baggage.baggage_key` deciding the rest; and hop
+rows are made untracked by the collector as they are recorded (`untrack`).
 
 `COMPILED` says which ones the router uses; the benches print it beside their figures.
 """
@@ -21,9 +22,10 @@ import re
 from collections.abc import Callable
 
 from laneway.core.baggage import baggage_key
+from laneway.core.hops import HopRow
 
 __all__ = ["COMPILED", "VIA", "py_scan_request", "py_simple_answer", "py_simple_response",
-           "quick_key", "scan_request", "simple_answer", "simple_response"]
+           "quick_key", "scan_request", "simple_answer", "simple_response", "untrack"]
 
 VIA = b"via: 1.1 laneway\r\n"
 
@@ -169,6 +171,9 @@ simple_answer: Callable[[bytes, int, bytes], tuple[int, bytes] | None] = py_simp
 # `core.baggage.baggage_key`'s answer, or None where only it can tell (compiled: the common
 # cases, no `laneway-key` or one plain member; in Python it is baggage_key itself).
 quick_key: Callable[[bytes], tuple[str | None, bool] | None] = baggage_key
+# Untracks a hop row of atomic values (`HopRecorder.record`); None in Python, where the collector
+# untracks it at its first pass instead.
+untrack: Callable[[HopRow], HopRow] | None = None
 COMPILED = False
 if os.environ.get("LANEWAY_PURE_PYTHON", "") in ("", "0"):
     try:
@@ -176,6 +181,7 @@ if os.environ.get("LANEWAY_PURE_PYTHON", "") in ("", "0"):
         from laneway.router._scan import scan_request as _c_scan_request
         from laneway.router._scan import simple_answer as _c_simple_answer
         from laneway.router._scan import simple_response as _c_simple_response
+        from laneway.router._scan import untrack as _c_untrack
     except ImportError:  # not built here (no C compiler at install): the same, in Python
         pass
     else:
@@ -183,4 +189,5 @@ if os.environ.get("LANEWAY_PURE_PYTHON", "") in ("", "0"):
         simple_response = _c_simple_response
         simple_answer = _c_simple_answer
         quick_key = _c_baggage_key
+        untrack = _c_untrack
         COMPILED = True
