@@ -164,6 +164,9 @@ static const struct { const char *name; Py_ssize_t len; } METHODS[] = {
     {"GET", 3}, {"HEAD", 4}, {"POST", 4}, {"PUT", 3}, {"DELETE", 6}, {"PATCH", 5},
     {"OPTIONS", 7},
 };
+#define N_METHODS (sizeof(METHODS) / sizeof(METHODS[0]))
+static PyObject *method_names[N_METHODS];  /* the same str for every request, made once */
+#define MAX_PATH 512  /* what a hop record keeps of the target */
 
 static PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     Py_ssize_t limit;
@@ -177,12 +180,12 @@ static PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_
     /* the request line: method SP "/" target SP "HTTP/1.1" CRLF */
     Py_ssize_t i = 0;
     while (i < head_end && s[i] != ' ') i++;
-    int known = 0;
-    for (size_t m = 0; m < sizeof(METHODS) / sizeof(METHODS[0]); m++) {
-        if (METHODS[m].len == i && memcmp(s, METHODS[m].name, (size_t)i) == 0) known = 1;
+    PyObject *method = NULL;
+    for (size_t m = 0; m < N_METHODS; m++) {
+        if (METHODS[m].len == i && memcmp(s, METHODS[m].name, (size_t)i) == 0)
+            method = method_names[m];
     }
-    if (!known) Py_RETURN_NONE;
-    Py_ssize_t method_len = i;
+    if (method == NULL) Py_RETURN_NONE;
     Py_ssize_t target_at = i + 1;
     if (target_at >= head_end || s[target_at] != '/') Py_RETURN_NONE;
     i = target_at + 1;
@@ -265,12 +268,19 @@ static PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_
     Py_ssize_t body = n - end - 4;
     if (hosts != 1 || body != (length > 0 ? length : 0)) Py_RETURN_NONE;
 
+    PyObject *path = PyUnicode_DecodeASCII(s + target_at,
+                                           target_len < MAX_PATH ? target_len : MAX_PATH, NULL);
+    if (path == NULL) return NULL;
     PyObject *baggage = PyList_New(bags);
-    if (baggage == NULL) return NULL;
+    if (baggage == NULL) {
+        Py_DECREF(path);
+        return NULL;
+    }
     for (int b = 0; b < bags; b++) {
         PyObject *value = PyBytes_FromStringAndSize(s + bag_at[b], bag_len[b]);
         if (value == NULL) {
             Py_DECREF(baggage);
+            Py_DECREF(path);
             return NULL;
         }
         PyList_SET_ITEM(baggage, b, value);
@@ -280,11 +290,11 @@ static PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_
     PyObject *forward = join_head(s, head_end, drop, dropped, parts, lens, 2);
     if (forward == NULL) {
         Py_DECREF(baggage);
+        Py_DECREF(path);
         return NULL;
     }
     return Py_BuildValue(
-        "(y#y#y#NLy#y#ON)", s, method_len, s + target_at, target_len, host, host_len,
-        baggage, length, traceparent ? traceparent : "", traceparent_len,
+        "(ONy#NLy#y#ON)", method, path, host, host_len, baggage, length, traceparent ? traceparent : "", traceparent_len,
         tracestate ? tracestate : "", tracestate_len, origin ? Py_True : Py_False, forward);
 }
 
@@ -467,5 +477,9 @@ PyMODINIT_FUNC PyInit__scan(void) {
     init_tables();
     no_key = Py_BuildValue("(OO)", Py_None, Py_False);
     if (no_key == NULL) return NULL;
+    for (size_t m = 0; m < N_METHODS; m++) {
+        method_names[m] = PyUnicode_InternFromString(METHODS[m].name);
+        if (method_names[m] == NULL) return NULL;
+    }
     return PyModule_Create(&module);
 }

@@ -534,7 +534,7 @@ class ClientConnection(asyncio.Protocol):
         found = scan_request(data, ctx.max_header_bytes)
         if found is None:
             return False
-        method, target, host, baggage, length, traceparent, tracestate, origin, forward = found
+        method, path, host, baggage, length, traceparent, tracestate, origin, forward = found
         if origin and ctx.preview_port:
             return False  # may be a preview page's call (`_route`)
         if host not in ctx.hosts:
@@ -545,9 +545,9 @@ class ClientConnection(asyncio.Protocol):
             ctx.hosts.add(host)
         ex = Exchange(self)
         ex.started = time.monotonic()
-        ex.method = method.decode()
-        ex.is_head = method == b"HEAD"
-        ex.path = target[:512].decode()
+        ex.method = method
+        ex.is_head = method == "HEAD"
+        ex.path = path
         ex.head = forward
         if length > 0:
             ex.has_body = True

@@ -62,11 +62,12 @@ _KEEP_ALIVE_FIELDS = re.compile(
     rb"(?i)\r\n(?:connection:[ \t]*keep-alive[ \t]*|keep-alive:[\t\x20-\x7e\x80-\xff]*)(?=\r\n)")
 
 # What `scan_request` gives for a plain request.
-PlainRequest = tuple[bytes, bytes, bytes, list[bytes], int, bytes, bytes, bool, bytes]
+PlainRequest = tuple[str, str, bytes, list[bytes], int, bytes, bytes, bool, bytes]
 
 
 def py_scan_request(data: bytes, max_header_bytes: int) -> PlainRequest | None:
-    """(method, target, Host, baggage values in order, Content-Length or -1, traceparent,
+    """(method, target (its first 512 characters, as hop records keep it), Host, baggage values
+    in order, Content-Length or -1, traceparent,
     tracestate, whether an Origin came, the bytes to forward) when `data` is one whole plain
     request: `_PLAIN_HEAD` within `max_header_bytes`, one Host, at most one Content-Length (of
     digits, at most 15) that the bytes after the head match, no hop-by-hop field but
@@ -116,7 +117,8 @@ def py_scan_request(data: bytes, max_header_bytes: int) -> PlainRequest | None:
         head = _KEEP_ALIVE_LINE.sub(b"", head)
     method, target = match.group(1, 2)
     forward = head + VIA + b"\r\n" + data[end + 4:] if body else head + VIA + b"\r\n"
-    return method, target, host, baggage, length, traceparent, tracestate, origin, forward
+    return (method.decode(), target[:512].decode(), host, baggage, length, traceparent,
+            tracestate, origin, forward)
 
 
 def py_simple_response(data: bytes, max_header_bytes: int) -> tuple[int, int, bytes] | None:
