@@ -72,7 +72,9 @@ class UpstreamPool(Generic[C]):
         return None
 
     def put(self, conn: C) -> None:
-        idle = self._idle.setdefault(conn.upstream, [])
+        idle = self._idle.get(conn.upstream)
+        if idle is None:  # not setdefault: that makes a list on every call (the hot path)
+            idle = self._idle[conn.upstream] = []
         if len(idle) >= self._max_idle:
             conn.close()
         else:

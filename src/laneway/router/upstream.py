@@ -220,7 +220,8 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self.transport
         if reusable and not self.closed and transport is not None \
                 and not transport.get_write_buffer_size():
-            self.resume()
+            if self.paused:
+                self.resume()
             self.reused = True
             self.pool.put(self)
         else:
