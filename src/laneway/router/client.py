@@ -35,7 +35,7 @@ import httptools
 from laneway.core.baggage import baggage_key, key_from_tracestate, with_key
 from laneway.core.hops import trace_context
 from laneway.core.preview import key_of_origin
-from laneway.core.routes import ForkRoute, Upstream, decide
+from laneway.core.routes import ForkRoute, Upstream
 from laneway.router.callers import EXTERNAL, CallerResolver
 from laneway.router.capture import Capture
 from laneway.router.exchange import Carrier, Exchange
@@ -678,14 +678,22 @@ class ClientConnection(asyncio.Protocol):
         """Where `ex` goes, from its routing key: the fork its key names, else the baseline;
         the router's own 503 when that has no process that can answer."""
         ctx = self.ctx
-        key, ex.key_conflict = choose_key(baggage, tracestate, extra_key)
+        # `choose_key`, with its common cases first: one `baggage` field whose key the
+        # compiled scan reads (`scan.quick_key`), or nothing that could carry a key.
+        if len(baggage) == 1 and (found := quick_key(baggage[0])) is not None \
+                and found[0] is not None:
+            key, ex.key_conflict = found
+        elif baggage or tracestate or extra_key:
+            key, ex.key_conflict = choose_key(baggage, tracestate, extra_key)
+        else:
+            key = None
         if key is None and origin and ctx.preview_port:
             key = ctx.key_of_origin(origin)  # a preview page calling this service directly
             if key is not None:
                 # The service must pass the key on to its own calls: it gets it in `baggage`,
                 # as from the edge, so that its propagation carries it to the next hop.
                 ex.head = head_with_key(ex.head, key)
-        route = decide(ctx.routes, key)
+        route = None if key is None else ctx.routes.get(key)  # `core.routes.decide`
         if key is not None:
             ex.key = key
         # A request with a body not read yet ends its connection; one without keeps it.
@@ -702,7 +710,8 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.destination = route.sandbox
         ex.fork = route.fork
-        ex.served_by = ctx.served(route)
+        served = ctx.served_by.get(route.sandbox)
+        ex.served_by = ctx.served(route) if served is None else served
         if route.ready and route.upstream is not None:
             ex.upstream = route.upstream
             return
