@@ -1199,10 +1199,11 @@ class ClientConnection(asyncio.Protocol):
         if self.caller is None:
             self.settle_caller()  # an exchange that wrote nothing (its client went away)
         capture = ex.capture
-        # A row of `ROW_FIELDS` (`core.hops.HopRow`), the duration in ms to the microsecond.
+        # A row of `ROW_FIELDS` (`core.hops.HopRow`), the duration in ms to the microsecond
+        # (rounded by hand: `round(d, 3)` is 0.2 µs, a tenth of what is left of this path).
         ctx.recorder.record((
             ex.started + WALL_OFFSET, ex.trace_id, ex.parent_id, ctx.name, ex.key,
-            ex.destination, ex.fork, status, round((time.monotonic() - ex.started) * 1e3, 3),
+            ex.destination, ex.fork, status, int((time.monotonic() - ex.started) * 1e6 + 0.5) / 1e3,
             ex.method, ex.path, ex.error, ex.key_conflict, None, self.caller or "",
             None if capture is None else capture.finished(status)))
 

@@ -845,7 +845,7 @@ class Call:
         ctx.recorder.record((  # a row of `ROW_FIELDS` (`core.hops.HopRow`)
             self.started + WALL_OFFSET, self.trace_id, self.parent_id, ctx.name, self.key,
             self.destination, self.fork, status,
-            round((time.monotonic() - self.started) * 1e3, 3), self.method, self.path,
+            int((time.monotonic() - self.started) * 1e6 + 0.5) / 1e3, self.method, self.path,
             self.error, self.key_conflict, self.grpc_status,
             identity.caller_name() if identity is not None else "",
             None if self.capture is None else self.capture.finished(status)))
