@@ -121,6 +121,9 @@ REQUESTS = [
     b"GET / HTTP/1.1\r\nHost: svc\r\nBaggage: a=1\r\nBAGGAGE: laneway-key=" + KEY.encode()
     + b"\r\n\r\n",  # two fields are one list: the last member decides
     b"GET / HTTP/1.1\r\nHost: svc\r\ntracestate: laneway=" + KEY.encode() + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: svc\r\nbaggage: a=1\r\ntracestate: laneway=" + KEY.encode()
+    + b"\r\n\r\n",  # baggage without the key: tracestate's decides
+    b"GET / HTTP/1.1\r\nHost: svc\r\nbaggage: sentry-trace=1\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: svc\r\ntraceparent: "
     b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"

@@ -524,10 +524,9 @@ class ClientConnection(asyncio.Protocol):
         """The common request, read without the parser: one whole plain request
         (`scan.scan_request`: one Host, at most one Content-Length whose body is all in `data`,
         no hop-by-hop field but `Connection: keep-alive`), forwarded as it came with `via`
-        added. What the parser
-        path would forward for it, without a callback per field; anything else, or a request
-        that is captured, keyed by a configured header, may be a preview page's or goes to
-        an HTTP/2 upstream, is the parser's (False)."""
+        added. What the parser path would forward for it, without a callback per field;
+        anything else, or a request that is captured, keyed by a configured header, may be a
+        preview page's or goes to an HTTP/2 upstream, is the parser's (False)."""
         ctx = self.ctx
         if ctx.extra_headers or ctx.capture_rate or ctx.captured or ctx.protocol != "http":
             return False
@@ -678,10 +677,11 @@ class ClientConnection(asyncio.Protocol):
         """Where `ex` goes, from its routing key: the fork its key names, else the baseline;
         the router's own 503 when that has no process that can answer."""
         ctx = self.ctx
-        # `choose_key`, with its common cases first: one `baggage` field whose key the
-        # compiled scan reads (`scan.quick_key`), or nothing that could carry a key.
+        # `choose_key`, with its common cases first: one `baggage` field whose key (or its
+        # absence, with nothing else that could carry one) the compiled scan reads
+        # (`scan.quick_key`), or nothing that could carry a key at all.
         if len(baggage) == 1 and (found := quick_key(baggage[0])) is not None \
-                and found[0] is not None:
+                and (found[0] is not None or not (tracestate or extra_key)):
             key, ex.key_conflict = found
         elif baggage or tracestate or extra_key:
             key, ex.key_conflict = choose_key(baggage, tracestate, extra_key)
