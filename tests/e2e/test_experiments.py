@@ -144,7 +144,10 @@ async def test_an_agent_runs_an_experiment_over_mcp(project: Project) -> None:
     fork(project, "slow", "b", "{VERSION: v2, DELAY_MS: '120'}")
     experiment = {"name": "over-mcp", "sandboxes": ["fast", "slow"],
                   "load": {"request": "GET ${services.a.url}/", "rate": "20/s",
-                           "duration": "3s", "budget": {"p95": "1.3x", "errors": "1%"}}}
+                           "duration": "3s", "budget": {"p95": "3x", "errors": "1%"}}}
+    # This test is about the MCP tools, not the budget's statistics (the tests above hold
+    # those, with 1.3x and longer loads): 60 requests a lane under a loaded CI once put the
+    # fast sandbox's p95 over 1.3x, while 120 ms slower is over 3x by far.
     # Tools block for 3 s at most here: the experiment (~10 s) comes back as a handle first.
     params = StdioServerParameters(command=LANEWAY, args=["mcp"], cwd=str(project.root),
                                    env={**os.environ, "LANEWAY_MCP_WAIT_S": "3"})
