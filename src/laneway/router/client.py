@@ -710,8 +710,7 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.destination = route.sandbox
         ex.fork = route.fork
-        served = ctx.served_by.get(route.sandbox)
-        ex.served_by = ctx.served(route) if served is None else served
+        ex.served_by = ctx.served(route)
         if route.ready and route.upstream is not None:
             ex.upstream = route.upstream
             return

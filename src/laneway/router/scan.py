@@ -43,6 +43,7 @@ _PLAIN_FIELDS = re.compile(
     rb"(?i)\r\n(host|baggage|content-length|traceparent|tracestate|origin|connection|"
     rb"keep-alive|proxy-connection|te|transfer-encoding|upgrade|trailer|http2-settings):"
     rb"[ \t]*([^\r]*)")
+# The keep-alive field lines both scans drop, each with the CRLF before it.
 _KEEP_ALIVE_LINE = re.compile(
     rb"(?i)\r\n(?:connection:[ \t]*keep-alive[ \t]*|keep-alive:[\t\x20-\x7e\x80-\xff]*)"
     rb"(?=\r\n)")
@@ -58,8 +59,6 @@ _SIMPLE_HEAD = re.compile(
 _RESPONSE_FIELDS = re.compile(
     rb"(?i)\r\n(content-length|connection|keep-alive|proxy-connection|te|transfer-encoding|"
     rb"upgrade|trailer|http2-settings):[ \t]*([^\r]*)")
-_KEEP_ALIVE_FIELDS = re.compile(
-    rb"(?i)\r\n(?:connection:[ \t]*keep-alive[ \t]*|keep-alive:[\t\x20-\x7e\x80-\xff]*)(?=\r\n)")
 
 # What `scan_request` gives for a plain request.
 PlainRequest = tuple[str, str, bytes, list[bytes], int, bytes, bytes, bool, bytes]
@@ -148,7 +147,7 @@ def py_simple_response(data: bytes, max_header_bytes: int) -> tuple[int, int, by
     if not length.isdigit() or len(length) > 15 or int(length) != len(data) - end - 4:
         return None
     head = data[:end + 4]
-    return int(match.group(1)), end + 4, (_KEEP_ALIVE_FIELDS.sub(b"", head)
+    return int(match.group(1)), end + 4, (_KEEP_ALIVE_LINE.sub(b"", head)
                                           if keep_alive_fields else head)
 
 
