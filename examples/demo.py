@@ -140,7 +140,7 @@ def experiment() -> bool:
     laneway("sandbox", "apply", "-f", "sandbox-pricing-slow.yaml", "--wait", capture=True)
     console.print("$ laneway experiment run -f experiment.yaml\n(each approach's tests as a "
                   "run with a diff, then GET /buy under load: the baseline and both sandboxes "
-                  "at 30/s, interleaved in 1 s slices)\n")
+                  "at 30/s, interleaved in 0.25 s slices)\n")
     sys.stdout.flush()
     result = subprocess.run([LANEWAY, "experiment", "run", "-f", "experiment.yaml"], cwd=SHOP,
                             text=True, stdout=subprocess.PIPE, check=False)

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.ports import free_ports
+
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 CHUNK = b"x" * (256 * 1024)
@@ -148,19 +150,9 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 
 def free_port() -> int:
-    """A port free now and outside the kernel's ephemeral range (as tests/e2e's free_ports:
-    a port the kernel handed out is soon some outgoing connection's local port)."""
-    low, high = (int(p) for p in
-                 Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    start, end = (20000, low) if low > 21000 else (high + 1, 65535)
-    while True:
-        port = random.randrange(start, end)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
+    """A port free now, outside the kernel's ephemeral range, this test worker's own
+    (`tests/ports.py`)."""
+    return free_ports(1)[0]
 
 
 class Router:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -18,30 +16,10 @@ from typing import Any
 import pytest
 
 from tests.browser import chromium  # noqa: F401  (a fixture for the browser tests)
+from tests.ports import free_ports
 
 LANEWAY = str(Path(sys.executable).parent / "laneway")
 CHAIN = str(Path(__file__).parents[1] / "apps" / "chain.py")
-
-
-def free_ports(count: int) -> list[int]:
-    """Public ports for a test project, free now and outside the kernel's ephemeral range: a
-    port the kernel handed out (port 0) is soon the local port of some outgoing connection or
-    of another listener, and the router's bind then fails ("already in use") at random."""
-    low, high = (int(p) for p in
-                 Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    start, stop = (20000, low) if low > 21000 else (high + 1, 65535)
-    ports: list[int] = []
-    while len(ports) < count:
-        port = random.randrange(start, stop)
-        if port in ports:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-    return ports
 
 
 @dataclass

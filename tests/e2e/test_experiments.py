@@ -90,8 +90,9 @@ def test_three_approaches_pass_fail_latency_fail_tests(project: Project) -> None
     assert {r["load"]["requests"] for r in rows.values()} == {200}
     assert base["load"]["errors"] == 0
     slices = report["load"]["slices"]
-    assert len(slices) == 4 * 5
+    assert len(slices) == 4 * 20  # 5 s in 0.25 s slices, four lanes
     assert [s["lane"] for s in slices[:4]] != [s["lane"] for s in slices[4:8]]  # rotated
+    assert {s["requests"] for s in slices} == {10}  # 40/s for a quarter second
     assert report["load"]["overhead"]["send_lag_p50_ms"] is not None
     # Kept by the control plane: listed, and its Markdown for a pull request.
     listed = project.json("experiment", "list")
@@ -114,7 +115,8 @@ def test_three_approaches_pass_fail_latency_fail_tests(project: Project) -> None
         assert page.status_code == 200
         assert '<tr data-target="slow">' in page.text
         assert html.escape(slow["sentence"]).replace("&#x27;", "&#39;") in page.text
-        assert "Per-slice figures (20)" in page.text
+        # 5 s in 0.25 s slices: 20 rounds of a slice for each of the four lanes.
+        assert "Per-slice figures (80 slices, 20 rounds)" in page.text
 
 
 def test_a_bad_experiment_file_names_the_field(project: Project) -> None:

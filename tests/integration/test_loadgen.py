@@ -87,10 +87,14 @@ def test_a_stalling_server_shows_its_queue(servers: list[HTTPServer]) -> None:
     assert p95 is not None
     assert p95 > 300  # ~470 ms: the 48th request waited for 47 before it
     assert p50 > 150
-    # ...and the queue is the server's: the generator sent each request on time.
-    lag = result.overhead()["send_lag_p99_ms"]
-    assert lag is not None
-    assert lag < 20
+    # ...and the queue is the server's, not the generator's: it sent most requests on time,
+    # and even its latest send (a loaded machine may deschedule it for 100 ms) explains only
+    # a small part of the queue. (A bound on its p99 alone failed when the suite's other
+    # workers loaded both cores, while the queue was as plain as ever.)
+    over = result.overhead()
+    assert over["send_lag_p50_ms"] is not None
+    assert over["send_lag_p50_ms"] < 10
+    assert p95 - over["send_lag_max_ms"] > 250
 
 
 def test_a_wait_for_a_connection_counts_too(servers: list[HTTPServer]) -> None:

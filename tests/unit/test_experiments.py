@@ -13,6 +13,7 @@ from laneway.core.experiment_report import (
     compact,
     conclude,
     render_markdown,
+    round_table,
     row_verdict,
 )
 from laneway.core.experiments import interpolate_request, read_experiment
@@ -36,7 +37,7 @@ def test_the_issues_example_parses() -> None:
     assert spec.targets == [("sandbox", "approach-a"), ("sandbox", "approach-b")]
     assert spec.load is not None
     assert (spec.load.method, spec.load.rate, spec.load.duration, spec.load.rounds) == (
-        "GET", 50.0, 20.0, 20)
+        "GET", 50.0, 20.0, 80)  # in 0.25 s slices
     assert (spec.load.budget.quantile, spec.load.budget.ratio, spec.load.budget.errors) == (
         95.0, 1.3, 0.01)
     assert spec.diff
@@ -56,6 +57,11 @@ def test_the_issues_example_parses() -> None:
     (("[approach-a, approach-b]", "[Approach-A]"), "sandboxes: 'Approach-A' must be a DNS"),
     (("[approach-a, approach-b]", "[]"), "name at least one sandbox"),
     (("rate: 50/s", "rate: 5000/s"), "at most 2000/s per lane"),
+    (("rate: 50/s", "rate: 1/s"), "load: rate x duration is 20 requests a lane; a p95 budget "
+     "needs at least 40"),
+    (("duration: 20s", "duration: 500ms"), "is 25 requests a lane; a p95 budget needs at "
+     "least 40"),
+    (("duration: 20s", "duration: 20s\n  slice: 10ms"), "slice (0.01s) must be at least 0.05s"),
     (("tests: [python, -m, pytest, -q, tests/e2e]\n", ""), "diff: the diff replays the "
      "requests the tests made"),
 ])
@@ -174,7 +180,24 @@ def test_the_table_and_the_markdown_show_the_figures() -> None:
     assert "### ❌ laneway experiment `pricing-approaches` (`x1`): failed" in markdown
     assert "| `approach-b` | passed (r2) |" in markdown
     assert "per-slice figures" in markdown
+    assert "| round (p95) | baseline |" in markdown
+    assert "| 0 | 110 ms |" in markdown
     assert "budget: p95 ≤ 1.3\u00d7 the baseline, errors ≤ 1.0%" in markdown
+
+
+def test_the_slices_read_one_row_a_round_one_column_a_lane() -> None:
+    def part(r: int, lane: str, p95: float, errors: int = 0, requests: int = 12) -> dict[
+            str, Any]:
+        return {"round": r, "lane": lane, "requests": requests, "errors": errors,
+                "p50_ms": p95 / 2, "p95_ms": p95, "p99_ms": p95 * 1.1}
+    load = {"budget": {"quantile": "p99"},
+            "slices": [part(0, "baseline", 10), part(0, "a", 11), part(0, "b", 130),
+                       part(1, "b", 131, errors=2), part(1, "baseline", 9),
+                       part(1, "a", 0, requests=0)]}
+    assert round_table(load) == (["round (p99)", "baseline", "a", "b"], [
+        ["0", "11 ms", "12 ms", "143 ms"], ["1", "9.9 ms", "-", "144 ms, 2 failed"]])
+    load["budget"] = {"quantile": "p90"}  # not kept per slice: p95
+    assert round_table(load)[0][0] == "round (p95)"
 
 
 def test_a_running_report_not_updated_for_a_minute_reads_interrupted() -> None:

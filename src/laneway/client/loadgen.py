@@ -312,7 +312,6 @@ async def run_load(request: LoadRequest, lanes: Mapping[str, str | None], *, rat
     flight is dropped and every connection closed."""
     names = list(lanes)
     schedule = slice_schedule(names, rounds)
-    offsets = send_offsets(rate, slice_s)
     payloads = {lane: request.encode(key) for lane, key in lanes.items()}
     pool = _Pool(request.host, request.port, max_connections)
     result = LoadResult([], [])
@@ -321,6 +320,7 @@ async def run_load(request: LoadRequest, lanes: Mapping[str, str | None], *, rat
     begin = time.perf_counter() + 0.02
     try:
         for r, order in enumerate(schedule):
+            offsets = send_offsets(rate, slice_s, r)  # every lane's r-th slice
             for pos, lane in enumerate(order):
                 start = begin + (r * len(order) + pos) * slice_s
                 part = SliceResult(lane, r, pos, start - begin)

@@ -21,6 +21,7 @@ __all__ = [
     "compact",
     "conclude",
     "render_markdown",
+    "round_table",
     "row_sentence",
     "row_verdict",
 ]
@@ -226,6 +227,30 @@ def compact(report: Mapping[str, Any]) -> dict[str, Any]:
             **({"note": report["note"]} if report.get("note") else {})}
 
 
+def round_table(load: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The per-slice figures one row a round, one column a lane (the lanes' slices of a round
+    were measured a moment apart, so a row reads across): each slice's percentile of the
+    budget (p50, p95 or p99; else p95), and its errors when it had any."""
+    budget = load.get("budget") or {}
+    key = f"{budget.get('quantile')}_ms"
+    slices = load.get("slices") or []
+    if slices and key not in slices[0]:
+        key = "p95_ms"
+    lanes = list(dict.fromkeys(str(s["lane"]) for s in slices))
+    by_round: dict[int, dict[str, Mapping[str, Any]]] = {}
+    for part in slices:
+        by_round.setdefault(int(part["round"]), {})[str(part["lane"])] = part
+
+    def cell(part: Mapping[str, Any] | None) -> str:
+        if part is None or not part.get("requests"):
+            return "-"
+        errors = f", {part['errors']} failed" if part.get("errors") else ""
+        return f"{_ms(part.get(key))}{errors}"
+    return ([f"round ({key.removesuffix('_ms')})", *lanes],
+            [[str(r), *(cell(by_round[r].get(lane)) for lane in lanes)]
+             for r in sorted(by_round)])
+
+
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
             *("| " + " | ".join(r) + " |" for r in rows)]
@@ -262,9 +287,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   f"{over.get('trivial_server_p99_ms')} ms; "
                   f"{over.get('connections_opened')} connections opened."]
     if load and load.get("slices"):
-        lines += ["", "<details><summary>per-slice figures</summary>", ""]
-        lines += _md_table(["round", "lane", "requests", "errors", "p50", "p95", "p99"], [
-            [str(s["round"]), s["lane"], str(s["requests"]), str(s["errors"]),
-             _ms(s["p50_ms"]), _ms(s["p95_ms"]), _ms(s["p99_ms"])] for s in load["slices"]])
+        headers, rows = round_table(load)
+        lines += ["", f"<details><summary>per-slice figures: {headers[0]}, each lane's slice "
+                  "of every round</summary>", ""]
+        lines += _md_table(headers, rows)
         lines += ["", "</details>"]
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ from laneway.core.duration import parse_duration
 from laneway.core.loadmath import (
     NOISE_FLOOR_MS,
     Budget,
+    min_requests,
     parse_fraction,
     parse_quantile,
     parse_rate,
@@ -42,6 +43,13 @@ __all__ = [
 
 MAX_REQUESTS = 200_000  # the most one load step may send, all lanes together
 MAX_RATE = 2000.0  # per lane: beyond it a 2-core machine measures itself, not the target
+# Why a quarter of a second: a burst of machine noise (a GC, a compile, another test) lasts
+# tenths of a second to seconds; with slices this short it spans several lanes' slices, so it
+# falls on the baseline and the sandboxes alike instead of on one lane's whole slice (with 1 s
+# slices a single burst could put one lane's p95 off by itself), and a step of a few seconds
+# still has a dozen rounds for the budget's "over in most rounds" rule.
+SLICE_S = 0.25
+MIN_SLICE_S = 0.05  # the generator's own timing (sleeps, task start-up) is ~1 ms a slice
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _REF_RE = re.compile(r"\$\{services\.([^.}]+)\.(url|port|host)\}")
 
@@ -56,8 +64,8 @@ class LoadSpec(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     body: str | None = None
     rate: float = Field(description="per lane: `50/s`, `600/m`")
-    duration: float = Field(description="per lane: `20s` (in 1 s slices, interleaved)")
-    slice: float = Field(default=1.0, description="the length of one slice, `1s`")
+    duration: float = Field(description="per lane: `20s` (in short slices, interleaved)")
+    slice: float = Field(default=SLICE_S, description="the length of one slice, `250ms`")
     timeout: float = Field(default=10.0, description="a request not answered by then is an "
                            "error, counted at its full wait")
     max_connections: int = Field(default=256, ge=1, le=4096)
@@ -127,6 +135,17 @@ class LoadSpec(BaseModel):
         if self.slice > self.duration:
             raise ValueError(f"slice ({self.slice:g}s) must not be longer than duration "
                              f"({self.duration:g}s)")
+        if self.slice < MIN_SLICE_S:
+            raise ValueError(f"slice ({self.slice:g}s) must be at least {MIN_SLICE_S:g}s")
+        budget = self.budget
+        if budget.ratio is not None:
+            needed, planned = min_requests(budget.quantile), self.rate * self.duration
+            if planned < needed - 1e-9:
+                raise ValueError(
+                    f"rate x duration is {planned:g} requests a lane; a {budget.name} budget "
+                    f"needs at least {needed} for its figure to be more than the slowest one "
+                    f"or two requests: raise rate or duration (or budget a lower "
+                    f"percentile)")
         return self
 
     @property

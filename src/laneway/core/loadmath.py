@@ -7,16 +7,18 @@ clock or a socket, so every rule is tested exhaustively in `tests/unit/test_load
 Why the budget rule has three parts: on a shared 2-core machine one slow second (a compile, a
 GC, another test) can put the 95th percentile of any lane far off. A sandbox fails its latency
 budget only when (1) its percentile over the whole step exceeds the baseline's by more than the
-budget ratio, (2) the difference is larger than the noise (a floor, or the baseline's own
-spread between its even and odd slices, whichever is larger), and (3) it is over in more than
-half of the rounds, each round comparing slices taken a second apart. A real regression (a fork
-that adds 120 ms) passes all three at once; a burst of machine noise does not.
+budget ratio, (2) the difference is larger than the noise (a floor, or how far the baseline's
+own figure moves from round to round, whichever is larger), and (3) it is over in
+more than half of the rounds, each round comparing slices taken a moment apart (a round is
+one short slice per lane). A real regression (a fork that adds 120 ms) passes all three at
+once; a burst of machine noise does not.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +30,7 @@ __all__ = [
     "LaneSummary",
     "baseline_spread",
     "evaluate_budget",
+    "min_requests",
     "parse_fraction",
     "parse_quantile",
     "parse_rate",
@@ -112,20 +115,45 @@ def parse_quantile(name: str) -> float:
 
 
 def slice_schedule(lanes: Sequence[str], rounds: int) -> list[list[str]]:
-    """The order of the lanes' slices, round by round: every lane once per round, the order
-    rotated by one each round, so that no lane always follows the same neighbour (a slow lane's
-    stragglers land on every other lane alike) or always comes first."""
+    """The order of the lanes' slices, round by round: every lane once per round, in the
+    orders of a balanced Latin square (Williams): over a cycle of orders each lane comes at
+    every position alike and directly after every other lane alike, so that a slow lane's
+    stragglers (requests still in flight when the next slice starts) fall on every other lane
+    in turn, never always on the same one. A cycle is n orders for n lanes, 2n when n is odd."""
     if not lanes:
         return []
     n = len(lanes)
-    return [[lanes[(r + i) % n] for i in range(n)] for r in range(rounds)]
+    first = [0]
+    low, high = 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    cycle = [[(i + r) % n for i in first] for r in range(n)]
+    if n % 2:
+        cycle += [list(reversed(order)) for order in cycle]
+    return [[lanes[i] for i in cycle[r % len(cycle)]] for r in range(rounds)]
 
 
-def send_offsets(rate: float, slice_s: float) -> list[float]:
-    """When each request of one slice is due, in seconds from the slice's start: evenly
-    spaced at `rate` (open loop: the schedule never waits for answers)."""
-    count = max(1, round(rate * slice_s))
-    return [i / rate for i in range(count)]
+def send_offsets(rate: float, slice_s: float, index: int = 0) -> list[float]:
+    """When each request of a lane's `index`-th slice is due, in seconds from that slice's
+    start. A lane's slices are laid end to end as one stretch of its own time, its requests
+    evenly spaced at `rate` along it (open loop: the schedule never waits for answers), so a
+    lane gets exactly rate x duration requests whatever the slice's length; a slice shorter
+    than the gap between two requests may get none."""
+    eps = 1e-9  # k / rate is inexact: 0.1 * 30 must count as 3
+    begin, end = index * slice_s, (index + 1) * slice_s
+    first, stop = math.ceil(begin * rate - eps), math.ceil(end * rate - eps)
+    return [max(0.0, k / rate - begin) for k in range(first, stop)]
+
+
+def min_requests(quantile: float) -> int:
+    """How many requests a lane needs before its `quantile` is a figure worth a verdict: with
+    fewer, the percentile is one of the top two samples, set by whichever request a burst of
+    machine noise happened to hit (p50: 4, p95: 40, p99: 200)."""
+    return math.ceil(2 / (1 - quantile / 100) - 1e-9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,12 +218,17 @@ class BudgetOutcome:
 
 
 def baseline_spread(rounds: Sequence[Sequence[float]], q: float) -> float:
-    """How far the baseline's percentile moves between its even and its odd rounds: the noise
-    this machine puts on the figure right now (0 with fewer than two rounds)."""
-    even = [v for i, r in enumerate(rounds) if i % 2 == 0 for v in r]
-    odd = [v for i, r in enumerate(rounds) if i % 2 == 1 for v in r]
-    a, b = percentile(even, q), percentile(odd, q)
-    return abs(a - b) if a is not None and b is not None else 0.0
+    """How far the baseline's percentile moves from round to round: the noise this machine
+    puts on the figure right now. Twice the median distance of the rounds' figures from their
+    median (about 1.35 standard deviations for well-behaved noise). A median, so that a stall
+    in a few rounds does not become the noise: a spread taken from halves of the rounds (the
+    even against the odd ones) is set by whichever half holds the stall, and 150 ms of such
+    "noise" would hide a fork that adds 120 ms. 0 with fewer than two rounds."""
+    figures = [p for p in (percentile(r, q) for r in rounds) if p is not None]
+    if len(figures) < 2:
+        return 0.0
+    middle = statistics.median(figures)
+    return 2 * statistics.median(abs(f - middle) for f in figures)
 
 
 def evaluate_budget(baseline: Sequence[Sequence[float]], sandbox: Sequence[Sequence[float]],

@@ -509,7 +509,7 @@ def build_server(api: AsyncApiClient) -> MCPServer:
         "from an experiment file (experiment.yaml: sandboxes, tests, load, diff) or the same "
         "fields inline. Each sandbox's tests run as a run (as run_tests), then a load step "
         "sends one request template at a fixed rate to the baseline and every sandbox in "
-        "interleaved 1 s slices, and each sandbox's p95 (or the budget's percentile) and error "
+        "interleaved short slices, and each sandbox's p95 (or the budget's percentile) and error "
         "rate are judged against the baseline measured in the same run. Returns one row per "
         "sandbox and one for the baseline: verdict (passed only if every check passed), tests "
         "verdict and run id, requests/errors/p50/p95/p99/ratio, budget outcome, diff red/yellow, "

@@ -44,6 +44,7 @@ from starlette.staticfiles import StaticFiles
 from laneway.client.api import CliError, api_error
 from laneway.core.duration import parse_duration
 from laneway.core.experiment_report import cells as experiment_cells
+from laneway.core.experiment_report import round_table
 from laneway.core.hops import status_text
 from laneway.core.runs import leak_sentence
 from laneway.core.spec import SpecError, load_yaml_document
@@ -414,8 +415,9 @@ def ui_app(api_url: str) -> Starlette:
     async def experiment_view(request: Request, session: str) -> Response:
         experiment_id = urllib.parse.quote(request.path_params["experiment"], safe="")
         report = await api.call(session, "GET", f"/v1/experiments/{experiment_id}")
+        slices = round_table(report["load"]) if report.get("load") else ([], [])
         return render(request, "experiment.html", title=f"Experiment {report['name']}",
-                      nav="experiments", report=report,
+                      nav="experiments", report=report, slices=slices,
                       headers=["Target", "Tests", "Requests", "Errors", "p50", "p95", "p99",
                                "Ratio", "Budget", "Diff", "Verdict"])
 
