@@ -264,3 +264,26 @@ load:
                                                                 rows["baseline"]["load"])
     assert rows["one"]["verdict"] == "passed"
     assert result.returncode == 1
+
+
+def test_too_few_requests_for_a_p95_is_said_and_the_experiment_still_runs(
+        project: Project) -> None:
+    fork(project, "fast", "b", "{VERSION: v2}")
+    project.write("experiment.yaml", """
+name: quick-look
+sandboxes: [fast]
+load:
+  request: GET ${services.a.url}/
+  rate: 10/s
+  duration: 2s
+""")
+    result = project.run("experiment", "run", "-f", "experiment.yaml", check=False,
+                         timeout=120)
+    said = "rate x duration is 20 requests a lane: a p95 from fewer than 40"
+    assert said in result.stderr  # while it runs
+    assert f"warning: {said}" in " ".join(result.stdout.split())  # and with the table
+    assert result.returncode in (0, 1), result.stderr  # a verdict all the same
+    report = project.api("/v1/experiments")[0]
+    assert said in project.api(f"/v1/experiments/{report['id']}")["load"]["warning"]
+    assert {r["load"]["requests"] for r in rows_of(project.api(
+        f"/v1/experiments/{report['id']}")).values()} == {20}

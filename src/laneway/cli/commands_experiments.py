@@ -65,6 +65,8 @@ def print_experiment(report: dict[str, Any], output: str) -> None:
         console.print(f"load: {load['request']} at {load['rate']:g}/s per lane, "
                       f"{load['duration_s']:g}s each, {load['slice_s']:g}s slices interleaved "
                       f"({load['rounds']} rounds)", markup=False)
+        if load.get("warning"):
+            console.print(f"warning: {load['warning']}", style="yellow", markup=False)
     rows = table(*_HEADERS)
     for row in report["rows"]:
         shown = cells(row)

@@ -221,6 +221,10 @@ class _Experiment:
         assert request is not None
         rows = self.report["rows"]
         lanes = {r["target"]: r["routing_key"] for r in rows}
+        warning = load.few_requests()
+        if warning:
+            self.report["load"]["warning"] = warning
+            self.say("load", f"load: warning: {warning}")
         self.say("load", "load: measuring the generator's own overhead")
         floor = await calibrate(load.rate)
         total = load.rounds * len(lanes)

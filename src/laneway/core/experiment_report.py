@@ -273,6 +273,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   f"{load['duration_s']:g}s, in {load['slice_s']:g}s slices interleaved with "
                   f"the baseline ({load['rounds']} rounds); budget: "
                   f"{', '.join(x for x in limits if x) or 'none'}.", ""]
+        if load.get("warning"):
+            lines += [f"> warning: {load['warning']}", ""]
     lines += _md_table([h.upper() if h == "p50" else h for h in _HEADERS],
                        [[f"`{c[0]}`", *c[1:]] for c in (cells(r) for r in report["rows"])])
     lines.append("")

@@ -137,16 +137,20 @@ class LoadSpec(BaseModel):
                              f"({self.duration:g}s)")
         if self.slice < MIN_SLICE_S:
             raise ValueError(f"slice ({self.slice:g}s) must be at least {MIN_SLICE_S:g}s")
-        budget = self.budget
-        if budget.ratio is not None:
-            needed, planned = min_requests(budget.quantile), self.rate * self.duration
-            if planned < needed - 1e-9:
-                raise ValueError(
-                    f"rate x duration is {planned:g} requests a lane; a {budget.name} budget "
-                    f"needs at least {needed} for its figure to be more than the slowest one "
-                    f"or two requests: raise rate or duration (or budget a lower "
-                    f"percentile)")
         return self
+
+    def few_requests(self) -> str | None:
+        """A warning when rate x duration is too few requests a lane for the budget's
+        percentile to be more than its slowest one or two (`min_requests`). A warning, not an
+        error: the verdict still holds for a regression as plain as 100 ms, and a quick look
+        with few requests is a fair thing to ask for."""
+        budget = self.budget
+        needed, planned = min_requests(budget.quantile), self.rate * self.duration
+        if budget.ratio is None or planned >= needed - 1e-9:
+            return None
+        return (f"rate x duration is {planned:g} requests a lane: a {budget.name} from fewer "
+                f"than {needed} is one of the slowest one or two, so one noisy moment can "
+                f"decide the latency verdict; raise rate or duration for a sturdier one")
 
     @property
     def method(self) -> str:
