@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from laneway.core.baggage import baggage_key
+from tests.scans import use_scans
+
 from laneway.core.hops import ROW_FIELDS, Hop
 from laneway.core.routes import ForkRoute, RouteTable, Upstream
 from laneway.dataplane.main import HopBuffer
-from laneway.router import Router, RouterSettings, client, scan, upstream
+from laneway.router import Router, RouterSettings, scan
 from laneway.router.client import ClientConnection
 from laneway.router.upstream import UpstreamConnection
 
@@ -111,20 +113,13 @@ async def measure(requests: int, keyed: bool) -> tuple[float, float]:
     return min(rounds), statistics.median(rounds)
 
 
-def use_scans(compiled: bool) -> None:
-    """The router's scans, compiled or in Python (`router/scan.py`), for what follows."""
-    client.scan_request = scan.scan_request if compiled else scan.py_scan_request
-    upstream.simple_answer = scan.simple_answer if compiled else scan.py_simple_answer
-    client.quick_key = scan.quick_key if compiled else baggage_key
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=20_000)
     args = parser.parse_args()
     for keyed in (True, False):
         for compiled in ((True, False) if scan.COMPILED else (False,)):
-            use_scans(compiled)
+            use_scans("compiled" if compiled else "python")
             least, median = asyncio.run(measure(args.requests, keyed))
             print(f"   {'keyed' if keyed else 'unkeyed':<8} {least:6.2f} us of laneway's Python "
                   f"per exchange, scans {'compiled' if compiled else 'in Python':<9} (least of "
