@@ -208,3 +208,12 @@ def test_a_summary_counts_requests_errors_and_percentiles() -> None:
     assert summary.error_rate == pytest.approx(0.03)
     assert summary.to_json()["p95_ms"] == pytest.approx(95.05)
     assert summarize([], 0).to_json()["p50_ms"] is None
+
+
+def test_rounds_without_requests_count_neither_way() -> None:
+    # 2/s in 0.25 s slices: a request every other round. The slow one is over in every round
+    # that has one, which is all of them that count.
+    base = [[5.0] if r % 2 == 0 else [] for r in range(40)]
+    slow = [[125.0] if r % 2 == 0 else [] for r in range(40)]
+    outcome = evaluate_budget(base, slow, 0, Budget(95, 1.3, 0.01))
+    assert (outcome.failed, outcome.rounds_over, outcome.rounds) == (("latency",), 20, 20)
