@@ -173,6 +173,10 @@ def test_a_refused_target_is_a_clear_error() -> None:
     with pytest.raises(LoadError, match="no request got an answer"):
         asyncio.run(run_load(LoadRequest("GET", "http://127.0.0.1:1/"), {"baseline": None},
                              rate=10, rounds=1, slice_s=0.2))
+    # ...also at a rate so low that some slices hold no request at all (2/s, 0.25 s slices).
+    with pytest.raises(LoadError, match="no request got an answer"):
+        asyncio.run(run_load(LoadRequest("GET", "http://127.0.0.1:1/"), {"baseline": None},
+                             rate=2, rounds=4, slice_s=0.25))
 
 
 def test_only_loopback_and_the_projects_hosts_are_targets() -> None:
