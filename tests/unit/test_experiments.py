@@ -58,6 +58,10 @@ def test_the_issues_example_parses() -> None:
     (("[approach-a, approach-b]", "[]"), "name at least one sandbox"),
     (("rate: 50/s", "rate: 5000/s"), "at most 2000/s per lane"),
     (("duration: 20s", "duration: 20s\n  slice: 10ms"), "slice (0.01s) must be at least 0.05s"),
+    (("duration: 20s", "duration: 100ms"), "load: the default slice (0.25s) must not be longer "
+     "than duration (0.1s): give a longer duration"),
+    (("duration: 20s", "duration: 1s\n  slice: 2s"), "load: slice (2s) must not be longer "
+     "than duration (1s): give a longer duration or a shorter slice"),
     (("tests: [python, -m, pytest, -q, tests/e2e]\n", ""), "diff: the diff replays the "
      "requests the tests made"),
 ])

@@ -133,8 +133,10 @@ class LoadSpec(BaseModel):
     @model_validator(mode="after")
     def _bounded(self) -> LoadSpec:
         if self.slice > self.duration:
-            raise ValueError(f"slice ({self.slice:g}s) must not be longer than duration "
-                             f"({self.duration:g}s)")
+            given = "slice" in self.model_fields_set
+            raise ValueError(f"{'' if given else 'the default '}slice ({self.slice:g}s) must "
+                             f"not be longer than duration ({self.duration:g}s): give a longer "
+                             f"duration{' or a shorter slice' if given else ''}")
         if self.slice < MIN_SLICE_S:
             raise ValueError(f"slice ({self.slice:g}s) must be at least {MIN_SLICE_S:g}s")
         return self
