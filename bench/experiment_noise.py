@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from tests.e2e.conftest import Project, chain_yaml, free_ports
+from tests.e2e.conftest import Project, chain_yaml
+from tests.ports import free_ports
 
 
 def busy(seed: int, bursty: bool) -> None:

@@ -283,7 +283,7 @@ load:
     assert said in result.stderr  # while it runs
     assert f"warning: {said}" in " ".join(result.stdout.split())  # and with the table
     assert result.returncode in (0, 1), result.stderr  # a verdict all the same
-    report = project.api("/v1/experiments")[0]
-    assert said in project.api(f"/v1/experiments/{report['id']}")["load"]["warning"]
-    assert {r["load"]["requests"] for r in rows_of(project.api(
-        f"/v1/experiments/{report['id']}")).values()} == {20}
+    listed = project.api("/v1/experiments")[0]
+    report = project.api(f"/v1/experiments/{listed['id']}")
+    assert said in report["load"]["warning"]
+    assert {r["load"]["requests"] for r in rows_of(report).values()} == {20}
