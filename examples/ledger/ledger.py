@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import threading
+import traceback
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -43,6 +44,15 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, {"ok": True, "role": ROLE})
 
     def do_POST(self) -> None:
+        # A failure (Postgres refusing a connection, Redis gone) is answered, not left as a
+        # closed connection: the caller, and laneway's router, then say what went wrong.
+        try:
+            self._order()
+        except Exception as exc:  # every failure becomes a 500 that names it
+            traceback.print_exc()
+            self._send(500, {"error": type(exc).__name__, "message": str(exc).strip()})
+
+    def _order(self) -> None:
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
         item = query["item"][0]
         key = current_routing_key(dict(self.headers.items()))
@@ -55,9 +65,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def serve() -> ThreadingHTTPServer:
     ThreadingHTTPServer.daemon_threads = True
-    server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
 
 
 if ROLE == "api":
@@ -70,6 +78,6 @@ else:
                    (message_id, fields["item"], key))
 
     consumer = StreamConsumer(REDIS, "orders", "worker", handle)
-    serve()
+    threading.Thread(target=serve().serve_forever, daemon=True).start()
     print(f"worker for key {consumer.routing_key} in group {consumer.group}", flush=True)
     consumer.run_forever()

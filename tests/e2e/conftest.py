@@ -22,6 +22,27 @@ LANEWAY = str(Path(sys.executable).parent / "laneway")
 CHAIN = str(Path(__file__).parents[1] / "apps" / "chain.py")
 
 
+LOG_FILES = 40  # at most this many logs, and the last LOG_LINES of each, in a failure's report
+LOG_LINES = 25
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed e2e test's report ends with the tails of the logs laneway wrote under its
+    folder (daemon, data plane, every service and fork): a failure seen once in CI, such as a
+    service that closed a connection without answering, then says why without a rerun."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    tmp = item.funcargs.get("tmp_path") if isinstance(item, pytest.Function) else None
+    if report.when != "call" or not report.failed or not isinstance(tmp, Path):
+        return
+    logs = sorted(p for p in tmp.rglob("*.log") if ".laneway" in p.parts and p.is_file())
+    for log in logs[:LOG_FILES]:
+        lines = log.read_text("utf-8", "replace").splitlines()[-LOG_LINES:]
+        if lines:
+            report.sections.append((f"log {log.relative_to(tmp)}", "\n".join(lines)))
+
+
 @dataclass
 class Project:
     root: Path

@@ -96,7 +96,12 @@ forks:
 
     plan = [(key, f"{name}-{n}") for key, name in keys.items() for n in range(PER_KEY)]
     plan.sort(key=lambda p: (p[1].split("-")[-1], p[1]))  # interleave keys
-    async with httpx.AsyncClient(base_url=ledger.url("api"), timeout=30) as client:
+    # Each order opens its own Postgres connection, and the one server (max_connections 100)
+    # also serves eleven workers and this test: 32 orders in flight keep every key concurrent
+    # without asking Postgres for more clients than it has (httpx's default allows 100).
+    limits = httpx.Limits(max_connections=32)
+    async with httpx.AsyncClient(base_url=ledger.url("api"), timeout=30,
+                                 limits=limits) as client:
         async def post(key: str | None, item: str) -> None:
             headers = {"baggage": f"laneway-key={key}"} if key else {}
             resp = await client.post("/orders", params={"item": item}, headers=headers)
